@@ -1,0 +1,31 @@
+# Confab: multi-stage build. The build stage uses the same pinned setup script as `make run` and CI
+# (.ci/setup with .ci/versions), so tool versions have one source of truth.
+FROM rust:1.95-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nodejs npm make ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Tools first, so this layer is cached until the pins or the lock file change.
+COPY .ci ./.ci
+COPY Cargo.toml Cargo.lock ./
+RUN bash .ci/setup
+COPY . .
+RUN make build
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home confab \
+    && mkdir -p /data /app \
+    && chown confab /data
+# The server reads hash.txt (the bundle's content hashes) from beside its binary.
+COPY --from=build /src/target/release/confab /src/target/release/hash.txt /app/
+COPY --from=build /src/target/site /app/site
+ENV LEPTOS_SITE_ADDR=0.0.0.0:8080 \
+    LEPTOS_SITE_ROOT=/app/site \
+    LEPTOS_ENV=PROD \
+    LEPTOS_HASH_FILES=true \
+    CONFAB_DATA_DIR=/data \
+    RUST_LOG=info
+USER confab
+EXPOSE 8080
+VOLUME /data
+CMD ["/app/confab"]

@@ -1,0 +1,41 @@
+# Confab's commands. `make run` and `make test` work on a fresh Debian machine: they install what is missing.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(shell npm prefix -g 2>/dev/null)/bin:$(PATH)
+
+.PHONY: run test setup setup-test build unit e2e lint fmt watch clean-site
+
+## Build the release and serve it on http://127.0.0.1:3000 (embedded defaults).
+run: setup build
+	LEPTOS_SITE_ROOT=target/site LEPTOS_HASH_FILES=true LEPTOS_ENV=PROD ./target/release/confab
+
+## Every test: unit and integration (real server, real WebSocket clients), then end-to-end in headless Chromium.
+test: setup-test unit build e2e
+
+setup:
+	bash .ci/setup
+
+setup-test:
+	bash .ci/setup test
+
+## The release server binary and the site (WASM, JS, CSS, assets) in target/site.
+build:
+	cargo leptos build --release --precompress
+
+unit:
+	cargo test --features ssr
+
+e2e:
+	cd end2end && npx playwright test
+
+## Formatting and clippy (-D warnings) for both the server and the wasm32 build.
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --features ssr --all-targets -- -D warnings
+	cargo clippy --features hydrate --lib --target wasm32-unknown-unknown -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+## Development: rebuilds and reloads the page on every change, serving http://127.0.0.1:3000.
+watch: setup
+	cargo leptos watch

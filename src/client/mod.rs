@@ -1,0 +1,230 @@
+//! The browser's WebSocket connection: opens `/ws`, feeds frames to [`Chat`], and reconnects with capped
+//! exponential backoff plus jitter, resuming after the last sequence number it has shown. It reconnects at
+//! once when the browser comes back online or the tab becomes visible, and keeps the outbox in
+//! `localStorage` so messages written offline survive a reload.
+
+use crate::protocol::{ClientFrame, ServerFrame};
+use crate::ui::state::{Chat, Pending};
+use leptos::prelude::{Effect, Get, Update, WithUntracked};
+use std::cell::{Cell, RefCell};
+use std::time::Duration;
+use wasm_bindgen::prelude::*;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+/// The open socket with the callbacks it owns; dropping it detaches them.
+struct Connection {
+    socket: WebSocket,
+    _on_open: Closure<dyn FnMut()>,
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_close: Closure<dyn FnMut(CloseEvent)>,
+}
+
+thread_local! {
+    // The browser runs this on one thread, and the callbacks must reach the socket: a thread-local is the
+    // natural home, and `Chat` (shared with the server build) stays free of browser types.
+    static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
+    static FAILURES: Cell<u32> = const { Cell::new(0) };
+    static RETRY_SCHEDULED: Cell<bool> = const { Cell::new(false) };
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(15);
+
+const OUTBOX_KEY: &str = "confab.outbox";
+
+/// Starts the page's connection: restores the outbox, opens the socket and watches the network.
+pub fn connect(chat: Chat) {
+    restore_outbox(chat);
+    Effect::new(move |_| save_outbox(&chat.pending.get()));
+    watch_network(chat);
+    open(chat);
+}
+
+fn storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok()?
+}
+
+fn restore_outbox(chat: Chat) {
+    let Some(saved) = storage().and_then(|s| s.get_item(OUTBOX_KEY).ok().flatten()) else {
+        return;
+    };
+    let Ok(saved) = serde_json::from_str::<Vec<Pending>>(&saved) else {
+        return;
+    };
+    // Only messages of a browser that is still joined can be sent; a stale outbox is dropped.
+    if chat.joined.with_untracked(|joined| *joined) && !saved.is_empty() {
+        chat.pending.update(|pending| pending.extend(saved));
+    }
+}
+
+fn save_outbox(pending: &[Pending]) {
+    let Some(storage) = storage() else { return };
+    if pending.is_empty() {
+        let _ = storage.remove_item(OUTBOX_KEY);
+    } else if let Ok(json) = serde_json::to_string(pending) {
+        let _ = storage.set_item(OUTBOX_KEY, &json);
+    }
+}
+
+/// Reconnects at once when the network returns or the tab is shown again, instead of waiting out the
+/// backoff; shows "offline" as soon as the browser knows it is.
+fn watch_network(chat: Chat) {
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    let on_online = Closure::<dyn FnMut()>::new(move || reconnect_now(chat));
+    // Offline, the socket cannot be trusted (it may stay "open" for minutes with nothing getting through):
+    // drop it, so messages go to the outbox and the status says so, and connect again when back online.
+    let on_offline = Closure::<dyn FnMut()>::new(move || {
+        if let Some(conn) = CONNECTION.take() {
+            conn.socket.set_onopen(None);
+            conn.socket.set_onmessage(None);
+            conn.socket.set_onclose(None);
+            let _ = conn.socket.close();
+        }
+        chat.on_close(false);
+        schedule_reconnect(chat);
+    });
+    let on_visible = Closure::<dyn FnMut()>::new(move || {
+        let visible = web_sys::window()
+            .and_then(|w| w.document())
+            .is_some_and(|d| d.visibility_state() == web_sys::VisibilityState::Visible);
+        if visible {
+            reconnect_now(chat);
+        }
+    });
+    let _ = window.add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref());
+    let _ = window.add_event_listener_with_callback("offline", on_offline.as_ref().unchecked_ref());
+    if let Some(document) = window.document() {
+        let _ = document.add_event_listener_with_callback(
+            "visibilitychange",
+            on_visible.as_ref().unchecked_ref(),
+        );
+    }
+    // These listen for the life of the page.
+    on_online.forget();
+    on_offline.forget();
+    on_visible.forget();
+}
+
+fn is_connected() -> bool {
+    CONNECTION.with_borrow(|conn| {
+        conn.as_ref().is_some_and(|c| {
+            let state = c.socket.ready_state();
+            state == WebSocket::OPEN || state == WebSocket::CONNECTING
+        })
+    })
+}
+
+fn reconnect_now(chat: Chat) {
+    if is_connected() {
+        return;
+    }
+    FAILURES.set(0);
+    // A pending backoff timer finds the socket open and does nothing.
+    open(chat);
+}
+
+/// Sends a frame if the socket is open.
+pub fn transmit(frame: &ClientFrame) -> bool {
+    let Ok(json) = serde_json::to_string(frame) else {
+        return false;
+    };
+    CONNECTION.with_borrow(|conn| {
+        conn.as_ref()
+            .filter(|c| c.socket.ready_state() == WebSocket::OPEN)
+            .is_some_and(|c| c.socket.send_with_str(&json).is_ok())
+    })
+}
+
+fn endpoint(after: u64) -> Option<String> {
+    let location = web_sys::window()?.location();
+    let scheme = if location.protocol().ok()? == "https:" {
+        "wss"
+    } else {
+        "ws"
+    };
+    let host = location.host().ok()?;
+    Some(if after > 0 {
+        format!("{scheme}://{host}/ws?after={after}")
+    } else {
+        format!("{scheme}://{host}/ws")
+    })
+}
+
+fn open(chat: Chat) {
+    let Some(url) = endpoint(chat.last_seq()) else {
+        return;
+    };
+    let socket = match WebSocket::new(&url) {
+        Ok(socket) => socket,
+        Err(_) => {
+            schedule_reconnect(chat);
+            return;
+        }
+    };
+
+    let on_open = Closure::<dyn FnMut()>::new(move || {
+        FAILURES.set(0);
+        chat.on_open();
+    });
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+        let Some(text) = ev.data().as_string() else {
+            return;
+        };
+        match serde_json::from_str::<ServerFrame>(&text) {
+            Ok(frame) => chat.apply(frame),
+            Err(err) => {
+                leptos::logging::warn!("ignoring a frame this page does not understand: {err}")
+            }
+        }
+    });
+    let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
+        // Only the current socket's close matters; an older one may close late.
+        if !CONNECTION.with_borrow(|c| {
+            c.as_ref()
+                .is_some_and(|c| c.socket.ready_state() == WebSocket::CLOSED)
+        }) {
+            return;
+        }
+        CONNECTION.set(None);
+        chat.on_close(is_online());
+        schedule_reconnect(chat);
+    });
+    socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    CONNECTION.set(Some(Connection {
+        socket,
+        _on_open: on_open,
+        _on_message: on_message,
+        _on_close: on_close,
+    }));
+}
+
+fn is_online() -> bool {
+    web_sys::window().is_none_or(|w| w.navigator().on_line())
+}
+
+/// Tries again after a delay that doubles with each failure up to [`MAX_RETRY`], randomised so that many
+/// clients dropped together do not all return in the same instant.
+fn schedule_reconnect(chat: Chat) {
+    if RETRY_SCHEDULED.replace(true) {
+        return;
+    }
+    let failures = FAILURES.get();
+    FAILURES.set(failures.saturating_add(1));
+    let ceiling = FIRST_RETRY
+        .saturating_mul(1 << failures.min(8))
+        .min(MAX_RETRY);
+    let delay = ceiling.mul_f64(0.5 + js_sys::Math::random() / 2.0);
+    leptos::prelude::set_timeout(
+        move || {
+            RETRY_SCHEDULED.set(false);
+            if !is_connected() {
+                open(chat);
+            }
+        },
+        delay,
+    );
+}

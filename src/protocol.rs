@@ -1,0 +1,468 @@
+//! The wire protocol: JSON text frames over the one WebSocket at `/ws`.
+//!
+//! Compiled for both the server and the browser, so the two can never disagree on a field name, a limit or a
+//! validation rule. The README's "Protocol" section documents the same frames for bots and load tools.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The one room Confab has for now. Every event carries its room id so more rooms need no protocol change.
+pub const GENERAL_ROOM: &str = "general";
+/// A name is trimmed, then may hold at most this many characters (Unicode scalar values).
+pub const MAX_NAME_CHARS: usize = 32;
+/// A message may hold at most this many characters (Unicode scalar values) after trimming.
+pub const MAX_TEXT_CHARS: usize = 4_000;
+/// The largest WebSocket frame (and message) the server reads; larger ones close the connection with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// How many recent events a new connection is sent when it asks for no particular point in history.
+pub const HISTORY_PAGE: usize = 50;
+
+/// A frame a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Take a name in the room; answered by [`ServerFrame::Joined`] or an error.
+    Join { name: String },
+    /// Post a message. `id` is chosen by the client, so a retry of the same message is recognisable.
+    Send { id: Uuid, text: String },
+    /// The user is typing; others see "<name> is typing…" for a few seconds.
+    Typing,
+    /// Asks for the page of events just before `before`, answered by [`ServerFrame::History`].
+    History { before: u64 },
+    /// Leave the chat: this browser forgets its name, and the others see a leave line.
+    Leave,
+}
+
+/// The `type` values [`ClientFrame`] accepts, used to tell an unknown type from a malformed known one.
+pub const CLIENT_FRAME_TYPES: [&str; 5] = ["join", "send", "typing", "history", "leave"];
+
+/// A frame the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Something happened in the room. Delivered in `seq` order, the same order to every connection.
+    Event(ChatEvent),
+    /// The connection's join succeeded; `name` is the normalised name the room will show.
+    Joined { name: String },
+    /// A `send` was stored as event `seq` (also when it had been stored before: retries are safe).
+    Ack { id: Uuid, seq: u64 },
+    /// Who is in the room now; sent once after the history on connect. Later changes arrive as join and
+    /// leave events.
+    Presence { online: Vec<String> },
+    /// Someone is typing. Not stored.
+    Typing { name: String },
+    /// An older page of events, oldest first; `complete` when it reaches the start of the room.
+    History {
+        events: Vec<ChatEvent>,
+        complete: bool,
+    },
+    /// The `leave` succeeded; the connection stays open as a reader.
+    Left,
+    /// A frame was refused. `id` names the refused message when there was one.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Uuid>,
+    },
+}
+
+impl ServerFrame {
+    /// Serialises an `event` frame from a borrowed event, so the hub need not clone it to encode it.
+    pub fn encode_event(event: &ChatEvent) -> String {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Borrowed<'a> {
+            Event(&'a ChatEvent),
+        }
+        serde_json::to_string(&Borrowed::Event(event)).expect("events always serialise")
+    }
+
+    /// Serialises any frame.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+}
+
+/// One stored event of a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatEvent {
+    /// Position in the room, starting at 1 and without gaps: the server's one ordering authority.
+    pub seq: u64,
+    /// The message's uuid (the client's for messages, the server's for join lines).
+    pub id: Uuid,
+    pub room: String,
+    /// Server time the event was stored, in milliseconds since the Unix epoch.
+    pub at: i64,
+    pub kind: EventKind,
+    pub name: String,
+    /// The message text; empty for join lines.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Message,
+    Join,
+    Leave,
+}
+
+impl ChatEvent {
+    /// The line a person reads for this event, for system lines (joins and leaves).
+    pub fn system_line(&self) -> Option<String> {
+        match self.kind {
+            EventKind::Join => Some(format!("{} has joined the chat.", self.name)),
+            EventKind::Leave => Some(format!("{} has left the chat.", self.name)),
+            EventKind::Message => None,
+        }
+    }
+}
+
+/// Stable, machine-readable reasons for an [`ServerFrame::Error`]; the `message` beside it is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON.
+    BadJson,
+    /// The frame is JSON, but its `type` is missing or unknown.
+    UnknownType,
+    /// The frame's `type` is known, but its fields are missing or of the wrong kind.
+    BadFrame,
+    /// Binary frames are not part of the protocol.
+    BinaryFrame,
+    /// The frame is larger than [`MAX_FRAME_BYTES`]; the connection is closed.
+    FrameTooLarge,
+    NameBlank,
+    NameTooLong,
+    NameInvalid,
+    /// The connection already joined under another name.
+    AlreadyJoined,
+    /// Someone else connected holds this name.
+    NameTaken,
+    /// A `send` before a successful `join`.
+    NotJoined,
+    TextBlank,
+    TextTooLong,
+    TextInvalid,
+    /// Too many messages in too short a time; the message was not stored and may be sent again later.
+    RateLimited,
+    /// The server could not store the event; nothing was stored and the message may be sent again.
+    Unavailable,
+}
+
+/// Why a name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    Blank,
+    TooLong,
+    Invalid,
+}
+
+impl NameError {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            NameError::Blank => ErrorCode::NameBlank,
+            NameError::TooLong => ErrorCode::NameTooLong,
+            NameError::Invalid => ErrorCode::NameInvalid,
+        }
+    }
+
+    /// The sentence shown under the name field.
+    pub fn message(self) -> &'static str {
+        match self {
+            NameError::Blank => "Name cannot be blank!",
+            NameError::TooLong => "Name is too long: use at most 32 characters.",
+            NameError::Invalid => "Name cannot contain control or invisible formatting characters.",
+        }
+    }
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextError {
+    Blank,
+    TooLong,
+    Invalid,
+}
+
+impl TextError {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            TextError::Blank => ErrorCode::TextBlank,
+            TextError::TooLong => ErrorCode::TextTooLong,
+            TextError::Invalid => ErrorCode::TextInvalid,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            TextError::Blank => "Message cannot be blank.",
+            TextError::TooLong => "Message is too long: use at most 4000 characters.",
+            TextError::Invalid => "Message cannot contain control characters.",
+        }
+    }
+}
+
+/// Characters that render as nothing. A name made only of them is blank, and they may not lead or trail.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{200B}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// Characters that let a name disguise itself or others (bidi overrides) or break the layout.
+/// Zero-width joiners stay allowed inside a name: emoji sequences such as 👩‍💻 need them.
+fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Normalises a name as the room will show it: trimmed, non-blank, at most [`MAX_NAME_CHARS`] characters,
+/// with no control or bidi-override characters.
+pub fn validate_name(raw: &str) -> Result<String, NameError> {
+    let name = raw.trim_matches(is_invisible);
+    if name.is_empty() {
+        return Err(NameError::Blank);
+    }
+    if name.chars().any(is_forbidden_in_name) {
+        return Err(NameError::Invalid);
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(NameError::TooLong);
+    }
+    Ok(name.to_owned())
+}
+
+/// Normalises a message: line endings become `\n`, the ends are trimmed, and inner newlines and tabs are kept.
+pub fn validate_text(raw: &str) -> Result<String, TextError> {
+    let text = raw.replace("\r\n", "\n");
+    let text = text.trim_matches(is_invisible);
+    if text.is_empty() {
+        return Err(TextError::Blank);
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(TextError::Invalid);
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(TextError::TooLong);
+    }
+    Ok(text.to_owned())
+}
+
+/// Why a text frame could not be read as a [`ClientFrame`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Parses one text frame, telling bad JSON, an unknown `type` and a malformed known frame apart.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let err = match serde_json::from_str::<ClientFrame>(text) {
+        Ok(frame) => return Ok(frame),
+        Err(err) => err,
+    };
+    if err.is_syntax() || err.is_eof() {
+        return Err(FrameError {
+            code: ErrorCode::BadJson,
+            message: format!("The frame is not valid JSON: {err}."),
+        });
+    }
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        kind: Option<serde_json::Value>,
+    }
+    let kind = serde_json::from_str::<TypeOnly>(text)
+        .ok()
+        .and_then(|t| t.kind);
+    match kind.as_ref().and_then(|k| k.as_str()) {
+        Some(k) if CLIENT_FRAME_TYPES.contains(&k) => Err(FrameError {
+            code: ErrorCode::BadFrame,
+            message: format!("The \"{k}\" frame is malformed: {err}."),
+        }),
+        Some(k) => Err(FrameError {
+            code: ErrorCode::UnknownType,
+            message: format!(
+                "Unknown frame type \"{}\"; expected one of: {}.",
+                k.chars().take(40).collect::<String>(),
+                CLIENT_FRAME_TYPES.join(", ")
+            ),
+        }),
+        None => Err(FrameError {
+            code: ErrorCode::UnknownType,
+            message: "The frame has no \"type\" field.".to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_checked() {
+        assert_eq!(validate_name("  Ann Lee \t").unwrap(), "Ann Lee");
+        assert_eq!(validate_name(""), Err(NameError::Blank));
+        assert_eq!(validate_name(" \t\n "), Err(NameError::Blank));
+        assert_eq!(validate_name("\u{200B}\u{FEFF}"), Err(NameError::Blank));
+        assert_eq!(validate_name("a\u{0007}b"), Err(NameError::Invalid));
+        assert_eq!(
+            validate_name("evil\u{202E}gnp.exe"),
+            Err(NameError::Invalid)
+        );
+        assert_eq!(validate_name(&"x".repeat(32)).unwrap().len(), 32);
+        assert_eq!(validate_name(&"x".repeat(33)), Err(NameError::TooLong));
+        // 32 multi-byte characters are within the limit: it counts characters, not bytes.
+        assert!(validate_name(&"é".repeat(32)).is_ok());
+        assert_eq!(validate_name("👩‍💻 Dev").unwrap(), "👩‍💻 Dev");
+        assert_eq!(NameError::Blank.message(), "Name cannot be blank!");
+    }
+
+    #[test]
+    fn texts_keep_inner_newlines() {
+        assert_eq!(validate_text("\r\n hi\r\nthere \n").unwrap(), "hi\nthere");
+        assert_eq!(validate_text("a\tb").unwrap(), "a\tb");
+        assert_eq!(validate_text("  \n "), Err(TextError::Blank));
+        assert_eq!(validate_text("nul\u{0000}"), Err(TextError::Invalid));
+        assert!(validate_text(&"字".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert_eq!(
+            validate_text(&"a".repeat(MAX_TEXT_CHARS + 1)),
+            Err(TextError::TooLong)
+        );
+        assert_eq!(validate_text("<b>x</b>").unwrap(), "<b>x</b>");
+    }
+
+    #[test]
+    fn client_frames_round_trip() {
+        let id = Uuid::new_v4();
+        for frame in [
+            ClientFrame::Join { name: "Ann".into() },
+            ClientFrame::Send {
+                id,
+                text: "hi\nthere".into(),
+            },
+        ] {
+            let json = serde_json::to_string(&frame).unwrap();
+            assert_eq!(parse_client_frame(&json).unwrap(), frame);
+        }
+        let json = serde_json::to_string(&ClientFrame::Send {
+            id,
+            text: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(json, format!(r#"{{"type":"send","id":"{id}","text":"x"}}"#));
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let id = Uuid::new_v4();
+        let event = ChatEvent {
+            seq: 7,
+            id,
+            room: GENERAL_ROOM.into(),
+            at: 1_700_000_000_000,
+            kind: EventKind::Message,
+            name: "Ann".into(),
+            text: "<script>".into(),
+        };
+        let frames = [
+            ServerFrame::Event(event.clone()),
+            ServerFrame::Event(ChatEvent {
+                kind: EventKind::Join,
+                text: String::new(),
+                ..event.clone()
+            }),
+            ServerFrame::Joined { name: "Ann".into() },
+            ServerFrame::Ack { id, seq: 7 },
+            ServerFrame::Presence {
+                online: vec!["Ann".into(), "Bo".into()],
+            },
+            ServerFrame::Typing { name: "Ann".into() },
+            ServerFrame::History {
+                events: vec![event.clone()],
+                complete: true,
+            },
+            ServerFrame::Left,
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                id: Some(id),
+            },
+            ServerFrame::Error {
+                code: ErrorCode::BadJson,
+                message: "bad".into(),
+                id: None,
+            },
+        ];
+        assert_eq!(ServerFrame::encode_event(&event), frames[0].encode());
+        for frame in frames {
+            let json = frame.encode();
+            assert_eq!(
+                serde_json::from_str::<ServerFrame>(&json).unwrap(),
+                frame,
+                "{json}"
+            );
+        }
+        let join = serde_json::to_value(ServerFrame::Event(ChatEvent {
+            seq: 1,
+            id,
+            room: GENERAL_ROOM.into(),
+            at: 5,
+            kind: EventKind::Join,
+            name: "Bo".into(),
+            text: String::new(),
+        }))
+        .unwrap();
+        assert_eq!(join["type"], "event");
+        assert_eq!(join["kind"], "join");
+        assert!(join.get("text").is_none());
+    }
+
+    #[test]
+    fn bad_frames_are_told_apart() {
+        assert_eq!(
+            parse_client_frame("{not json").unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(parse_client_frame("").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(
+            parse_client_frame(r#"{"type":"dance"}"#).unwrap_err().code,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"name":"x"}"#).unwrap_err().code,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse_client_frame("[1,2]").unwrap_err().code,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"join"}"#).unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+        let bad_id = parse_client_frame(r#"{"type":"send","id":"nope","text":"x"}"#).unwrap_err();
+        assert_eq!(bad_id.code, ErrorCode::BadFrame);
+        assert!(bad_id.message.contains("send"), "{}", bad_id.message);
+    }
+
+    #[test]
+    fn join_line_reads_naturally() {
+        let event = ChatEvent {
+            seq: 1,
+            id: Uuid::nil(),
+            room: GENERAL_ROOM.into(),
+            at: 0,
+            kind: EventKind::Join,
+            name: "Zoë".into(),
+            text: String::new(),
+        };
+        assert_eq!(
+            event.system_line().as_deref(),
+            Some("Zoë has joined the chat.")
+        );
+    }
+}

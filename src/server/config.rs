@@ -1,0 +1,150 @@
+//! Configuration from the environment. Leptos reads its own `LEPTOS_*` variables (site address, site root);
+//! these are Confab's.
+
+use super::session::SessionConfig;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where events and sessions are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite in this file (the default: `$CONFAB_DATA_DIR/confab.db`).
+    Sqlite(PathBuf),
+    /// In memory only: everything is gone on restart (`CONFAB_STORE=memory`; tests use it).
+    Memory,
+}
+
+/// Confab's own settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Events kept per room by the in-memory store (`CONFAB_HISTORY_CAPACITY`).
+    pub history_capacity: usize,
+    /// Frames a connection may fall behind live fan-out before it catches up from the store
+    /// (`CONFAB_LIVE_BUFFER`).
+    pub live_buffer: usize,
+    pub store: StoreConfig,
+    pub session: SessionConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            history_capacity: 10_000,
+            live_buffer: 1_024,
+            store: StoreConfig::Sqlite(PathBuf::from("data").join("confab.db")),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the `CONFAB_*` variables; unset ones keep their defaults, malformed ones are an error.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut config = Config::default();
+        let parse = |key: &str, into: &mut usize| -> Result<(), String> {
+            if let Some(raw) = get(key) {
+                *into = parse_positive(key, &raw)?;
+            }
+            Ok(())
+        };
+        parse("CONFAB_HISTORY_CAPACITY", &mut config.history_capacity)?;
+        parse("CONFAB_LIVE_BUFFER", &mut config.live_buffer)?;
+        let data_dir = get("CONFAB_DATA_DIR")
+            .filter(|d| !d.trim().is_empty())
+            .unwrap_or_else(|| "data".into());
+        config.store = match get("CONFAB_STORE").as_deref().map(str::trim) {
+            None | Some("") | Some("sqlite") => {
+                StoreConfig::Sqlite(PathBuf::from(data_dir).join("confab.db"))
+            }
+            Some("memory") => StoreConfig::Memory,
+            Some(other) => {
+                return Err(format!(
+                    "CONFAB_STORE must be \"sqlite\" or \"memory\", not {other:?}"
+                ))
+            }
+        };
+        if let Some(raw) = get("CONFAB_LEAVE_GRACE_MS") {
+            let ms = u64::from_str(raw.trim()).map_err(|_| {
+                format!("CONFAB_LEAVE_GRACE_MS must be a whole number of milliseconds, not {raw:?}")
+            })?;
+            config.session.leave_grace = Duration::from_millis(ms);
+        }
+        if let Some(raw) = get("CONFAB_RATE_PER_SECOND") {
+            config.session.messages_per_second = nonzero("CONFAB_RATE_PER_SECOND", &raw)?;
+        }
+        if let Some(raw) = get("CONFAB_RATE_BURST") {
+            config.session.burst = nonzero("CONFAB_RATE_BURST", &raw)?;
+        }
+        Ok(config)
+    }
+}
+
+fn parse_positive(key: &str, raw: &str) -> Result<usize, String> {
+    match usize::from_str(raw.trim()) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{key} must be a whole number above zero, not {raw:?}"
+        )),
+    }
+}
+
+fn nonzero(key: &str, raw: &str) -> Result<NonZeroU32, String> {
+    NonZeroU32::from_str(raw.trim())
+        .map_err(|_| format!("{key} must be a whole number above zero, not {raw:?}"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, String> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|key| env.get(key).cloned())
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let config = from(&[]).unwrap();
+        assert_eq!(config.history_capacity, 10_000);
+        assert_eq!(config.session.messages_per_second.get(), 10);
+        let config = from(&[
+            ("CONFAB_HISTORY_CAPACITY", "50"),
+            ("CONFAB_RATE_BURST", "3"),
+        ])
+        .unwrap();
+        assert_eq!(config.history_capacity, 50);
+        assert_eq!(config.session.burst.get(), 3);
+    }
+
+    #[test]
+    fn malformed_values_are_refused_with_the_variable_named() {
+        let err = from(&[("CONFAB_LIVE_BUFFER", "lots")]).unwrap_err();
+        assert!(err.contains("CONFAB_LIVE_BUFFER"), "{err}");
+        assert!(from(&[("CONFAB_RATE_PER_SECOND", "0")]).is_err());
+        assert!(from(&[("CONFAB_HISTORY_CAPACITY", "-1")]).is_err());
+        assert!(from(&[("CONFAB_STORE", "mongo")])
+            .unwrap_err()
+            .contains("CONFAB_STORE"));
+        assert!(from(&[("CONFAB_LEAVE_GRACE_MS", "soon")]).is_err());
+    }
+}

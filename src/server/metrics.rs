@@ -1,0 +1,47 @@
+//! Prometheus metrics at `/metrics`: connections, messages in and out, fan-out and store latency.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const CONNECTED: &str = "confab_connected_clients";
+pub const MESSAGES_IN: &str = "confab_messages_in_total";
+pub const FRAMES_OUT: &str = "confab_frames_out_total";
+pub const FANOUT_SECONDS: &str = "confab_fanout_seconds";
+pub const STORE_SECONDS: &str = "confab_store_append_seconds";
+
+/// The process-wide recorder; installed on first use (tests start many servers in one process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .expect("buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (never in the binary); then the handle stays empty.
+        let _ = metrics::set_global_recorder(recorder);
+        metrics::describe_gauge!(CONNECTED, "WebSocket connections open now");
+        metrics::describe_counter!(MESSAGES_IN, "chat messages accepted from clients");
+        metrics::describe_counter!(FRAMES_OUT, "frames written to client sockets");
+        metrics::describe_histogram!(
+            FANOUT_SECONDS,
+            "from a batch reaching its room's writer to its broadcast"
+        );
+        metrics::describe_histogram!(STORE_SECONDS, "time to store one batch durably");
+        handle
+    })
+}
+
+/// The `/metrics` response body.
+pub async fn render() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        handle().render(),
+    )
+}

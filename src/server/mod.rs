@@ -1,0 +1,243 @@
+//! The server half: configuration, state, the hub, WebSocket sessions and storage. Compiled with `ssr` only.
+
+pub mod config;
+pub mod hub;
+pub mod identity;
+pub mod metrics;
+pub mod presence;
+pub mod session;
+pub mod store;
+pub mod web;
+
+#[cfg(test)]
+mod tests;
+
+use crate::app::{shell, App};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Extension, FromRef, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use config::{Config, StoreConfig};
+use hub::Hub;
+use identity::SessionToken;
+use leptos::prelude::LeptosOptions;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use serde::Deserialize;
+use session::{SessionConfig, Start};
+use std::future::Future;
+use std::sync::Arc;
+use store::{MemoryStore, MessageStore, SqliteStore};
+use tokio::net::TcpListener;
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub leptos_options: LeptosOptions,
+    pub hub: Hub,
+    pub session: SessionConfig,
+}
+
+impl AppState {
+    /// Opens the store and starts the hub's writer tasks (so it needs a Tokio runtime).
+    pub async fn new(leptos_options: LeptosOptions, config: &Config) -> Result<Self, String> {
+        let store: Arc<dyn MessageStore> = match &config.store {
+            StoreConfig::Memory => Arc::new(MemoryStore::new(config.history_capacity)),
+            StoreConfig::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                }
+                let store = SqliteStore::open(path)
+                    .await
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                tracing::info!(path = %path.display(), "SQLite store open");
+                Arc::new(store)
+            }
+        };
+        let hub = Hub::new(store, &[crate::protocol::GENERAL_ROOM], config.live_buffer);
+        Ok(Self {
+            leptos_options,
+            hub,
+            session: config.session.clone(),
+        })
+    }
+}
+
+/// The whole application: pages, assets, the WebSocket and the health check.
+pub fn router(state: AppState) -> Router {
+    // Install the metrics recorder before the first connection records anything.
+    metrics::handle();
+    let routes = generate_route_list(App);
+    let options = state.leptos_options.clone();
+    let context = state.clone();
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::render))
+        // The hashed bundle, served precompressed (brotli or gzip, as the browser accepts) when the
+        // build made the .br/.gz files (`cargo leptos build --release --precompress`).
+        .nest_service("/pkg", pkg_files(&state.leptos_options))
+        // Server functions and pages read the state (store, hub) from the Leptos context.
+        .leptos_routes_with_context(
+            &state,
+            routes,
+            move || provide_request_context(&context),
+            move || shell(options.clone()),
+        )
+        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(axum::middleware::from_fn(identity::session_cookie))
+        .layer(axum::middleware::from_fn(web::security_headers))
+        .with_state(state)
+}
+
+fn pkg_files(options: &LeptosOptions) -> tower_http::services::ServeDir {
+    let dir = std::path::Path::new(options.site_root.as_ref()).join(options.site_pkg_dir.as_ref());
+    tower_http::services::ServeDir::new(dir)
+        .precompressed_br()
+        .precompressed_gzip()
+}
+
+/// What pages and server functions read from the Leptos context: the state, and this response's CSP
+/// nonce, which the hydration scripts then carry.
+fn provide_request_context(state: &AppState) {
+    use leptos::prelude::{provide_context, use_context};
+    provide_context(state.clone());
+    let nonce = use_context::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<web::CspNonce>().cloned());
+    if let Some(web::CspNonce(nonce)) = nonce {
+        provide_context(leptos::nonce::Nonce::from_value(nonce));
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Nagle's algorithm holds small frames back for tens of milliseconds: chat frames are all small.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    /// Resume: send every event after this sequence number instead of the recent page.
+    after: Option<u64>,
+}
+
+async fn websocket(
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+    Query(query): Query<WsQuery>,
+    Extension(SessionToken(token)): Extension<SessionToken>,
+    State(hub): State<Hub>,
+    State(session): State<SessionConfig>,
+) -> Response {
+    if !web::same_origin(&headers) {
+        tracing::warn!(origin = ?headers.get("origin"), "refused a cross-origin WebSocket upgrade");
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "cross-origin WebSocket connections are not allowed",
+        )
+            .into_response();
+    }
+    let start = query.after.map_or(Start::Recent, Start::After);
+    upgrade
+        // tungstenite's defaults keep 128 KiB of read buffer per connection; chat frames are small.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(crate::protocol::MAX_FRAME_BYTES * 16)
+        .max_message_size(crate::protocol::MAX_FRAME_BYTES)
+        .max_frame_size(crate::protocol::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            session::run(
+                socket,
+                hub,
+                crate::protocol::GENERAL_ROOM,
+                token,
+                start,
+                session,
+            )
+            .await
+        })
+        .into_response()
+}
+
+/// Runs the server as configured by the environment until SIGINT or SIGTERM. Start-up failures come back
+/// as plain sentences for the operator.
+pub async fn run_from_env() -> Result<(), String> {
+    config::init_tracing();
+    let conf = leptos::config::get_configuration(None)
+        .map_err(|e| format!("Leptos configuration: {e}"))?;
+    let config = Config::from_env()?;
+    let addr = conf.leptos_options.site_addr;
+    let state = AppState::new(conf.leptos_options, &config).await?;
+    let hub = state.hub.clone();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!("Confab listening on http://{addr}");
+    let closing = hub.clone();
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Stop accepting (axum does, as this future resolves) and close every socket with 1012.
+        closing.begin_shutdown();
+        let _ = signalled.send(());
+    };
+    let served = serve(listener, router(state), shutdown);
+    // Sockets close within milliseconds of the signal; the cap keeps the exit inside Fly's kill timeout
+    // even if a peer never answers.
+    let deadline = async move {
+        if on_signal.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        result = served => result.map_err(|e| format!("server failed: {e}")),
+        () = deadline => {
+            tracing::warn!("connections still open after the shutdown grace; closing anyway");
+            Ok(())
+        }
+    };
+    hub.close().await;
+    tracing::info!("stopped; storage flushed");
+    served
+}
+
+/// The longest a shutdown waits for connections before the store is flushed and the process exits.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what Fly.io and Docker send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

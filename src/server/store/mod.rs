@@ -1,0 +1,111 @@
+//! Where events live. The store is the one authority on order: it gives each event of a room its sequence
+//! number, and live fan-out and history replay both use those numbers.
+
+mod memory;
+mod sqlite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+use crate::protocol::{ChatEvent, EventKind};
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// An event before the store has placed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub kind: EventKind,
+    pub name: String,
+    pub text: String,
+}
+
+impl NewEvent {
+    /// The event as stored: in `room`, at position `seq`, stamped `at`.
+    pub fn placed(self, room: &str, seq: u64, at: i64) -> ChatEvent {
+        ChatEvent {
+            seq,
+            id: self.id,
+            room: room.to_owned(),
+            at,
+            kind: self.kind,
+            name: self.name,
+            text: self.text,
+        }
+    }
+}
+
+/// The result of appending one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub event: ChatEvent,
+    /// False when the room already had an event with this id: the stored one is returned, nothing new was
+    /// written, and nothing must be broadcast.
+    pub fresh: bool,
+}
+
+/// Storage failures; the detail is logged, clients see only [`crate::protocol::ErrorCode::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What the server needs from storage. Appends for one room come from one writer task at a time, which is
+/// what makes the sequence numbers a total order.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Stores a batch in order, durably, stamping each new event with the room's next sequence number and
+    /// `at`. An id the room already has is not stored again (see [`Appended::fresh`]).
+    async fn append(
+        &self,
+        room: &str,
+        events: Vec<NewEvent>,
+        at: i64,
+    ) -> Result<Vec<Appended>, StoreError>;
+
+    /// Up to `limit` events with `seq > after`, oldest first.
+    async fn since(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError>;
+
+    /// The newest `limit` events with `seq < before`, oldest first. `before = u64::MAX` gives the latest.
+    async fn before(
+        &self,
+        room: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError>;
+
+    /// The name a browser session has joined under, if any.
+    async fn session_name(&self, token: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records (or, with `None`, clears) the name of a browser session.
+    async fn set_session_name(
+        &self,
+        token: &str,
+        name: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Flushes and closes; called once on shutdown.
+    async fn close(&self) {}
+}
+
+/// A message from "Ann" with a fresh id, for the stores' tests.
+#[cfg(test)]
+fn test_message(text: &str) -> NewEvent {
+    NewEvent {
+        id: Uuid::new_v4(),
+        kind: EventKind::Message,
+        name: "Ann".into(),
+        text: text.into(),
+    }
+}

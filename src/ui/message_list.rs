@@ -1,0 +1,127 @@
+//! The scrolling list of rows. It follows new messages while the reader is at the bottom, and otherwise
+//! keeps their place and offers a "New messages" button. Scrolling to the top loads older pages.
+
+use super::message_row::{EventRow, PendingRow};
+use super::state::Chat;
+use leptos::html;
+use leptos::prelude::*;
+
+/// How close to the bottom (in CSS pixels) still counts as "at the bottom".
+const STICK_DISTANCE: i32 = 80;
+/// How close to the top starts loading the page before.
+const LOAD_OLDER_DISTANCE: i32 = 120;
+
+#[component]
+pub fn MessageList() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let list = NodeRef::<html::Div>::new();
+    // Whether to follow new rows. Only the reader scrolling *up* unsticks it, so a smooth scroll still
+    // under way when more rows arrive does not count as the reader leaving the bottom.
+    let stick = StoredValue::new(true);
+    let last_top = StoredValue::new(0);
+    // Distance from the bottom when an older page was asked for; the view is put back there once it lands.
+    let anchor = StoredValue::new(None::<i32>);
+    let unseen = RwSignal::new(false);
+
+    let scroll_to_bottom = move |smooth: bool| {
+        if let Some(el) = list.get_untracked() {
+            let options = web_sys::ScrollToOptions::new();
+            options.set_top(f64::from(el.scroll_height()));
+            options.set_behavior(if smooth {
+                web_sys::ScrollBehavior::Smooth
+            } else {
+                web_sys::ScrollBehavior::Instant
+            });
+            el.scroll_to_with_scroll_to_options(&options);
+        }
+        stick.set_value(true);
+        unseen.set(false);
+    };
+
+    let on_scroll = move |_| {
+        let Some(el) = list.get_untracked() else {
+            return;
+        };
+        let top = el.scroll_top();
+        let distance = el.scroll_height() - top - el.client_height();
+        if distance <= STICK_DISTANCE {
+            stick.set_value(true);
+            unseen.set(false);
+        } else if top < last_top.get_value() {
+            stick.set_value(false);
+        }
+        last_top.set_value(top);
+        if top <= LOAD_OLDER_DISTANCE
+            && !chat.history_complete.get_untracked()
+            && !chat.loading_older.get_untracked()
+        {
+            anchor.set_value(Some(el.scroll_height() - top));
+            chat.load_older();
+        }
+    };
+
+    // Runs after rows render. New rows at the bottom: follow them, or note there is something new below.
+    Effect::new(move |previous: Option<(u64, usize)>| {
+        let newest = (
+            chat.events.with(|e| e.last().map_or(0, |e| e.seq)),
+            chat.pending.with(Vec::len),
+        );
+        match previous {
+            None => request_animation_frame(move || scroll_to_bottom(false)),
+            Some(before) if before != newest => {
+                let ours = newest.1 > before.1;
+                if stick.get_value() || ours {
+                    // Wait a frame so the new row has its height before scrolling to it.
+                    request_animation_frame(move || scroll_to_bottom(true));
+                } else {
+                    unseen.set(true);
+                }
+            }
+            Some(_) => {}
+        }
+        newest
+    });
+
+    // New rows at the top (an older page): keep the rows the reader was looking at where they were.
+    Effect::new(move |previous: Option<u64>| {
+        let oldest = chat.events.with(|e| e.first().map_or(0, |e| e.seq));
+        if previous.is_some_and(|p| p != oldest) {
+            if let (Some(from_bottom), Some(el)) = (anchor.get_value(), list.get_untracked()) {
+                anchor.set_value(None);
+                request_animation_frame(move || {
+                    el.set_scroll_top(el.scroll_height() - from_bottom)
+                });
+            }
+        }
+        oldest
+    });
+
+    let my_name = move || chat.name.get().unwrap_or_default();
+    let empty = move || chat.events.with(Vec::is_empty) && chat.pending.with(Vec::is_empty);
+    view! {
+        <div class="messages" node_ref=list on:scroll=on_scroll>
+            <Show when=move || chat.history_complete.get() && !empty()>
+                <p class="beginning">"This is the beginning of the chat."</p>
+            </Show>
+            <Show when=move || chat.loading_older.get()>
+                <p class="beginning">"Loading older messages…"</p>
+            </Show>
+            <Show when=empty>
+                <p class="empty">"No messages yet. Send your first message!"</p>
+            </Show>
+            <ol class="rows" aria-label="Messages">
+                <For each=move || chat.events.get() key=|event| event.seq let(event)>
+                    <EventRow event/>
+                </For>
+                <For each=move || chat.pending.get() key=|p| (p.id, p.failed.clone()) let(pending)>
+                    <PendingRow pending name=my_name()/>
+                </For>
+            </ol>
+        </div>
+        <Show when=move || unseen.get()>
+            <button type="button" class="new-messages" on:click=move |_| scroll_to_bottom(true)>
+                "New messages ↓"
+            </button>
+        </Show>
+    }
+}

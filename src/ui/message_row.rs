@@ -1,0 +1,123 @@
+//! One row of the list: a chat message with its avatar, or a system line such as a join.
+
+use super::state::{Chat, Pending};
+use crate::avatar;
+use crate::protocol::ChatEvent;
+use leptos::prelude::*;
+
+/// A circle with the initials, coloured by a stable hash of the name.
+#[component]
+fn Avatar(name: String) -> impl IntoView {
+    view! {
+        <div class="avatar" style:background-color=avatar::color(&name) aria-hidden="true">
+            {avatar::initials(&name)}
+        </div>
+    }
+}
+
+/// A stored room event.
+#[component]
+pub fn EventRow(event: ChatEvent) -> impl IntoView {
+    if let Some(line) = event.system_line() {
+        return view! { <li class="system" data-seq=event.seq>{line}</li> }.into_any();
+    }
+    view! {
+        <li class="message" data-seq=event.seq>
+            <Avatar name=event.name.clone()/>
+            <div class="body">
+                <div class="meta">
+                    <span class="name">{event.name}</span>
+                    <LocalTime at=event.at/>
+                </div>
+                <div class="text">{event.text}</div>
+            </div>
+        </li>
+    }
+    .into_any()
+}
+
+/// One of our messages on its way, or refused with a reason and a retry button.
+#[component]
+pub fn PendingRow(pending: Pending, name: String) -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let id = pending.id;
+    let failed = pending.failed;
+    let is_failed = failed.is_some();
+    view! {
+        <li class="message pending" class:failed=is_failed aria-busy=(!is_failed).to_string()>
+            <Avatar name=name.clone()/>
+            <div class="body">
+                <div class="meta">
+                    <span class="name">{name}</span>
+                    <span class="time">{if is_failed { "Not sent" } else { "Sending…" }}</span>
+                </div>
+                <div class="text">{pending.text}</div>
+                {failed.map(|reason| view! {
+                    <div class="delivery-error">
+                        <span>{reason}</span>
+                        <button type="button" class="link" on:click=move |_| chat.retry(id)>"Retry"</button>
+                    </div>
+                })}
+            </div>
+        </li>
+    }
+}
+
+/// The time of an event. The server cannot know the reader's time zone, so it renders UTC; once the page
+/// is hydrated an effect (which runs in the browser only) switches to the reader's local time. Both
+/// renders start from the same text, so hydration matches.
+#[component]
+fn LocalTime(at: i64) -> impl IntoView {
+    let minutes = at.div_euclid(60_000);
+    let utc = format!(
+        "{:02}:{:02} UTC",
+        minutes.div_euclid(60).rem_euclid(24),
+        minutes.rem_euclid(60)
+    );
+    let text = RwSignal::new(utc);
+    Effect::new(move |_| {
+        let date = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(at as f64));
+        let options = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&options, &"hour".into(), &"2-digit".into());
+        let _ = js_sys::Reflect::set(&options, &"minute".into(), &"2-digit".into());
+        text.set(
+            date.to_locale_time_string_with_options("default", &options)
+                .into(),
+        );
+    });
+    let iso = iso_utc(at);
+    view! { <time class="time" datetime=iso>{text}</time> }
+}
+
+/// RFC 3339 in UTC, for the `datetime` attribute.
+fn iso_utc(at: i64) -> String {
+    let secs = at.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_dates() {
+        assert_eq!(super::iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::iso_utc(1_795_319_238_642), "2026-11-22T03:47:18Z");
+        assert_eq!(super::iso_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,67 @@
+//! Components, one per file, and the page that puts them together.
+
+mod composer;
+mod message_list;
+mod message_row;
+mod name_dialog;
+mod people;
+pub mod state;
+mod status;
+
+use composer::Composer;
+use leptos::prelude::*;
+use message_list::MessageList;
+use name_dialog::NameDialog;
+use people::{People, TypingLine};
+use state::{initial_state, Bootstrap, Chat};
+use status::{Notice, StatusBadge};
+
+/// The chat page. The server renders it with the recent history already in it, so it reads before the
+/// WASM loads, and without JavaScript at all.
+#[component]
+pub fn ChatPage() -> impl IntoView {
+    // Blocking: the history is part of the HTML, not fetched after it.
+    let boot = Resource::new_blocking(|| (), |_| initial_state());
+    view! {
+        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match boot.await {
+                    Ok(boot) => view! { <ChatView boot/> }.into_any(),
+                    Err(err) => {
+                        leptos::logging::error!("loading the chat failed: {err}");
+                        view! { <p class="loading">"Confab is unavailable right now. Reload to try again."</p> }
+                            .into_any()
+                    }
+                }
+            })}
+        </Suspense>
+    }
+}
+
+#[component]
+fn ChatView(boot: Bootstrap) -> impl IntoView {
+    let chat = Chat::new(boot);
+    provide_context(chat);
+    // Effects run in the browser only, after hydration: the page must first match the server's HTML.
+    #[cfg(feature = "hydrate")]
+    Effect::new(move |_| crate::client::connect(chat));
+
+    view! {
+        <div class="chat">
+            <header class="topbar">
+                <h1>"Confab"</h1>
+                <div class="topbar-end">
+                    <People/>
+                    <StatusBadge/>
+                </div>
+            </header>
+            <Notice/>
+            <MessageList/>
+            <TypingLine/>
+            <Composer/>
+            <Show when=move || !chat.joined.get()>
+                <NameDialog/>
+            </Show>
+        </div>
+    }
+}

@@ -1,0 +1,554 @@
+//! The chat as the page sees it: reactive signals fed by server frames, and the user's intents.
+//!
+//! This is shared code: on the server it holds the state the page is rendered from (the recent history and
+//! the browser's name); in the browser the connection in `crate::client` feeds it frames and carries its
+//! outgoing frames.
+
+use crate::protocol::{
+    validate_name, validate_text, ChatEvent, ClientFrame, ErrorCode, EventKind, NameError,
+    ServerFrame,
+};
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What the server renders the page from, and what hydration starts from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// The name this browser joined under, if it has.
+    pub name: Option<String>,
+    /// The newest page of events, oldest first.
+    pub events: Vec<ChatEvent>,
+    /// True when `events` reaches back to the room's first event.
+    pub complete: bool,
+}
+
+/// Reads the page's starting state on the server; its result is serialised into the HTML for hydration.
+#[server]
+pub async fn initial_state() -> Result<Bootstrap, ServerFnError> {
+    use crate::protocol::{GENERAL_ROOM, HISTORY_PAGE};
+    use crate::server::identity::SessionToken;
+    use crate::server::AppState;
+
+    let state = expect_context::<AppState>();
+    let parts = expect_context::<axum::http::request::Parts>();
+    let store = state.hub.store();
+    let name = match parts.extensions.get::<SessionToken>() {
+        Some(SessionToken(token)) => store
+            .session_name(token)
+            .await
+            .map_err(ServerFnError::new)?,
+        None => None,
+    };
+    let events = store
+        .before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE)
+        .await
+        .map_err(ServerFnError::new)?;
+    let complete = events.len() < HISTORY_PAGE || events.first().is_some_and(|e| e.seq <= 1);
+    Ok(Bootstrap {
+        name,
+        events,
+        complete,
+    })
+}
+
+/// The connection's state as the status indicator shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Connected,
+    Reconnecting,
+    Offline,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Connecting => "Connecting…",
+            Status::Connected => "Connected",
+            Status::Reconnecting => "Reconnecting…",
+            Status::Offline => "Offline",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Connecting => "connecting",
+            Status::Connected => "connected",
+            Status::Reconnecting => "reconnecting",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// A message of ours that the room has not shown yet: on its way, waiting in the outbox, or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub id: Uuid,
+    pub text: String,
+    /// Why the server refused it, if it did; `None` while it is on its way.
+    #[serde(default)]
+    pub failed: Option<String>,
+}
+
+/// How long "<name> is typing…" stays after the last typing signal.
+const TYPING_SHOWN_FOR: Duration = Duration::from_secs(4);
+
+/// Handle to the chat state; `Copy`, so every component and closure can hold one.
+#[derive(Clone, Copy)]
+pub struct Chat {
+    /// Room events in sequence order.
+    pub events: RwSignal<Vec<ChatEvent>>,
+    /// Our messages not yet seen in `events`, oldest first. This is the outbox: the browser keeps it
+    /// across reloads, and it is sent again after every (re)join until the room shows each message.
+    pub pending: RwSignal<Vec<Pending>>,
+    /// The name we joined under (kept across reconnects).
+    pub name: RwSignal<Option<String>>,
+    /// Whether the server accepted `name`; the name dialog shows until it has.
+    pub joined: RwSignal<bool>,
+    /// Why the last join was refused, shown under the name field.
+    pub join_error: RwSignal<Option<String>>,
+    pub status: RwSignal<Status>,
+    /// A passing error that belongs to no message, such as a refused frame.
+    pub notice: RwSignal<Option<String>>,
+    /// Who is in the room now.
+    pub online: RwSignal<Vec<String>>,
+    /// Who is typing, each with a counter that tells a fresh signal from a stale timeout.
+    pub typing: RwSignal<Vec<(String, u32)>>,
+    /// True once `events` reaches back to the room's first event.
+    pub history_complete: RwSignal<bool>,
+    pub loading_older: RwSignal<bool>,
+    /// Whether this connection has sent the outbox since it joined, so a repeated `joined` does not
+    /// send it twice.
+    flushed: StoredValue<bool>,
+}
+
+impl Chat {
+    /// The state the page starts from.
+    pub fn new(boot: Bootstrap) -> Self {
+        let joined = boot.name.is_some();
+        Self {
+            events: RwSignal::new(boot.events),
+            pending: RwSignal::new(Vec::new()),
+            name: RwSignal::new(boot.name),
+            joined: RwSignal::new(joined),
+            join_error: RwSignal::new(None),
+            status: RwSignal::new(Status::Connecting),
+            notice: RwSignal::new(None),
+            online: RwSignal::new(Vec::new()),
+            typing: RwSignal::new(Vec::new()),
+            history_complete: RwSignal::new(boot.complete),
+            loading_older: RwSignal::new(false),
+            flushed: StoredValue::new(false),
+        }
+    }
+
+    /// The highest sequence number shown; a reconnect resumes after it.
+    pub fn last_seq(&self) -> u64 {
+        self.events
+            .with_untracked(|events| events.last().map_or(0, |e| e.seq))
+    }
+
+    /// Asks to join under `raw`. A name the server would refuse is refused here first, with the same message.
+    pub fn join(&self, raw: &str) -> Result<(), NameError> {
+        let name = validate_name(raw)
+            .inspect_err(|err| self.join_error.set(Some(err.message().to_owned())))?;
+        self.join_error.set(None);
+        self.name.set(Some(name.clone()));
+        // If the socket is not open yet, `on_open` sends the join.
+        self.transmit(&ClientFrame::Join { name });
+        Ok(())
+    }
+
+    /// Leaves the chat: the name is given up, and the name dialog comes back.
+    pub fn leave(&self) {
+        self.transmit(&ClientFrame::Leave);
+        self.name.set(None);
+        self.joined.set(false);
+        self.pending.set(Vec::new());
+    }
+
+    /// Sends a message; returns false (and sends nothing) when it is blank or too long.
+    pub fn send(&self, raw: &str) -> bool {
+        let text = match validate_text(raw) {
+            Ok(text) => text,
+            Err(err) => {
+                if !raw.trim().is_empty() {
+                    self.notice.set(Some(err.message().to_owned()));
+                }
+                return false;
+            }
+        };
+        let id = Uuid::new_v4();
+        self.pending.update(|p| {
+            p.push(Pending {
+                id,
+                text: text.clone(),
+                failed: None,
+            })
+        });
+        self.clear_typing(self.name.get_untracked().as_deref());
+        // Offline, the message waits in the outbox and goes out after the next join.
+        if self.joined.get_untracked() {
+            self.transmit(&ClientFrame::Send { id, text });
+        }
+        true
+    }
+
+    /// Tells the room we are typing (the caller throttles).
+    pub fn typing(&self) {
+        if self.joined.get_untracked() {
+            self.transmit(&ClientFrame::Typing);
+        }
+    }
+
+    /// Asks for the page of events before the oldest one shown.
+    pub fn load_older(&self) {
+        if self.history_complete.get_untracked() || self.loading_older.get_untracked() {
+            return;
+        }
+        let Some(before) = self.events.with_untracked(|e| e.first().map(|e| e.seq)) else {
+            return;
+        };
+        if self.transmit(&ClientFrame::History { before }) {
+            self.loading_older.set(true);
+        }
+    }
+
+    /// Sends a refused message again.
+    pub fn retry(&self, id: Uuid) {
+        let mut text = None;
+        self.pending.update(|pending| {
+            if let Some(p) = pending.iter_mut().find(|p| p.id == id) {
+                p.failed = None;
+                text = Some(p.text.clone());
+            }
+        });
+        if let Some(text) = text {
+            self.transmit(&ClientFrame::Send { id, text });
+        }
+    }
+
+    /// The socket opened. The server recognises this browser by its cookie and rejoins it by itself; the
+    /// join sent here covers a server that has forgotten the session.
+    pub fn on_open(&self) {
+        self.status.set(Status::Connected);
+        self.flushed.set_value(false);
+        self.loading_older.set(false);
+        if let Some(name) = self.name.get_untracked() {
+            self.transmit(&ClientFrame::Join { name });
+        }
+    }
+
+    /// The socket closed; `online` says whether the browser thinks it has a network.
+    pub fn on_close(&self, online: bool) {
+        self.status.set(if online {
+            Status::Reconnecting
+        } else {
+            Status::Offline
+        });
+    }
+
+    /// Applies one frame from the server.
+    pub fn apply(&self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Event(event) => self.on_event(event),
+            ServerFrame::Joined { name } => {
+                self.name.set(Some(name));
+                self.joined.set(true);
+                self.join_error.set(None);
+                if !self.flushed.get_value() {
+                    self.flushed.set_value(true);
+                    self.flush_outbox();
+                }
+            }
+            ServerFrame::Ack { .. } => {
+                // The event itself follows on the live stream and replaces the pending row.
+            }
+            ServerFrame::Presence { online } => self.online.set(online),
+            ServerFrame::Typing { name } => self.on_typing(name),
+            ServerFrame::History { events, complete } => {
+                self.events.update(|shown| {
+                    let first = shown.first().map_or(u64::MAX, |e| e.seq);
+                    let older: Vec<ChatEvent> =
+                        events.into_iter().filter(|e| e.seq < first).collect();
+                    shown.splice(0..0, older);
+                });
+                self.history_complete.set(complete);
+                self.loading_older.set(false);
+            }
+            ServerFrame::Left => {
+                self.name.set(None);
+                self.joined.set(false);
+            }
+            ServerFrame::Error { code, message, id } => self.on_error(code, message, id),
+        }
+    }
+
+    fn on_event(&self, event: ChatEvent) {
+        // History replayed on reconnect may overlap what is shown; sequence numbers tell.
+        if event.seq <= self.last_seq() {
+            return;
+        }
+        match event.kind {
+            EventKind::Join => self.online.update(|online| {
+                if !online.contains(&event.name) {
+                    online.push(event.name.clone());
+                    online.sort_by_key(|n| n.to_lowercase());
+                }
+            }),
+            EventKind::Leave => self
+                .online
+                .update(|online| online.retain(|n| *n != event.name)),
+            EventKind::Message => self.clear_typing(Some(&event.name)),
+        }
+        let id = event.id;
+        self.events.update(|events| events.push(event));
+        self.pending
+            .update(|pending| pending.retain(|p| p.id != id));
+    }
+
+    /// Messages written while disconnected go out now, in the order they were written. The server stores
+    /// each id once, so a message that did arrive before the connection dropped is not shown twice.
+    fn flush_outbox(&self) {
+        for p in self.pending.get_untracked() {
+            if p.failed.is_none() {
+                self.transmit(&ClientFrame::Send {
+                    id: p.id,
+                    text: p.text,
+                });
+            }
+        }
+    }
+
+    fn on_typing(&self, name: String) {
+        if self.name.get_untracked().as_deref() == Some(name.as_str()) {
+            return;
+        }
+        let mut stamp = 0;
+        self.typing
+            .update(|typing| match typing.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => {
+                    *count = count.wrapping_add(1);
+                    stamp = *count;
+                }
+                None => typing.push((name.clone(), 0)),
+            });
+        let typing = self.typing;
+        set_timeout(
+            move || typing.update(|t| t.retain(|(n, count)| !(*n == name && *count == stamp))),
+            TYPING_SHOWN_FOR,
+        );
+    }
+
+    fn clear_typing(&self, name: Option<&str>) {
+        if let Some(name) = name {
+            if self
+                .typing
+                .with_untracked(|t| t.iter().any(|(n, _)| n == name))
+            {
+                self.typing.update(|t| t.retain(|(n, _)| n != name));
+            }
+        }
+    }
+
+    fn on_error(&self, code: ErrorCode, message: String, id: Option<Uuid>) {
+        let name_refused = matches!(
+            code,
+            ErrorCode::NameBlank
+                | ErrorCode::NameTooLong
+                | ErrorCode::NameInvalid
+                | ErrorCode::NameTaken
+        );
+        if name_refused {
+            // Also when a returning browser finds its name taken meanwhile: ask for another.
+            self.name.set(None);
+            self.joined.set(false);
+            self.join_error.set(Some(message));
+            return;
+        }
+        if let Some(id) = id {
+            let mut known = false;
+            self.pending.update(|pending| {
+                if let Some(p) = pending.iter_mut().find(|p| p.id == id) {
+                    p.failed = Some(message.clone());
+                    known = true;
+                }
+            });
+            if known {
+                return;
+            }
+        }
+        self.notice.set(Some(message));
+    }
+
+    /// Hands a frame to the connection; false when there is no open connection.
+    fn transmit(&self, frame: &ClientFrame) -> bool {
+        #[cfg(feature = "hydrate")]
+        return crate::client::transmit(frame);
+        // The server renders state; it never sends from it.
+        #[cfg(not(feature = "hydrate"))]
+        {
+            let _ = frame;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::GENERAL_ROOM;
+
+    fn event(seq: u64, id: Uuid, kind: EventKind, name: &str) -> ChatEvent {
+        ChatEvent {
+            seq,
+            id,
+            room: GENERAL_ROOM.into(),
+            at: 0,
+            kind,
+            name: name.into(),
+            text: format!("m{seq}"),
+        }
+    }
+
+    fn chat() -> (Owner, Chat) {
+        let owner = Owner::new();
+        owner.set();
+        (owner, Chat::new(Bootstrap::default()))
+    }
+
+    #[test]
+    fn events_replace_pending_and_replays_are_not_shown_twice() {
+        let (_owner, chat) = chat();
+        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        assert!(chat.send(" hello "));
+        assert!(!chat.send("   \n "));
+        let pending = chat.pending.get_untracked();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].text, "hello");
+
+        let delivered = [
+            event(1, Uuid::new_v4(), EventKind::Message, "Bo"),
+            event(2, pending[0].id, EventKind::Message, "Ann"),
+        ];
+        // The second round is a resume that overlaps what is shown: it must change nothing.
+        for _ in 0..2 {
+            for e in delivered.clone() {
+                chat.apply(ServerFrame::Event(e));
+            }
+            assert!(chat.pending.get_untracked().is_empty());
+        }
+        assert_eq!(
+            chat.events
+                .get_untracked()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(chat.last_seq(), 2);
+    }
+
+    #[test]
+    fn name_errors_show_under_the_field_and_message_errors_on_the_message() {
+        let (_owner, chat) = chat();
+        assert_eq!(chat.join("   "), Err(NameError::Blank));
+        assert_eq!(
+            chat.join_error.get_untracked().as_deref(),
+            Some("Name cannot be blank!")
+        );
+        assert!(chat.join("Ann").is_ok());
+        assert_eq!(chat.join_error.get_untracked(), None);
+        chat.apply(ServerFrame::Error {
+            code: ErrorCode::NameTaken,
+            message: "That name is taken".into(),
+            id: None,
+        });
+        assert!(!chat.joined.get_untracked());
+        assert_eq!(
+            chat.join_error.get_untracked().as_deref(),
+            Some("That name is taken")
+        );
+        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        assert!(chat.joined.get_untracked());
+
+        chat.send("too fast");
+        let id = chat.pending.get_untracked()[0].id;
+        chat.apply(ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow".into(),
+            id: Some(id),
+        });
+        assert_eq!(
+            chat.pending.get_untracked()[0].failed.as_deref(),
+            Some("slow")
+        );
+        chat.apply(ServerFrame::Error {
+            code: ErrorCode::BadJson,
+            message: "bad".into(),
+            id: None,
+        });
+        assert_eq!(chat.notice.get_untracked().as_deref(), Some("bad"));
+    }
+
+    #[test]
+    fn presence_follows_the_snapshot_then_join_and_leave_events() {
+        let (_owner, chat) = chat();
+        chat.apply(ServerFrame::Presence {
+            online: vec!["Ann".into(), "bo".into()],
+        });
+        chat.apply(ServerFrame::Event(event(
+            1,
+            Uuid::new_v4(),
+            EventKind::Join,
+            "Cy",
+        )));
+        chat.apply(ServerFrame::Event(event(
+            2,
+            Uuid::new_v4(),
+            EventKind::Leave,
+            "Ann",
+        )));
+        chat.apply(ServerFrame::Event(event(
+            3,
+            Uuid::new_v4(),
+            EventKind::Join,
+            "bo",
+        )));
+        assert_eq!(chat.online.get_untracked(), ["bo", "Cy"]);
+    }
+
+    #[test]
+    fn older_pages_are_prepended_once() {
+        let owner = Owner::new();
+        owner.set();
+        let boot = Bootstrap {
+            name: Some("Ann".into()),
+            events: vec![event(5, Uuid::new_v4(), EventKind::Message, "Ann")],
+            complete: false,
+        };
+        let chat = Chat::new(boot);
+        assert!(
+            chat.joined.get_untracked(),
+            "a known browser starts joined: no dialog"
+        );
+        let older: Vec<_> = (3..=5)
+            .map(|s| event(s, Uuid::new_v4(), EventKind::Message, "Bo"))
+            .collect();
+        chat.apply(ServerFrame::History {
+            events: older,
+            complete: true,
+        });
+        assert_eq!(
+            chat.events
+                .get_untracked()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert!(chat.history_complete.get_untracked());
+    }
+}
