@@ -21,8 +21,10 @@ setup-test:
 build:
 	cargo leptos build --release --precompress
 
+## CONFAB_TEST_DATABASE_URL picks the PostgreSQL for the scale-out tests; by default .ci/postgres finds or
+## starts one (and says loudly when it cannot, and those tests skip).
 unit:
-	cargo test --features ssr
+	CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}" cargo test --features ssr
 
 e2e:
 	cd end2end && npx playwright test

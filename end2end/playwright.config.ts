@@ -1,4 +1,6 @@
 import { defineConfig } from "@playwright/test";
+import { readFileSync } from "node:fs";
+import path from "node:path";
 
 // The tests start the release server themselves (built by `make test`), on a port of their own so a
 // running `make run` or `cargo leptos watch` is left alone.
@@ -32,8 +34,14 @@ export default defineConfig({
   },
   projects: [{ name: "chromium" }],
   webServer: {
-    // A fresh database for every run, so the tests read only their own history.
-    command: "rm -rf target/e2e-data && ./target/release/confab",
+    // Started the way the Docker image starts it (see imageEnv): the binary and hash.txt side by side, the
+    // site beside them, configured by the Dockerfile's own ENV and bound to 0.0.0.0. Only the port, the
+    // paths and test-friendly timings differ. A fresh database for every run, so tests read only their own.
+    command:
+      "rm -rf target/e2e-image target/e2e-data && mkdir -p target/e2e-image target/e2e-data" +
+      " && cp target/release/confab target/release/hash.txt target/e2e-image/" +
+      " && cp -r target/site target/e2e-image/site" +
+      " && cd target/e2e-data && exec ../e2e-image/confab",
     cwd: "..",
     url: `http://127.0.0.1:${port}/healthz`,
     reuseExistingServer: false,
@@ -41,15 +49,28 @@ export default defineConfig({
     stdout: "pipe",
     stderr: "pipe",
     env: {
-      LEPTOS_SITE_ADDR: `127.0.0.1:${port}`,
-      LEPTOS_SITE_ROOT: "target/site",
-      LEPTOS_ENV: "PROD",
-      LEPTOS_HASH_FILES: "true",
+      ...imageEnv(),
+      LEPTOS_SITE_ADDR: `0.0.0.0:${port}`,
+      LEPTOS_SITE_ROOT: path.resolve(__dirname, "../target/e2e-image/site"),
+      CONFAB_DATA_DIR: ".",
       RUST_LOG: "warn",
-      CONFAB_DATA_DIR: "target/e2e-data",
       CONFAB_LEAVE_GRACE_MS: "1000",
       // Tests fill the history quickly; the rate limit itself is covered by the integration tests.
       CONFAB_RATE_BURST: "500",
     },
   },
 });
+
+/** The environment the Dockerfile's runtime stage sets with ENV (KEY=value pairs, `\` continuations). */
+function imageEnv(): Record<string, string> {
+  const dockerfile = readFileSync(path.resolve(__dirname, "../Dockerfile"), "utf8");
+  const runtime = dockerfile.slice(dockerfile.lastIndexOf("\nFROM "));
+  const block = runtime.match(/^ENV ((?:.*\\\n)*.*)$/m);
+  if (!block) throw new Error("the Dockerfile's runtime stage sets no ENV");
+  const env: Record<string, string> = {};
+  for (const pair of block[1].replace(/\\\n/g, " ").trim().split(/\s+/)) {
+    const [key, ...value] = pair.split("=");
+    env[key] = value.join("=");
+  }
+  return env;
+}

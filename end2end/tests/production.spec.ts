@@ -1,6 +1,7 @@
 import { expect, test } from "@playwright/test";
 import { ChatPage, unique } from "./fixtures/chat";
 import { OwnServer } from "./fixtures/server";
+import { networkInterfaces } from "node:os";
 
 test("the bundle is hashed, precompressed and cached for a year; the page is not cached", async ({ page, request }) => {
   const response = await page.goto("/");
@@ -39,6 +40,36 @@ test("the chat hydrates under the Content-Security-Policy without violations", a
   await expect(chat.message(text)).toBeVisible();
   expect(violations).toEqual([]);
   await context.close();
+});
+
+test("started as the image starts it, the server listens on every interface and answers /healthz", async ({ baseURL }) => {
+  // playwright.config.ts starts it from the Dockerfile's ENV with LEPTOS_SITE_ADDR=0.0.0.0, as Fly.io needs.
+  const external = Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === "IPv4" && !a.internal);
+  expect(external, "this machine has a non-loopback IPv4 address to reach the server by").toBeTruthy();
+  const port = new URL(baseURL!).port;
+  const res = await fetch(`http://${external!.address}:${port}/healthz`);
+  expect(res.status).toBe(200);
+});
+
+test("a page on another origin cannot open the chat's WebSocket", async ({ page, baseURL }) => {
+  // Cross-site WebSocket hijacking: a foreign page's socket carries the victim's cookie but a foreign Origin.
+  await page.route("http://evil.example/", (route) =>
+    route.fulfill({ contentType: "text/html", body: "<title>Not Confab</title>" }),
+  );
+  await page.goto("http://evil.example/");
+  const wsUrl = baseURL!.replace(/^http/, "ws") + "/ws";
+  const outcome = await page.evaluate(
+    (url) =>
+      new Promise<string>((resolve) => {
+        const socket = new WebSocket(url);
+        socket.onopen = () => resolve("open");
+        socket.onerror = () => resolve("refused");
+      }),
+    wsUrl,
+  );
+  expect(outcome).toBe("refused");
 });
 
 test("SIGTERM closes sockets as a restart, exits 0 quickly, and loses nothing", async ({ browser }) => {

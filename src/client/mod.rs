@@ -77,10 +77,7 @@ fn watch_network(chat: Chat) {
     // drop it, so messages go to the outbox and the status says so, and connect again when back online.
     let on_offline = Closure::<dyn FnMut()>::new(move || {
         if let Some(conn) = CONNECTION.take() {
-            conn.socket.set_onopen(None);
-            conn.socket.set_onmessage(None);
-            conn.socket.set_onclose(None);
-            let _ = conn.socket.close();
+            detach_and_close(&conn.socket);
         }
         chat.on_close(false);
         schedule_reconnect(chat);
@@ -164,10 +161,9 @@ fn open(chat: Chat) {
         }
     };
 
-    let on_open = Closure::<dyn FnMut()>::new(move || {
-        FAILURES.set(0);
-        chat.on_open();
-    });
+    // The backoff is reset by `healthy`, not here: a server that accepts sockets but cannot reach its
+    // storage must not be retried in a tight loop.
+    let on_open = Closure::<dyn FnMut()>::new(move || chat.on_open());
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
         let Some(text) = ev.data().as_string() else {
             return;
@@ -200,6 +196,28 @@ fn open(chat: Chat) {
         _on_message: on_message,
         _on_close: on_close,
     }));
+}
+
+/// The server answered as a healthy one: the next outage starts with a short pause again.
+pub fn healthy() {
+    FAILURES.set(0);
+}
+
+/// The server cannot store messages right now: drop this socket and reconnect after the backoff, which
+/// resends the outbox.
+pub fn retry_later(chat: Chat) {
+    if let Some(conn) = CONNECTION.take() {
+        detach_and_close(&conn.socket);
+    }
+    chat.on_close(is_online());
+    schedule_reconnect(chat);
+}
+
+fn detach_and_close(socket: &WebSocket) {
+    socket.set_onopen(None);
+    socket.set_onmessage(None);
+    socket.set_onclose(None);
+    let _ = socket.close();
 }
 
 fn is_online() -> bool {

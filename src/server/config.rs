@@ -14,6 +14,8 @@ pub enum StoreConfig {
     Sqlite(PathBuf),
     /// In memory only: everything is gone on restart (`CONFAB_STORE=memory`; tests use it).
     Memory,
+    /// PostgreSQL at this URL (`DATABASE_URL=postgres://…`): shared history and fan-out between instances.
+    Postgres(String),
 }
 
 /// Confab's own settings.
@@ -26,6 +28,9 @@ pub struct Config {
     pub live_buffer: usize,
     pub store: StoreConfig,
     pub session: SessionConfig,
+    /// With PostgreSQL: how long after its last heartbeat an instance's users stop holding their names
+    /// (`CONFAB_INSTANCE_TTL_MS`).
+    pub instance_ttl: Duration,
 }
 
 impl Default for Config {
@@ -35,6 +40,7 @@ impl Default for Config {
             live_buffer: 1_024,
             store: StoreConfig::Sqlite(PathBuf::from("data").join("confab.db")),
             session: SessionConfig::default(),
+            instance_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -58,17 +64,40 @@ impl Config {
         let data_dir = get("CONFAB_DATA_DIR")
             .filter(|d| !d.trim().is_empty())
             .unwrap_or_else(|| "data".into());
-        config.store = match get("CONFAB_STORE").as_deref().map(str::trim) {
-            None | Some("") | Some("sqlite") => {
-                StoreConfig::Sqlite(PathBuf::from(data_dir).join("confab.db"))
+        config.store = match get("DATABASE_URL").as_deref().map(str::trim) {
+            None | Some("") => match get("CONFAB_STORE").as_deref().map(str::trim) {
+                None | Some("") | Some("sqlite") => {
+                    StoreConfig::Sqlite(PathBuf::from(data_dir).join("confab.db"))
+                }
+                Some("memory") => StoreConfig::Memory,
+                Some(other) => {
+                    return Err(format!(
+                        "CONFAB_STORE must be \"sqlite\" or \"memory\", not {other:?}"
+                    ))
+                }
+            },
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreConfig::Postgres(url.to_owned())
             }
-            Some("memory") => StoreConfig::Memory,
-            Some(other) => {
+            Some(url) if url.starts_with("sqlite:") => {
+                let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                let path = path.split('?').next().unwrap_or_default();
+                if path.is_empty() {
+                    return Err(format!("DATABASE_URL names no SQLite file: {url:?}"));
+                }
+                StoreConfig::Sqlite(PathBuf::from(path))
+            }
+            Some(url) => {
+                let scheme = url.split(':').next().unwrap_or_default();
                 return Err(format!(
-                    "CONFAB_STORE must be \"sqlite\" or \"memory\", not {other:?}"
-                ))
+                    "DATABASE_URL must start with postgres://, postgresql:// or sqlite:, not {scheme:?}"
+                ));
             }
         };
+        if let Some(raw) = get("CONFAB_INSTANCE_TTL_MS") {
+            let ms = parse_positive("CONFAB_INSTANCE_TTL_MS", &raw)?;
+            config.instance_ttl = Duration::from_millis(ms as u64);
+        }
         if let Some(raw) = get("CONFAB_LEAVE_GRACE_MS") {
             let ms = u64::from_str(raw.trim()).map_err(|_| {
                 format!("CONFAB_LEAVE_GRACE_MS must be a whole number of milliseconds, not {raw:?}")
@@ -146,5 +175,40 @@ mod tests {
             .unwrap_err()
             .contains("CONFAB_STORE"));
         assert!(from(&[("CONFAB_LEAVE_GRACE_MS", "soon")]).is_err());
+        assert!(
+            from(&[("DATABASE_URL", "mysql://u:secret@db/confab")])
+                .unwrap_err()
+                .contains("\"mysql\""),
+            "names the scheme, never the password"
+        );
+        assert!(from(&[("CONFAB_INSTANCE_TTL_MS", "0")]).is_err());
+    }
+
+    #[test]
+    fn database_url_selects_the_backend() {
+        let store = |url: &str| from(&[("DATABASE_URL", url)]).unwrap().store;
+        assert_eq!(
+            store("postgres://confab@db:5432/chat"),
+            StoreConfig::Postgres("postgres://confab@db:5432/chat".into())
+        );
+        assert_eq!(
+            store("postgresql://db/chat"),
+            StoreConfig::Postgres("postgresql://db/chat".into())
+        );
+        assert_eq!(
+            store("sqlite:///data/chat.db?mode=rwc"),
+            StoreConfig::Sqlite("/data/chat.db".into())
+        );
+        assert_eq!(
+            store("sqlite:chat.db"),
+            StoreConfig::Sqlite("chat.db".into())
+        );
+        assert_eq!(
+            from(&[("DATABASE_URL", ""), ("CONFAB_DATA_DIR", "/d")])
+                .unwrap()
+                .store,
+            StoreConfig::Sqlite("/d/confab.db".into()),
+            "empty means unset: the embedded default"
+        );
     }
 }

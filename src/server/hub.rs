@@ -2,12 +2,17 @@
 //!
 //! A publish goes to the room's writer task, which stores a batch (the store stamps the sequence numbers),
 //! serialises each event **once**, and broadcasts the bytes. Every connection clones the same cheap
-//! `Utf8Bytes` handle, so fan-out costs no serialisation per recipient. Because one task per room both
-//! stores and broadcasts, broadcast order is sequence order.
+//! `Utf8Bytes` handle, so fan-out costs no serialisation per recipient.
+//!
+//! Broadcast order is sequence order, each event once: a room's [`Feed`] remembers the last sequence
+//! number it broadcast. With one instance, the writer's events always come next. With several (PostgreSQL),
+//! events stored by other instances arrive as notifications; the feed reads them from the store, and fills
+//! any gap before an event of its own from the store too.
 
-use super::presence::Presence;
+use super::backplane::Backplane;
+use super::presence::{PendingLeave, Presence};
 use super::store::{Appended, MessageStore, NewEvent, StoreError};
-use crate::protocol::ServerFrame;
+use crate::protocol::{ChatEvent, EventKind, ServerFrame};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,15 +49,96 @@ pub struct Hub {
 
 struct Inner {
     store: Arc<dyn MessageStore>,
+    backplane: Arc<dyn Backplane>,
     /// Flips to true when the server starts shutting down; sessions then close their sockets.
     closing: watch::Sender<bool>,
     rooms: HashMap<String, Room>,
 }
 
 struct Room {
-    live: broadcast::Sender<Frame>,
+    feed: Arc<Feed>,
     writer: mpsc::Sender<Append>,
     presence: Presence,
+}
+
+/// A room's live broadcast, in sequence order.
+struct Feed {
+    room: String,
+    live: broadcast::Sender<Frame>,
+    /// The last sequence number broadcast; `None` until the first. The lock is held while a gap is read
+    /// from the store, so nothing overtakes it.
+    delivered: tokio::sync::Mutex<Option<u64>>,
+}
+
+/// How many events one catch-up read takes from the store.
+const CATCH_UP_PAGE: usize = 500;
+
+impl Feed {
+    fn send(&self, event: &ChatEvent) {
+        // No receivers is fine: nobody is connected.
+        let _ = self.live.send(Frame {
+            seq: event.seq,
+            json: ServerFrame::encode_event(event).into(),
+        });
+    }
+
+    /// Broadcasts events this instance stored (ascending), after whatever other instances stored first.
+    async fn deliver(&self, store: &dyn MessageStore, events: &[&ChatEvent]) {
+        let mut delivered = self.delivered.lock().await;
+        for event in events {
+            let next = delivered.map_or(event.seq, |d| d + 1);
+            if event.seq < next {
+                continue; // a notification got here first
+            }
+            if event.seq > next {
+                self.fill(store, &mut delivered, event.seq - 1).await;
+                if *delivered != Some(event.seq - 1) {
+                    // The store could not fill the gap now; the next catch-up will, in order.
+                    return;
+                }
+            }
+            self.send(event);
+            *delivered = Some(event.seq);
+        }
+    }
+
+    /// Broadcasts what the store has after `delivered`, up to `upto`.
+    async fn fill(&self, store: &dyn MessageStore, delivered: &mut Option<u64>, upto: u64) {
+        let Some(mut after) = *delivered else { return };
+        while after < upto {
+            let events = match store.since(&self.room, after, CATCH_UP_PAGE).await {
+                Ok(events) => events,
+                Err(err) => {
+                    tracing::warn!(room = %self.room, error = %err, "catching up from the store failed");
+                    return;
+                }
+            };
+            let full = events.len() == CATCH_UP_PAGE;
+            for event in events.iter().take_while(|e| e.seq <= upto) {
+                self.send(event);
+                after = event.seq;
+                *delivered = Some(after);
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Events `first..=last` were stored, perhaps by another instance.
+    async fn stored(&self, store: &dyn MessageStore, first: u64, last: u64) {
+        let mut delivered = self.delivered.lock().await;
+        if delivered.is_none() {
+            *delivered = Some(first.saturating_sub(1));
+        }
+        self.fill(store, &mut delivered, last).await;
+    }
+
+    /// Broadcasts everything stored since the last broadcast.
+    async fn catch_up(&self, store: &dyn MessageStore) {
+        let mut delivered = self.delivered.lock().await;
+        self.fill(store, &mut delivered, u64::MAX).await;
+    }
 }
 
 struct Append {
@@ -66,35 +152,107 @@ const MAX_BATCH: usize = 256;
 impl Hub {
     /// Starts a writer task for each room; needs a Tokio runtime. `live_capacity` is how many frames a
     /// slow connection may fall behind before it must catch up from the store.
-    pub fn new(store: Arc<dyn MessageStore>, rooms: &[&str], live_capacity: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        backplane: Arc<dyn Backplane>,
+        rooms: &[&str],
+        live_capacity: usize,
+    ) -> Self {
         let rooms = rooms
             .iter()
             .map(|&name| {
                 let (live, _) = broadcast::channel(live_capacity);
+                let feed = Arc::new(Feed {
+                    room: name.to_owned(),
+                    live,
+                    delivered: tokio::sync::Mutex::new(None),
+                });
                 // Bounded so a burst of senders waits for the store instead of queueing without limit.
                 let (writer, appends) = mpsc::channel(MAX_BATCH * 4);
-                tokio::spawn(run_writer(
-                    name.to_owned(),
-                    store.clone(),
-                    live.clone(),
-                    appends,
-                ));
+                tokio::spawn(run_writer(store.clone(), feed.clone(), appends));
                 (
                     name.to_owned(),
                     Room {
-                        live,
+                        feed,
                         writer,
                         presence: Presence::default(),
                     },
                 )
             })
             .collect();
-        Self {
+        let hub = Self {
             inner: Arc::new(Inner {
                 store,
+                backplane,
                 closing: watch::Sender::new(false),
                 rooms,
             }),
+        };
+        hub.inner.backplane.start(hub.clone());
+        hub
+    }
+
+    pub fn backplane(&self) -> &dyn Backplane {
+        self.inner.backplane.as_ref()
+    }
+
+    /// The rooms' names.
+    pub fn rooms(&self) -> impl Iterator<Item = &str> {
+        self.inner.rooms.keys().map(String::as_str)
+    }
+
+    /// Another instance stored events `first..=last` of `room`: broadcast them here, in order.
+    pub async fn stored_elsewhere(&self, room: &str, first: u64, last: u64) {
+        if let Some(room) = self.inner.rooms.get(room) {
+            room.feed.stored(self.store(), first, last).await;
+        }
+    }
+
+    /// Broadcasts whatever the store has that was not broadcast yet, in every room.
+    pub async fn catch_up_all(&self) {
+        for room in self.inner.rooms.values() {
+            room.feed.catch_up(self.store()).await;
+        }
+    }
+
+    /// The grace period after `name`'s last connection here is over: unless it came back, give the name
+    /// up everywhere and, when no instance holds it any more, announce the leave.
+    pub async fn depart(&self, room: &str, name: String, session: &str, ticket: PendingLeave) {
+        let Some(presence) = self.presence(room) else {
+            return;
+        };
+        if !presence.expire(&name, ticket) {
+            return;
+        }
+        // A database outage must not leave the name held for ever: try again for about a minute.
+        let mut wait = std::time::Duration::from_millis(500);
+        for _ in 0..8 {
+            match self.backplane().depart(room, &name, session).await {
+                Ok(true) => return self.announce_leave(room, name).await,
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, %name, "giving up a name failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    if presence.holds(&name) {
+                        return; // they came back meanwhile, here
+                    }
+                }
+            }
+        }
+        tracing::error!(%name, "could not give up a name; it frees when this instance stops");
+    }
+
+    /// Says "<name> has left the chat." in `room`.
+    pub async fn announce_leave(&self, room: &str, name: String) {
+        let event = NewEvent {
+            id: uuid::Uuid::new_v4(),
+            kind: EventKind::Leave,
+            name,
+            text: String::new(),
+        };
+        if let Err(err) = self.publish(room, event).await {
+            tracing::error!(error = %err, "announcing a leave failed");
         }
     }
 
@@ -124,7 +282,7 @@ impl Hub {
     /// Live frames of a room from now on. Subscribe *before* reading history, then skip frames whose `seq`
     /// the history already covered: that way nothing falls between the two.
     pub fn subscribe(&self, room: &str) -> Option<broadcast::Receiver<Frame>> {
-        self.inner.rooms.get(room).map(|r| r.live.subscribe())
+        self.inner.rooms.get(room).map(|r| r.feed.live.subscribe())
     }
 
     /// Who is in `room`.
@@ -135,7 +293,7 @@ impl Hub {
     /// Sends a frame that is not stored (typing) to everyone in `room` now.
     pub fn broadcast_ephemeral(&self, room: &str, frame: &ServerFrame) {
         if let Some(room) = self.inner.rooms.get(room) {
-            let _ = room.live.send(Frame {
+            let _ = room.feed.live.send(Frame {
                 seq: EPHEMERAL,
                 json: frame.encode().into(),
             });
@@ -172,9 +330,8 @@ pub fn now_ms() -> i64 {
 }
 
 async fn run_writer(
-    room: String,
     store: Arc<dyn MessageStore>,
-    live: broadcast::Sender<Frame>,
+    feed: Arc<Feed>,
     mut appends: mpsc::Receiver<Append>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -182,26 +339,24 @@ async fn run_writer(
         let started = std::time::Instant::now();
         let (events, replies): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|a| (a.event, a.stored)).unzip();
-        let result = store.append(&room, events, now_ms()).await;
+        let result = store.append(&feed.room, events, now_ms()).await;
         metrics::histogram!(super::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
         match result {
             Ok(stored) => {
-                for (appended, reply) in stored.into_iter().zip(replies) {
-                    if appended.fresh {
-                        let json = ServerFrame::encode_event(&appended.event);
-                        // No receivers is fine: nobody is connected.
-                        let _ = live.send(Frame {
-                            seq: appended.event.seq,
-                            json: json.into(),
-                        });
-                    }
-                    let _ = reply.send(Ok(appended));
-                }
+                let fresh: Vec<&ChatEvent> = stored
+                    .iter()
+                    .filter(|a| a.fresh)
+                    .map(|a| &a.event)
+                    .collect();
+                feed.deliver(store.as_ref(), &fresh).await;
                 metrics::histogram!(super::metrics::FANOUT_SECONDS)
                     .record(started.elapsed().as_secs_f64());
+                for (appended, reply) in stored.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(appended));
+                }
             }
             Err(err) => {
-                tracing::error!(%room, error = %err, "storing a batch failed");
+                tracing::error!(room = %feed.room, error = %err, "storing a batch failed");
                 let err = Arc::new(err);
                 for reply in replies {
                     let _ = reply.send(Err(err.clone()));

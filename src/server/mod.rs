@@ -1,5 +1,6 @@
 //! The server half: configuration, state, the hub, WebSocket sessions and storage. Compiled with `ssr` only.
 
+pub mod backplane;
 pub mod config;
 pub mod hub;
 pub mod identity;
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
+use backplane::{Backplane, Local};
 use config::{Config, StoreConfig};
 use hub::Hub;
 use identity::SessionToken;
@@ -28,7 +30,7 @@ use serde::Deserialize;
 use session::{SessionConfig, Start};
 use std::future::Future;
 use std::sync::Arc;
-use store::{MemoryStore, MessageStore, SqliteStore};
+use store::{MemoryStore, MessageStore, PgStore, SqliteStore};
 use tokio::net::TcpListener;
 
 /// Everything a request handler may need; cheap to clone.
@@ -42,8 +44,11 @@ pub struct AppState {
 impl AppState {
     /// Opens the store and starts the hub's writer tasks (so it needs a Tokio runtime).
     pub async fn new(leptos_options: LeptosOptions, config: &Config) -> Result<Self, String> {
-        let store: Arc<dyn MessageStore> = match &config.store {
-            StoreConfig::Memory => Arc::new(MemoryStore::new(config.history_capacity)),
+        let (store, backplane): (Arc<dyn MessageStore>, Arc<dyn Backplane>) = match &config.store {
+            StoreConfig::Memory => (
+                Arc::new(MemoryStore::new(config.history_capacity)),
+                Arc::new(Local),
+            ),
             StoreConfig::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
@@ -53,15 +58,45 @@ impl AppState {
                     .await
                     .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
                 tracing::info!(path = %path.display(), "SQLite store open");
-                Arc::new(store)
+                (Arc::new(store), Arc::new(Local))
+            }
+            StoreConfig::Postgres(url) => {
+                let store = PgStore::open(url)
+                    .await
+                    .map_err(|e| format!("cannot open PostgreSQL ({}): {e}", redact(url)))?;
+                let backplane =
+                    backplane::Postgres::register(store.pool().clone(), config.instance_ttl)
+                        .await
+                        .map_err(|e| format!("cannot register with PostgreSQL: {e}"))?;
+                tracing::info!(url = %redact(url), "PostgreSQL store open");
+                (Arc::new(store), Arc::new(backplane))
             }
         };
-        let hub = Hub::new(store, &[crate::protocol::GENERAL_ROOM], config.live_buffer);
+        let hub = Hub::new(
+            store,
+            backplane,
+            &[crate::protocol::GENERAL_ROOM],
+            config.live_buffer,
+        );
         Ok(Self {
             leptos_options,
             hub,
             session: config.session.clone(),
         })
+    }
+}
+
+/// A database URL fit for logs: the password replaced.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 

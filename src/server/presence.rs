@@ -87,6 +87,19 @@ impl Presence {
         current
     }
 
+    /// Whether `name` is held here.
+    pub fn holds(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
+    /// Each name held here, with the browser session holding it.
+    pub fn holders(&self) -> Vec<(String, String)> {
+        self.lock()
+            .iter()
+            .map(|(name, holder)| (name.clone(), holder.session.clone()))
+            .collect()
+    }
+
     /// Everyone present, sorted by name.
     pub fn online(&self) -> Vec<String> {
         let mut names: Vec<String> = self.lock().keys().cloned().collect();

@@ -4,6 +4,7 @@
 //! client that stops reading stalls only its own task; its broadcast receiver then lags, and it catches
 //! up from the store, so it never silently misses an event.
 
+use super::backplane::Arrival;
 use super::hub::{now_ms, Frame, Hub, PublishError, EPHEMERAL};
 use super::presence::Claim;
 use super::store::NewEvent;
@@ -52,6 +53,14 @@ pub enum Start {
     Recent,
     /// Every event with a greater sequence number (a resume).
     After(u64),
+}
+
+/// What became of a claim on a name.
+enum Claimed {
+    Joined,
+    Taken,
+    /// The backplane could not be asked (the database is down).
+    Unavailable,
 }
 
 /// Why a connection ended early.
@@ -203,12 +212,7 @@ where
             }
             Err(err) => {
                 tracing::error!(error = %err, "reading history failed");
-                self.send_error(
-                    ErrorCode::Unavailable,
-                    "History is unavailable right now; try again shortly.",
-                    None,
-                )
-                .await
+                Err(self.close_unavailable().await)
             }
         }
     }
@@ -223,17 +227,25 @@ where
             }
         };
         if let Some(name) = remembered {
-            match self.claim(&name).await? {
-                true => self.send_frame(&ServerFrame::Joined { name }).await?,
-                false => {
+            match self.claim(&name).await {
+                Claimed::Joined => self.send_frame(&ServerFrame::Joined { name }).await?,
+                Claimed::Taken => {
                     // Someone else took the name while this browser was away: ask for another.
                     self.forget_session_name().await;
                     self.send_error(ErrorCode::NameTaken, "That name is taken", None)
                         .await?;
                 }
+                Claimed::Unavailable => return Err(self.close_unavailable().await),
             }
         }
-        let online = self.presence().online();
+        let here = self.presence().online();
+        let online = match self.hub.backplane().online(self.room, here.clone()).await {
+            Ok(online) => online,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading who is online elsewhere failed");
+                here
+            }
+        };
         self.send_frame(&ServerFrame::Presence { online }).await
     }
 
@@ -243,27 +255,52 @@ where
             .expect("sessions run in rooms that exist")
     }
 
-    /// Takes `name` for this connection; announces it if it was absent. False if another browser has it.
-    async fn claim(&mut self, name: &str) -> Result<bool, End> {
+    /// Takes `name` for this connection, announcing it if nobody (on any instance) had it.
+    async fn claim(&mut self, name: &str) -> Claimed {
         // Bind first: a borrow of `self` must not live across the await below (the socket is not Sync).
         let claim = self.presence().claim(name, &self.token);
-        match claim {
-            Claim::Taken => return Ok(false),
-            Claim::AlreadyHere => {}
+        let announce = match claim {
+            Claim::Taken => return Claimed::Taken,
+            Claim::AlreadyHere => false,
             Claim::Arrived => {
-                let event = NewEvent {
-                    id: Uuid::new_v4(),
-                    kind: EventKind::Join,
-                    name: name.to_owned(),
-                    text: String::new(),
-                };
-                if let Err(err) = self.hub.publish(self.room, event).await {
-                    tracing::error!(error = %err, "announcing a join failed");
+                let arrival = self
+                    .hub
+                    .backplane()
+                    .arrive(self.room, name, &self.token)
+                    .await;
+                match arrival {
+                    Ok(Arrival::New) => true,
+                    Ok(Arrival::Present) => false,
+                    Ok(Arrival::Taken) | Err(_) => {
+                        if let Err(err) = &arrival {
+                            tracing::error!(error = %err, "claiming a name failed");
+                        }
+                        // Undo the local claim, silently: nobody was told of it.
+                        let presence = self.presence();
+                        if let Some(ticket) = presence.release(name, &self.token) {
+                            presence.expire(name, ticket);
+                        }
+                        return match arrival {
+                            Ok(_) => Claimed::Taken,
+                            Err(_) => Claimed::Unavailable,
+                        };
+                    }
                 }
+            }
+        };
+        if announce {
+            let event = NewEvent {
+                id: Uuid::new_v4(),
+                kind: EventKind::Join,
+                name: name.to_owned(),
+                text: String::new(),
+            };
+            if let Err(err) = self.hub.publish(self.room, event).await {
+                tracing::error!(error = %err, "announcing a join failed");
             }
         }
         self.name = Some(name.to_owned());
-        Ok(true)
+        Claimed::Joined
     }
 
     /// Gives up this connection's hold on its name. The leave line follows after the grace period, or at
@@ -275,6 +312,7 @@ where
         };
         let hub = self.hub.clone();
         let room = self.room.to_owned();
+        let session = self.token.clone();
         let grace = if at_once {
             Duration::ZERO
         } else {
@@ -282,20 +320,7 @@ where
         };
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let Some(presence) = hub.presence(&room) else {
-                return;
-            };
-            if presence.expire(&name, ticket) {
-                let event = NewEvent {
-                    id: Uuid::new_v4(),
-                    kind: EventKind::Leave,
-                    name,
-                    text: String::new(),
-                };
-                if let Err(err) = hub.publish(&room, event).await {
-                    tracing::error!(error = %err, "announcing a leave failed");
-                }
-            }
+            hub.depart(&room, name, &session, ticket).await;
         });
     }
 
@@ -372,7 +397,7 @@ where
             ClientFrame::Join { name } => self.on_join(&name).await,
             ClientFrame::Send { id, text } => self.on_send(id, &text).await,
             ClientFrame::Typing => {
-                self.on_typing();
+                self.on_typing().await;
                 Ok(())
             }
             ClientFrame::History { before } => self.on_history(before).await,
@@ -380,7 +405,7 @@ where
         }
     }
 
-    fn on_typing(&mut self) {
+    async fn on_typing(&mut self) {
         let Some(name) = self.name.clone() else {
             return;
         };
@@ -392,6 +417,7 @@ where
             return;
         }
         self.last_typing = Some(Instant::now());
+        self.hub.backplane().typing(self.room, &name).await;
         self.hub
             .broadcast_ephemeral(self.room, &ServerFrame::Typing { name });
     }
@@ -447,10 +473,14 @@ where
             }
             None => {}
         }
-        if !self.claim(&name).await? {
-            return self
-                .send_error(ErrorCode::NameTaken, "That name is taken", None)
-                .await;
+        match self.claim(&name).await {
+            Claimed::Joined => {}
+            Claimed::Taken => {
+                return self
+                    .send_error(ErrorCode::NameTaken, "That name is taken", None)
+                    .await
+            }
+            Claimed::Unavailable => return self.send_unavailable(None).await,
         }
         if let Err(err) = self
             .hub
@@ -513,9 +543,27 @@ where
 
     async fn on_publish_error(&mut self, err: PublishError, id: Option<Uuid>) -> Result<(), End> {
         tracing::error!(error = %err, "publish failed");
+        self.send_unavailable(id).await
+    }
+
+    /// Storage is down while the connection starts: say so and close with "try again later"; the client
+    /// reconnects after its backoff.
+    async fn close_unavailable(&mut self) -> End {
+        let _ = self.send_unavailable(None).await;
+        let close = CloseFrame {
+            code: close_code::AGAIN,
+            reason: Utf8Bytes::from_static("temporarily unavailable"),
+        };
+        let _ = self.socket.send(Message::Close(Some(close))).await;
+        End::Closed
+    }
+
+    /// The store or the database behind it cannot be reached. Clients keep what they sent in their
+    /// outbox and try again after a pause.
+    async fn send_unavailable(&mut self, id: Option<Uuid>) -> Result<(), End> {
         self.send_error(
             ErrorCode::Unavailable,
-            "The message could not be stored; it was not sent. Try again.",
+            "The chat is temporarily unavailable. Your messages will be sent when it is back.",
             id,
         )
         .await

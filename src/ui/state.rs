@@ -60,6 +60,8 @@ pub enum Status {
     Connected,
     Reconnecting,
     Offline,
+    /// Connected, but the server cannot reach its storage; the outbox waits and the client retries.
+    Unavailable,
 }
 
 impl Status {
@@ -69,6 +71,7 @@ impl Status {
             Status::Connected => "Connected",
             Status::Reconnecting => "Reconnecting…",
             Status::Offline => "Offline",
+            Status::Unavailable => "Temporarily unavailable",
         }
     }
 
@@ -78,6 +81,7 @@ impl Status {
             Status::Connected => "connected",
             Status::Reconnecting => "reconnecting",
             Status::Offline => "offline",
+            Status::Unavailable => "unavailable",
         }
     }
 }
@@ -233,7 +237,10 @@ impl Chat {
     /// The socket opened. The server recognises this browser by its cookie and rejoins it by itself; the
     /// join sent here covers a server that has forgotten the session.
     pub fn on_open(&self) {
-        self.status.set(Status::Connected);
+        // After "unavailable", only the server's first healthy frame (presence) says it is back.
+        if self.status.get_untracked() != Status::Unavailable {
+            self.status.set(Status::Connected);
+        }
         self.flushed.set_value(false);
         self.loading_older.set(false);
         if let Some(name) = self.name.get_untracked() {
@@ -243,11 +250,12 @@ impl Chat {
 
     /// The socket closed; `online` says whether the browser thinks it has a network.
     pub fn on_close(&self, online: bool) {
-        self.status.set(if online {
-            Status::Reconnecting
-        } else {
-            Status::Offline
-        });
+        self.status
+            .set(match (online, self.status.get_untracked()) {
+                (false, _) => Status::Offline,
+                (true, Status::Unavailable) => Status::Unavailable,
+                (true, _) => Status::Reconnecting,
+            });
     }
 
     /// Applies one frame from the server.
@@ -266,7 +274,13 @@ impl Chat {
             ServerFrame::Ack { .. } => {
                 // The event itself follows on the live stream and replaces the pending row.
             }
-            ServerFrame::Presence { online } => self.online.set(online),
+            ServerFrame::Presence { online } => {
+                // The server sends this once it has read the history and the session: it is healthy.
+                self.online.set(online);
+                self.status.set(Status::Connected);
+                #[cfg(feature = "hydrate")]
+                crate::client::healthy();
+            }
             ServerFrame::Typing { name } => self.on_typing(name),
             ServerFrame::History { events, complete } => {
                 self.events.update(|shown| {
@@ -354,6 +368,15 @@ impl Chat {
     }
 
     fn on_error(&self, code: ErrorCode, message: String, id: Option<Uuid>) {
+        if code == ErrorCode::Unavailable {
+            // The message (if any) stays in the outbox, unfailed: it goes again after the reconnect,
+            // which waits out a growing pause while the server's storage is down.
+            self.status.set(Status::Unavailable);
+            self.notice.set(Some(message));
+            #[cfg(feature = "hydrate")]
+            crate::client::retry_later(*self);
+            return;
+        }
         let name_refused = matches!(
             code,
             ErrorCode::NameBlank

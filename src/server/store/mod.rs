@@ -2,13 +2,17 @@
 //! number, and live fan-out and history replay both use those numbers.
 
 mod memory;
+mod postgres;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::{PgStore, EVENTS_CHANNEL};
 pub use sqlite::SqliteStore;
 
 use crate::protocol::{ChatEvent, EventKind};
 use async_trait::async_trait;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use std::str::FromStr;
 use uuid::Uuid;
 
 /// An event before the store has placed it.
@@ -97,6 +101,48 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Flushes and closes; called once on shutdown.
     async fn close(&self) {}
+}
+
+/// Columns of an event row, in the order [`event_from_row`] reads them.
+const EVENT_COLUMNS: &str = "seq, id, at, kind, name, text";
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Message => "message",
+        EventKind::Join => "join",
+        EventKind::Leave => "leave",
+    }
+}
+
+/// Reads an event row (see [`EVENT_COLUMNS`]) of either SQL backend.
+fn event_from_row<'r, R>(room: &str, row: &'r R) -> Result<ChatEvent, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let corrupt = |what: &str| StoreError::Corrupt(format!("{what} in room {room}"));
+    let kind = match row.try_get::<&str, _>("kind")? {
+        "message" => EventKind::Message,
+        "join" => EventKind::Join,
+        "leave" => EventKind::Leave,
+        other => return Err(corrupt(&format!("unknown kind {other:?}"))),
+    };
+    Ok(ChatEvent {
+        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|_| corrupt("negative seq"))?,
+        id: Uuid::from_str(row.try_get::<&str, _>("id")?).map_err(|_| corrupt("bad uuid"))?,
+        room: room.to_owned(),
+        at: row.try_get("at")?,
+        kind,
+        name: row.try_get("name")?,
+        text: row.try_get("text")?,
+    })
 }
 
 /// A message from "Ann" with a fresh id, for the stores' tests.

@@ -5,21 +5,20 @@
 //! loses an acknowledged message. The hub's writer commits a whole batch in one transaction (group commit),
 //! so the fsync is paid once per batch, not once per message.
 
-use super::{Appended, MessageStore, NewEvent, StoreError};
-use crate::protocol::{ChatEvent, EventKind};
+use super::{
+    event_from_row, kind_name, seq_param, Appended, MessageStore, NewEvent, StoreError,
+    EVENT_COLUMNS,
+};
+use crate::protocol::ChatEvent;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
-use uuid::Uuid;
 
 pub struct SqliteStore {
     pool: SqlitePool,
 }
-
-const COLUMNS: &str = "seq, id, at, kind, name, text";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and migrates it to the current schema.
@@ -35,7 +34,7 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("src/server/store/migrations")
+        sqlx::migrate!("src/server/store/migrations/sqlite")
             .run(&pool)
             .await?;
         Ok(Self { pool })
@@ -58,37 +57,6 @@ impl SqliteStore {
     }
 }
 
-fn seq_param(seq: u64) -> i64 {
-    i64::try_from(seq).unwrap_or(i64::MAX)
-}
-
-fn kind_str(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Message => "message",
-        EventKind::Join => "join",
-        EventKind::Leave => "leave",
-    }
-}
-
-fn event_from_row(room: &str, row: &sqlx::sqlite::SqliteRow) -> Result<ChatEvent, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(format!("{what} in room {room}"));
-    let kind = match row.try_get::<&str, _>("kind")? {
-        "message" => EventKind::Message,
-        "join" => EventKind::Join,
-        "leave" => EventKind::Leave,
-        other => return Err(corrupt(&format!("unknown kind {other:?}"))),
-    };
-    Ok(ChatEvent {
-        seq: u64::try_from(row.try_get::<i64, _>("seq")?).map_err(|_| corrupt("negative seq"))?,
-        id: Uuid::from_str(row.try_get("id")?).map_err(|_| corrupt("bad uuid"))?,
-        room: room.to_owned(),
-        at: row.try_get("at")?,
-        kind,
-        name: row.try_get("name")?,
-        text: row.try_get("text")?,
-    })
-}
-
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn append(
@@ -107,7 +75,7 @@ impl MessageStore for SqliteStore {
         for event in events {
             let id = event.id.to_string();
             let existing = sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM events WHERE room = ? AND id = ?"
+                "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND id = ?"
             ))
             .bind(room)
             .bind(&id)
@@ -126,7 +94,7 @@ impl MessageStore for SqliteStore {
                 .bind(last)
                 .bind(&id)
                 .bind(at)
-                .bind(kind_str(event.kind))
+                .bind(kind_name(event.kind))
                 .bind(&event.name)
                 .bind(&event.text)
                 .execute(&mut *tx)
@@ -144,8 +112,9 @@ impl MessageStore for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<ChatEvent>, StoreError> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?");
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?"
+        );
         self.query_events(&sql, room, after, limit).await
     }
 
@@ -156,7 +125,7 @@ impl MessageStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<ChatEvent>, StoreError> {
         let sql = format!(
-            "SELECT * FROM (SELECT {COLUMNS} FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?) \
+            "SELECT * FROM (SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?) \
              ORDER BY seq"
         );
         self.query_events(&sql, room, before, limit).await

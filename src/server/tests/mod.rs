@@ -1,5 +1,7 @@
 //! Integration tests: the real router on an ephemeral port, driven by real WebSocket clients.
 
+mod postgres;
+
 use super::config::{Config, StoreConfig};
 use super::{router, serve, AppState};
 use crate::protocol::{
@@ -1067,10 +1069,10 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_leaves() {
 /// The Dockerfile, fly.toml, README and the pinned versions must agree on port, data path and tools.
 #[test]
 fn deployment_files_agree() {
-    let dockerfile = include_str!("../../Dockerfile");
-    let fly = include_str!("../../fly.toml");
-    let readme = include_str!("../../README.md");
-    let versions = include_str!("../../.ci/versions");
+    let dockerfile = include_str!("../../../Dockerfile");
+    let fly = include_str!("../../../fly.toml");
+    let readme = include_str!("../../../README.md");
+    let versions = include_str!("../../../.ci/versions");
 
     assert!(
         dockerfile.contains("LEPTOS_SITE_ADDR=0.0.0.0:8080") && dockerfile.contains("EXPOSE 8080")
