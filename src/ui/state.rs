@@ -126,6 +126,10 @@ pub struct Chat {
     /// Whether this connection has sent the outbox since it joined, so a repeated `joined` does not
     /// send it twice.
     flushed: StoredValue<bool>,
+    /// The user left and the server has not confirmed it yet. The leave goes (again) on every open, and
+    /// a "joined" for the old name (the server restoring the session from its cookie) is ignored until
+    /// the server's "left".
+    leaving: StoredValue<bool>,
 }
 
 impl Chat {
@@ -145,6 +149,7 @@ impl Chat {
             history_complete: RwSignal::new(boot.complete),
             loading_older: RwSignal::new(false),
             flushed: StoredValue::new(false),
+            leaving: StoredValue::new(false),
         }
     }
 
@@ -167,6 +172,8 @@ impl Chat {
 
     /// Leaves the chat: the name is given up, and the name dialog comes back.
     pub fn leave(&self) {
+        self.leaving.set_value(true);
+        // If the socket is down, `on_open` sends it.
         self.transmit(&ClientFrame::Leave);
         self.name.set(None);
         self.joined.set(false);
@@ -243,6 +250,9 @@ impl Chat {
         }
         self.flushed.set_value(false);
         self.loading_older.set(false);
+        if self.leaving.get_value() {
+            self.transmit(&ClientFrame::Leave);
+        }
         if let Some(name) = self.name.get_untracked() {
             self.transmit(&ClientFrame::Join { name });
         }
@@ -262,6 +272,7 @@ impl Chat {
     pub fn apply(&self, frame: ServerFrame) {
         match frame {
             ServerFrame::Event(event) => self.on_event(event),
+            ServerFrame::Joined { .. } if self.leaving.get_value() => {}
             ServerFrame::Joined { name } => {
                 self.name.set(Some(name));
                 self.joined.set(true);
@@ -293,6 +304,7 @@ impl Chat {
                 self.loading_older.set(false);
             }
             ServerFrame::Left => {
+                self.leaving.set_value(false);
                 self.name.set(None);
                 self.joined.set(false);
             }
@@ -472,6 +484,51 @@ mod tests {
             [1, 2]
         );
         assert_eq!(chat.last_seq(), 2);
+    }
+
+    #[test]
+    fn leaving_while_disconnected_is_not_undone_by_the_servers_rejoin() {
+        let (_owner, chat) = chat();
+        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        chat.on_close(true);
+        chat.leave();
+        assert!(!chat.joined.get_untracked(), "the dialog is back at once");
+        // Reconnected: the server restores the name from the cookie before it reads our leave.
+        chat.on_open();
+        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        assert!(!chat.joined.get_untracked(), "still left");
+        assert_eq!(chat.name.get_untracked(), None);
+        chat.apply(ServerFrame::Left);
+        // Joining again later works as usual.
+        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        assert!(chat.joined.get_untracked());
+    }
+
+    #[test]
+    fn storage_outages_keep_messages_pending_and_say_so_until_the_server_is_healthy() {
+        let (_owner, chat) = chat();
+        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        assert!(chat.send("written during an outage"));
+        let id = chat.pending.get_untracked()[0].id;
+        chat.apply(ServerFrame::Error {
+            code: ErrorCode::Unavailable,
+            message: "The chat is temporarily unavailable.".into(),
+            id: Some(id),
+        });
+        assert_eq!(chat.status.get_untracked(), Status::Unavailable);
+        assert_eq!(
+            chat.status.get_untracked().label(),
+            "Temporarily unavailable"
+        );
+        let pending = chat.pending.get_untracked();
+        assert_eq!(pending.len(), 1, "still in the outbox");
+        assert_eq!(pending[0].failed, None, "not failed: it will be sent again");
+        // Reconnecting does not hide the outage; the server's presence frame says it is over.
+        chat.on_close(true);
+        chat.on_open();
+        assert_eq!(chat.status.get_untracked(), Status::Unavailable);
+        chat.apply(ServerFrame::Presence { online: vec![] });
+        assert_eq!(chat.status.get_untracked(), Status::Connected);
     }
 
     #[test]
