@@ -27,7 +27,7 @@ unit:
 	CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}" cargo test --features ssr
 
 e2e:
-	cd end2end && npx playwright test
+	export CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}"; cd end2end && npx playwright test
 
 ## Formatting and clippy (-D warnings) for both the server and the wasm32 build.
 lint: setup

@@ -173,7 +173,7 @@ async fn two_instances_show_everyone_every_message_once_in_one_gapless_order() {
     let (a, b) = tokio::join!(Server::start(db.config()), Server::start(db.config()));
     let mut ann = joined(a.addr, "Ann").await;
     let mut bob = joined(b.addr, "Bob").await;
-    let mut watchers = vec![connect(a.addr, "").await, connect(b.addr, "").await];
+    let mut watchers = [connect(a.addr, "").await, connect(b.addr, "").await];
 
     // Concurrent senders on both instances.
     let mut ids = HashSet::new();

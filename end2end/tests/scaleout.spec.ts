@@ -1,0 +1,90 @@
+import { expect, test } from "@playwright/test";
+import { ChatPage, unique } from "./fixtures/chat";
+import { Outage, TestDatabase } from "./fixtures/postgres";
+import { OwnServer } from "./fixtures/server";
+
+// These need PostgreSQL. `make e2e` finds or starts one (.ci/postgres); without it they are skipped, loudly.
+const database = () => {
+  const db = TestDatabase.create();
+  if (!db && process.env.CONFAB_REQUIRE_POSTGRES === "1") throw new Error("CONFAB_TEST_DATABASE_URL is not set");
+  if (!db) console.warn("\n!!! SKIPPED: PostgreSQL end-to-end test: CONFAB_TEST_DATABASE_URL is not set !!!\n");
+  return db;
+};
+
+test("two server processes on one database: each side sees the other's people and messages", async ({ browser }) => {
+  const db = database();
+  test.skip(!db, "no PostgreSQL");
+  const env = { DATABASE_URL: db!.url(), CONFAB_LEAVE_GRACE_MS: "500" };
+  const a = new OwnServer(3104, env);
+  const b = new OwnServer(3105, env);
+  await Promise.all([a.start(), b.start()]);
+  try {
+    const ann = await ChatPage.open(browser, undefined, a.url);
+    const bob = await ChatPage.open(browser, undefined, b.url);
+    const annName = unique("Ann");
+    const bobName = unique("Bob");
+    await ann.join(annName);
+    await bob.join(bobName);
+    await expect(ann.systemLine(`${bobName} has joined the chat.`)).toBeVisible();
+    await expect(bob.systemLine(`${annName} has joined the chat.`)).toBeVisible();
+
+    const fromA = unique("sent through A ");
+    const fromB = unique("sent through B ");
+    await ann.say(fromA);
+    await bob.say(fromB);
+    for (const chat of [ann, bob]) {
+      await expect(chat.message(fromA)).toHaveCount(1);
+      await expect(chat.message(fromB)).toHaveCount(1);
+    }
+    // One order on both sides.
+    const order = (chat: ChatPage) => chat.page.locator("li.message:not(.pending) .text").allTextContents();
+    expect(await order(ann)).toEqual(await order(bob));
+
+    // Typing and the name rule cross instances too.
+    await bob.composer.click();
+    await bob.page.keyboard.type("hm");
+    await expect(ann.page.locator(".typing")).toHaveText(`${bobName} is typing…`);
+    const impostor = await ChatPage.open(browser, undefined, b.url);
+    await impostor.nameField.fill(annName);
+    await impostor.nameField.press("Enter");
+    await expect(impostor.nameError).toHaveText("That name is taken");
+    await impostor.close();
+    await ann.close();
+    await bob.close();
+  } finally {
+    await a.stop();
+    await b.stop();
+    db!.drop();
+  }
+});
+
+test("when the database goes away the page says so, keeps the message, and sends it once it is back", async ({ browser }) => {
+  const db = database();
+  test.skip(!db, "no PostgreSQL");
+  const target = new URL(db!.url());
+  const outage = new Outage({ host: target.hostname, port: Number(target.port || 5432) });
+  const via = await outage.listen();
+  const server = new OwnServer(3106, { DATABASE_URL: db!.url(via) });
+  await server.start();
+  try {
+    const chat = await ChatPage.open(browser, undefined, server.url);
+    await chat.join(unique("Patient"));
+    outage.cut();
+    const text = unique("written while the database is down ");
+    await chat.say(text);
+    await expect(chat.status).toHaveAttribute("data-status", "unavailable");
+    await expect(chat.status).toHaveText("Temporarily unavailable");
+    await expect(chat.page.locator("li.pending", { hasText: text })).toBeVisible();
+
+    outage.restore();
+    await expect(chat.message(text)).toHaveCount(1, { timeout: 30_000 });
+    await expect(chat.status).toHaveAttribute("data-status", "connected");
+    await expect(chat.page.locator("li.pending")).toHaveCount(0);
+    expect(db!.count(`SELECT count(*) FROM events WHERE text = '${text}'`)).toBe(1);
+    await chat.close();
+  } finally {
+    outage.close();
+    await server.stop();
+    db!.drop();
+  }
+});
