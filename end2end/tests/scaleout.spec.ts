@@ -28,6 +28,12 @@ test("two server processes on one database: each side sees the other's people an
     await expect(ann.systemLine(`${bobName} has joined the chat.`)).toBeVisible();
     await expect(bob.systemLine(`${annName} has joined the chat.`)).toBeVisible();
 
+    // So does typing (before any message: a message of Bob's clears his typing line).
+    await bob.composer.click();
+    await bob.page.keyboard.type("hm");
+    await expect(ann.page.locator(".typing")).toHaveText(`${bobName} is typing…`);
+    await bob.composer.fill("");
+
     const fromA = unique("sent through A ");
     const fromB = unique("sent through B ");
     await ann.say(fromA);
@@ -40,10 +46,7 @@ test("two server processes on one database: each side sees the other's people an
     const order = (chat: ChatPage) => chat.page.locator("li.message:not(.pending) .text").allTextContents();
     expect(await order(ann)).toEqual(await order(bob));
 
-    // Typing and the name rule cross instances too.
-    await bob.composer.click();
-    await bob.page.keyboard.type("hm");
-    await expect(ann.page.locator(".typing")).toHaveText(`${bobName} is typing…`);
+    // The name rule crosses instances too.
     const impostor = await ChatPage.open(browser, undefined, b.url);
     await impostor.nameField.fill(annName);
     await impostor.nameField.press("Enter");

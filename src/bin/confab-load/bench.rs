@@ -1,0 +1,565 @@
+//! `make bench`: the standard scenarios against the release build, each on a fresh server, and a report
+//! (markdown, JSON and an SVG latency plot) that says where each target stands.
+
+use crate::proc::raise_fd_limit;
+use crate::run::{self, JoinMode, Percentiles, Report, RunArgs};
+use clap::Args;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The release server binary (`make build`); `hash.txt` beside it.
+    #[arg(long, default_value = "target/release/confab")]
+    pub server: PathBuf,
+    /// The built site.
+    #[arg(long, default_value = "target/site")]
+    pub site: PathBuf,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// The CI smoke version: a few hundred clients for seconds; fails on any loss or duplicate.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these scenarios (a, b, b2, c, d, e, f), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// First port to serve on; each scenario's server takes the next.
+    #[arg(long, default_value_t = 3300)]
+    pub port: u16,
+}
+
+/// A server of the benchmark's own: fresh data directory, rate limit out of the way.
+struct Server {
+    child: Child,
+    port: u16,
+    _data: TempDir,
+    cold_start: Duration,
+}
+
+impl Server {
+    fn start(args: &BenchArgs, port: u16) -> Result<Self, String> {
+        let data = TempDir::new()?;
+        let started = Instant::now();
+        let child = Command::new(&args.server)
+            .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
+            .env("LEPTOS_SITE_ROOT", &args.site)
+            .env("LEPTOS_ENV", "PROD")
+            .env("LEPTOS_HASH_FILES", "true")
+            .env("CONFAB_DATA_DIR", &data.0)
+            // The benchmark measures capacity, not the per-connection abuse limit.
+            .env("CONFAB_RATE_PER_SECOND", "100000")
+            .env("CONFAB_RATE_BURST", "100000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", args.server.display()))?;
+        let mut server = Self {
+            child,
+            port,
+            _data: data,
+            cold_start: Duration::ZERO,
+        };
+        // Cold start: from spawn to the first request answered.
+        while get(port, "/healthz").is_err() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err("the server did not answer within 30 s".into());
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!("the server exited at start: {status}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        server.cold_start = started.elapsed();
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    fn stop(mut self) {
+        // SIGTERM, as in production: the graceful path.
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("confab-bench-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A minimal HTTP GET (the benchmark must not depend on an HTTP client for one request).
+fn get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if response.starts_with("HTTP/1.1 200") {
+        Ok(response)
+    } else {
+        Err(std::io::Error::other("not 200"))
+    }
+}
+
+/// One scenario's outcome, for the report.
+#[derive(Debug, Serialize)]
+struct Outcome {
+    id: &'static str,
+    title: String,
+    target: &'static str,
+    /// The headline figure, as the target states it.
+    result: String,
+    met: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<serde_json::Value>,
+}
+
+struct Load {
+    clients: usize,
+    senders: usize,
+    rate: f64,
+    duration: Duration,
+}
+
+fn run_args(server: &Server, load: &Load) -> RunArgs {
+    RunArgs {
+        urls: vec![server.ws()],
+        clients: load.clients,
+        senders: load.senders,
+        rate: load.rate,
+        duration: load.duration,
+        warmup: Duration::from_secs(2),
+        ramp: Duration::from_secs_f64((load.clients as f64 / 2_000.0).clamp(1.0, 15.0)),
+        drain: Duration::from_secs(10),
+        join: JoinMode::Senders,
+        pid: Some(server.pid()),
+        allow_remote: false,
+        check: false,
+    }
+}
+
+/// A latency scenario: p99 within `p99_ms`, nothing lost or duplicated.
+async fn latency(
+    args: &BenchArgs,
+    port: u16,
+    id: &'static str,
+    load: Load,
+    target: &'static str,
+    p99_ms: f64,
+) -> Result<Outcome, String> {
+    let server = Server::start(args, port)?;
+    let report = run::run(run_args(&server, &load)).await;
+    server.stop();
+    let report = report?;
+    println!("\n({id})\n{}", report.table());
+    let clean = report.lost == 0 && report.duplicated == 0 && report.connects_failed == 0;
+    Ok(Outcome {
+        id,
+        title: format!(
+            "{} clients, {} senders, {} msg/s",
+            load.clients, load.senders, load.rate
+        ),
+        target,
+        result: format!(
+            "p99 {:.1} ms, {} lost, {} duplicated",
+            report.latency_ms.p99, report.lost, report.duplicated
+        ),
+        met: clean && report.latency_ms.p99 <= p99_ms,
+        run: Some(report),
+        detail: None,
+    })
+}
+
+async fn idle_memory(args: &BenchArgs, port: u16, clients: usize) -> Result<Outcome, String> {
+    let server = Server::start(args, port)?;
+    let load = Load {
+        clients,
+        senders: 0,
+        rate: 0.0,
+        duration: Duration::from_secs(3),
+    };
+    let report = run::run(run_args(&server, &load)).await;
+    server.stop();
+    let report = report?;
+    println!("\n(c)\n{}", report.table());
+    let per_client = report
+        .server
+        .as_ref()
+        .map_or(f64::NAN, |s| s.rss_per_client_kib);
+    Ok(Outcome {
+        id: "c",
+        title: format!("idle memory per connected client at {clients} clients"),
+        target: "≤ 16 KiB",
+        result: format!("{per_client:.1} KiB per client"),
+        met: per_client <= 16.0 && report.connects_failed == 0,
+        run: Some(report),
+        detail: None,
+    })
+}
+
+async fn ingest(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome, String> {
+    let server = Server::start(args, port)?;
+    let load = Load {
+        clients: 20,
+        senders: 20,
+        rate: if quick { 1_000.0 } else { 6_000.0 },
+        duration: Duration::from_secs(if quick { 3 } else { 10 }),
+    };
+    let report = run::run(run_args(&server, &load)).await;
+    server.stop();
+    let report = report?;
+    println!("\n(d)\n{}", report.table());
+    Ok(Outcome {
+        id: "d",
+        title: format!(
+            "ingest: {} senders offering {} msg/s, each receiving everything",
+            load.senders, load.rate
+        ),
+        target: "≥ 5,000 persisted msg/s, p99 ack ≤ 20 ms",
+        result: format!(
+            "{:.0} persisted msg/s, p99 ack {:.1} ms",
+            report.persisted_per_s, report.ack_ms.p99
+        ),
+        met: report.persisted_per_s >= 5_000.0 && report.ack_ms.p99 <= 20.0,
+        run: Some(report),
+        detail: None,
+    })
+}
+
+fn cold_start(args: &BenchArgs, port: u16) -> Result<Outcome, String> {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let server = Server::start(args, port)?;
+        times.push(server.cold_start.as_secs_f64() * 1000.0);
+        server.stop();
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(Outcome {
+        id: "f",
+        title: "cold start to the first served request (median of 5)".into(),
+        target: "≤ 100 ms",
+        result: format!("{median:.0} ms"),
+        met: median <= 100.0,
+        run: None,
+        detail: Some(serde_json::json!({ "runs_ms": times })),
+    })
+}
+
+/// Runs `end2end/bench/first-load.mjs` (Playwright + Chromium) against a fresh server.
+fn first_load(args: &BenchArgs, port: u16) -> Result<Outcome, String> {
+    let server = Server::start(args, port)?;
+    let output = Command::new("node")
+        .arg("bench/first-load.mjs")
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .current_dir("end2end")
+        .stderr(Stdio::inherit())
+        .output();
+    server.stop();
+    let output = output.map_err(|e| format!("cannot run node: {e}"))?;
+    if !output.status.success() {
+        return Err("first-load measurement failed".into());
+    }
+    let detail: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("first-load printed no JSON: {e}"))?;
+    let bytes = detail["bytes"].as_f64().unwrap_or(f64::NAN);
+    let tti = detail["tti_ms"].as_f64().unwrap_or(f64::NAN);
+    Ok(Outcome {
+        id: "e",
+        title: "first load: HTML+CSS+JS+WASM on the wire (brotli as served), time to interactive"
+            .into(),
+        target: "≤ 150 KB, ≤ 300 ms",
+        result: format!("{:.0} KB, {tti:.0} ms", bytes / 1000.0),
+        met: bytes <= 150_000.0 && tti <= 300.0,
+        run: None,
+        detail: Some(detail),
+    })
+}
+
+pub async fn bench(args: BenchArgs) -> Result<(), String> {
+    if !args.server.exists() {
+        return Err(format!(
+            "{} is missing: run `make build` first",
+            args.server.display()
+        ));
+    }
+    raise_fd_limit(65_536);
+    let wanted = |id: &str| args.only.is_empty() || args.only.iter().any(|o| o == id);
+    let quick = args.quick;
+    let secs = |s: u64| Duration::from_secs(if quick { 3 } else { s });
+    let mut port = args.port;
+    let mut next_port = || {
+        port += 1;
+        port
+    };
+    let mut outcomes = Vec::new();
+    if wanted("f") {
+        outcomes.push(cold_start(&args, next_port())?);
+    }
+    if wanted("a") {
+        let clients = if quick { 300 } else { 1_000 };
+        let load = Load {
+            clients,
+            senders: 10,
+            rate: 100.0,
+            duration: secs(15),
+        };
+        outcomes.push(latency(&args, next_port(), "a", load, "p99 ≤ 6 ms, 0 lost", 6.0).await?);
+    }
+    if wanted("b") && !quick {
+        let load = Load {
+            clients: 10_000,
+            senders: 10,
+            rate: 10.0,
+            duration: secs(20),
+        };
+        outcomes.push(latency(&args, next_port(), "b", load, "p99 ≤ 60 ms, 0 lost", 60.0).await?);
+    }
+    if wanted("b2") && !quick {
+        let load = Load {
+            clients: 20_000,
+            senders: 10,
+            rate: 10.0,
+            duration: secs(20),
+        };
+        outcomes.push(
+            latency(
+                &args,
+                next_port(),
+                "b2",
+                load,
+                "p99 ≤ 120 ms, 0 lost",
+                120.0,
+            )
+            .await?,
+        );
+    }
+    if wanted("c") {
+        outcomes.push(idle_memory(&args, next_port(), if quick { 300 } else { 10_000 }).await?);
+    }
+    if wanted("d") {
+        outcomes.push(ingest(&args, next_port(), quick).await?);
+    }
+    if wanted("e") && !quick {
+        outcomes.push(first_load(&args, next_port())?);
+    }
+
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let machine = machine();
+    let date = today();
+    let json = serde_json::json!({ "date": date, "machine": machine, "quick": quick, "scenarios": outcomes });
+    write(
+        &args.out.join("report.json"),
+        &serde_json::to_string_pretty(&json).unwrap(),
+    )?;
+    write(
+        &args.out.join("report.md"),
+        &markdown(&date, &machine, &outcomes),
+    )?;
+    write(&args.out.join("latency.svg"), &svg(&outcomes))?;
+    println!("\n{}", markdown(&date, &machine, &outcomes));
+    println!(
+        "report: {}/report.md, report.json, latency.svg",
+        args.out.display()
+    );
+
+    // The smoke run is a correctness check: nothing lost or duplicated (timings are not judged).
+    if quick {
+        for outcome in &outcomes {
+            if let Some(report) = &outcome.run {
+                report
+                    .check()
+                    .map_err(|e| format!("scenario ({}): {e}", outcome.id))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".into(), |d| d.trim().to_owned())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({model}), {:.0} GiB; generator on the same machine",
+        memory_kib as f64 / 1_048_576.0
+    )
+}
+
+fn markdown(date: &str, machine: &str, outcomes: &[Outcome]) -> String {
+    let mut md = format!("# Confab benchmark\n\n{date}, {machine}.\n\n");
+    md.push_str("| | scenario | result | target | |\n|---|---|---|---|---|\n");
+    for o in outcomes {
+        let _ = writeln!(
+            md,
+            "| ({}) | {} | {} | {} | {} |",
+            o.id,
+            o.title,
+            o.result,
+            o.target,
+            if o.met { "met" } else { "**missed**" }
+        );
+    }
+    md.push_str("\n## Details\n\n| | connects (ok/failed, time) | sent | deliveries (expected/received) | lost/dup | p50 | p90 | p99 | p99.9 | max | deliveries/s | server RSS/client, CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for o in outcomes {
+        if let Some(r) = &o.run {
+            let l = &r.latency_ms;
+            let server = r.server.as_ref().map_or(String::new(), |s| {
+                format!("{:.1} KiB, {:.0}%", s.rss_per_client_kib, s.cpu_percent)
+            });
+            let _ = writeln!(
+                md,
+                "| ({}) | {}/{}, {:.1} s | {} | {}/{} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+                o.id,
+                r.connects_ok,
+                r.connects_failed,
+                r.connect_time_s,
+                r.messages_sent,
+                r.deliveries_expected,
+                r.deliveries_received,
+                r.lost,
+                r.duplicated,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                r.deliveries_per_s,
+                server
+            );
+        }
+    }
+    md.push_str(
+        "\nLatency in milliseconds, send → receive on the generator's one clock (HdrHistogram).\n",
+    );
+    md
+}
+
+/// Latency percentiles of the latency scenarios, one line each, on a log scale.
+fn svg(outcomes: &[Outcome]) -> String {
+    let series: Vec<(&str, &Percentiles)> = outcomes
+        .iter()
+        .filter_map(|o| {
+            let r = o.run.as_ref()?;
+            (r.latency_ms.count > 0).then_some((o.id, &r.latency_ms))
+        })
+        .collect();
+    let (w, h, left, right, top, bottom) = (640.0, 360.0, 60.0, 20.0, 30.0, 40.0);
+    let labels = ["p50", "p90", "p99", "p99.9", "max"];
+    let max_ms = series.iter().map(|(_, p)| p.max).fold(1.0_f64, f64::max);
+    let (lo, hi) = (0.1_f64.log10(), (max_ms * 1.5).log10());
+    let y = |ms: f64| top + (h - top - bottom) * (1.0 - (ms.max(0.1).log10() - lo) / (hi - lo));
+    let x = |i: usize| left + (w - left - right) * i as f64 / (labels.len() - 1) as f64;
+    let colours = [
+        "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
+    ];
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\">Confab send→receive latency (ms, log scale)</text>\n"
+    );
+    let mut tick = 0.1;
+    while tick <= 10f64.powf(hi) {
+        let ty = y(tick);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\" stroke=\"#e5e7eb\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick}</text>",
+            w - right,
+            left - 6.0,
+            ty + 4.0
+        );
+        tick *= 10.0;
+    }
+    for (i, label) in labels.iter().enumerate() {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>",
+            x(i),
+            h - bottom + 18.0
+        );
+    }
+    for (n, (id, p)) in series.iter().enumerate() {
+        let colour = colours[n % colours.len()];
+        let points: Vec<String> = [p.p50, p.p90, p.p99, p.p999, p.max]
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| format!("{:.1},{:.1}", x(i), y(*ms)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\">({id})</text>",
+            points.join(" "),
+            w - right - 30.0,
+            top + 16.0 * (n as f64 + 1.0)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}

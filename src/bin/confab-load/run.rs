@@ -1,0 +1,689 @@
+//! One load run: N clients in the room, S of them sending R messages/s in total.
+//!
+//! Phases: connect (spread over the ramp), warm-up (senders send, nothing is measured), measure, drain
+//! (senders stop; wait until every client has every measured message, or the drain time is up).
+//!
+//! Each measured message carries its index and its send time on the generator's one monotonic clock
+//! ("m<index> <micros>"), so a receiver needs no shared map: latency is now minus the send time, and
+//! per-client counters per index give lost and duplicated deliveries exactly.
+
+use crate::proc::{raise_fd_limit, ProcSample};
+use clap::{Args, ValueEnum};
+use confab::protocol::ClientFrame;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+pub const MAX_CLIENTS: usize = 50_000;
+pub const MAX_DURATION: Duration = Duration::from_secs(600);
+const MAX_RATE: f64 = 200_000.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinMode {
+    /// Only senders join (the others read, like tabs still at the name dialog): keeps N join lines from
+    /// turning into N² deliveries during the ramp.
+    Senders,
+    /// Every client joins.
+    All,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// WebSocket endpoint(s); clients are spread over them round-robin.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:3000/ws")]
+    pub urls: Vec<String>,
+    /// Connected clients.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// How many of the clients send.
+    #[arg(long, default_value_t = 10)]
+    pub senders: usize,
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Sending before measuring.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Time over which the clients connect.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub ramp: Duration,
+    /// The longest to wait for the last deliveries after sending stops.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Who joins with a name.
+    #[arg(long, value_enum, default_value_t = JoinMode::Senders)]
+    pub join: JoinMode,
+    /// The server's process id, to report its memory and CPU.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Allow servers that are not on this machine's loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Exit non-zero if a connect failed or a delivery was lost or duplicated.
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = raw
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((raw, "s"), |i| raw.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {raw:?} (say 500ms, 10s or 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit in {raw:?}: use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+impl RunArgs {
+    fn validate(&self) -> Result<(), String> {
+        if self.clients == 0 || self.clients > MAX_CLIENTS {
+            return Err(format!("--clients must be 1..={MAX_CLIENTS}"));
+        }
+        if self.senders > self.clients {
+            return Err("--senders cannot exceed --clients".into());
+        }
+        if !(self.rate >= 0.0 && self.rate <= MAX_RATE) {
+            return Err(format!("--rate must be 0..={MAX_RATE}"));
+        }
+        for d in [self.duration, self.warmup, self.ramp, self.drain] {
+            if d > MAX_DURATION {
+                return Err(format!(
+                    "durations are capped at {}s",
+                    MAX_DURATION.as_secs()
+                ));
+            }
+        }
+        if self.urls.is_empty() {
+            return Err("give at least one --url".into());
+        }
+        for url in &self.urls {
+            if !self.allow_remote && !is_loopback(url)? {
+                return Err(format!(
+                    "{url} is not on loopback; pass --allow-remote to load another machine"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_loopback(url: &str) -> Result<bool, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| format!("{url} is not a ws:// or wss:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addrs: Vec<_> = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .collect();
+    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
+}
+
+/// Where the run is; every client watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Connecting,
+    Warmup,
+    Measure,
+    Drain,
+    Done,
+}
+
+/// Latency in microseconds, up to a minute.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+const SHARDS: usize = 32;
+
+/// What clients record into, shared.
+struct Shared {
+    started: Instant,
+    latency: Vec<Mutex<Histogram<u64>>>,
+    acks: Mutex<Histogram<u64>>,
+    connect: Mutex<Histogram<u64>>,
+    ready: AtomicUsize,
+    failed: AtomicUsize,
+    disconnected: AtomicUsize,
+    /// Unique measured deliveries so far, to know when the drain is complete.
+    delivered: AtomicU64,
+    acked_in_window: AtomicU64,
+    /// Measured messages each sender sent, by sender number.
+    sent: Vec<AtomicU64>,
+}
+
+impl Shared {
+    fn micros(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+}
+
+/// What a client saw, for the exact count of losses and duplicates.
+struct Seen {
+    /// Deliveries per message index.
+    counts: Vec<u8>,
+    /// Measured messages whose index no sender used.
+    unexpected: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+impl Percentiles {
+    /// In milliseconds.
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1000.0,
+            count: h.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerUsage {
+    pub rss_before_kib: u64,
+    pub rss_connected_kib: u64,
+    pub rss_end_kib: u64,
+    pub peak_rss_kib: u64,
+    /// (connected − before) / clients.
+    pub rss_per_client_kib: f64,
+    /// CPU while measuring, in percent of one core.
+    pub cpu_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub clients: usize,
+    pub senders: usize,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub join: JoinMode,
+    pub connects_ok: usize,
+    pub connects_failed: usize,
+    pub connect_time_s: f64,
+    pub connect_ms: Percentiles,
+    pub disconnects: usize,
+    pub messages_sent: u64,
+    pub deliveries_expected: u64,
+    pub deliveries_received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub unexpected: u64,
+    pub latency_ms: Percentiles,
+    pub deliveries_per_s: f64,
+    pub ack_ms: Percentiles,
+    pub persisted_per_s: f64,
+    pub server: Option<ServerUsage>,
+}
+
+impl Report {
+    pub fn check(&self) -> Result<(), String> {
+        if self.connects_failed > 0 || self.disconnects > 0 {
+            return Err(format!(
+                "{} connects failed, {} clients dropped",
+                self.connects_failed, self.disconnects
+            ));
+        }
+        if self.lost > 0 || self.duplicated > 0 || self.unexpected > 0 {
+            return Err(format!(
+                "{} deliveries lost, {} duplicated, {} unexpected",
+                self.lost, self.duplicated, self.unexpected
+            ));
+        }
+        if self.messages_sent == 0 && self.senders > 0 {
+            return Err("no message was sent".into());
+        }
+        Ok(())
+    }
+
+    pub fn table(&self) -> String {
+        let l = &self.latency_ms;
+        let a = &self.ack_ms;
+        let mut out = format!(
+            "clients {} (senders {}, join {:?}), {} msg/s for {:.1}s\n\
+             connects        ok {}  failed {}  in {:.2}s  (p99 {:.1} ms)  dropped {}\n\
+             messages sent   {}\n\
+             deliveries      expected {}  received {}  lost {}  duplicated {}  unexpected {}\n\
+             latency (ms)    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n\
+             throughput      {:.0} deliveries/s, {:.0} persisted msg/s\n\
+             ack (ms)        p50 {:.2}  p99 {:.2}  max {:.2}",
+            self.clients,
+            self.senders,
+            self.join,
+            self.rate,
+            self.duration_s,
+            self.connects_ok,
+            self.connects_failed,
+            self.connect_time_s,
+            self.connect_ms.p99,
+            self.disconnects,
+            self.messages_sent,
+            self.deliveries_expected,
+            self.deliveries_received,
+            self.lost,
+            self.duplicated,
+            self.unexpected,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max,
+            self.deliveries_per_s,
+            self.persisted_per_s,
+            a.p50,
+            a.p99,
+            a.max,
+        );
+        if let Some(s) = &self.server {
+            out.push_str(&format!(
+                "\nserver          RSS {} KiB idle → {} KiB connected ({:.1} KiB/client) → {} KiB end, peak {} KiB; CPU {:.0}%",
+                s.rss_before_kib,
+                s.rss_connected_kib,
+                s.rss_per_client_kib,
+                s.rss_end_kib,
+                s.peak_rss_kib,
+                s.cpu_percent
+            ));
+        }
+        out
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<Report, String> {
+    args.validate()?;
+    raise_fd_limit(args.clients as u64 * 2 + 1024);
+    let sample = || args.pid.and_then(ProcSample::read);
+    let before = sample();
+    if args.pid.is_some() && before.is_none() {
+        return Err(format!("no process {:?} to measure", args.pid));
+    }
+
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        latency: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+        acks: Mutex::new(histogram()),
+        connect: Mutex::new(histogram()),
+        ready: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        disconnected: AtomicUsize::new(0),
+        delivered: AtomicU64::new(0),
+        acked_in_window: AtomicU64::new(0),
+        sent: (0..args.senders).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let (phase_tx, phase) = watch::channel(Phase::Connecting);
+    let run_id = Uuid::new_v4().simple().to_string()[..6].to_owned();
+
+    let mut clients = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let url = args.urls[i % args.urls.len()].clone();
+        let delay = args.ramp.mul_f64(i as f64 / args.clients as f64);
+        let role = Role {
+            index: i,
+            sender: (i < args.senders).then_some(i),
+            joins: i < args.senders || args.join == JoinMode::All,
+            name: format!("load{i}-{run_id}"),
+            interval: if i < args.senders && args.rate > 0.0 {
+                Some(Duration::from_secs_f64(args.senders as f64 / args.rate))
+            } else {
+                None
+            },
+            senders: args.senders,
+        };
+        clients.push(tokio::spawn(client(
+            url,
+            delay,
+            role,
+            shared.clone(),
+            phase.clone(),
+        )));
+    }
+
+    // Connect phase: until every client is ready or failed (bounded by the ramp plus a minute).
+    let connect_deadline = Instant::now() + args.ramp + Duration::from_secs(60);
+    while shared.ready.load(Ordering::SeqCst) + shared.failed.load(Ordering::SeqCst) < args.clients
+        && Instant::now() < connect_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_time = shared.started.elapsed();
+    let connected = sample();
+
+    phase_tx.send_replace(Phase::Warmup);
+    tokio::time::sleep(args.warmup).await;
+    let cpu_start = sample();
+    let measure_started = Instant::now();
+    phase_tx.send_replace(Phase::Measure);
+    tokio::time::sleep(args.duration).await;
+    phase_tx.send_replace(Phase::Drain);
+    let measured = measure_started.elapsed();
+    let cpu_end = sample();
+
+    let messages_sent: u64 = shared.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum();
+    let receivers = shared.ready.load(Ordering::SeqCst) as u64;
+    let expected = messages_sent * receivers;
+    let drain_deadline = Instant::now() + args.drain;
+    while shared.delivered.load(Ordering::SeqCst) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    phase_tx.send_replace(Phase::Done);
+    let end = sample();
+
+    // Exact accounting: which indices were sent, and what each client saw of them.
+    let sent_counts: Vec<u64> = shared
+        .sent
+        .iter()
+        .map(|s| s.load(Ordering::SeqCst))
+        .collect();
+    let was_sent = |k: usize| -> bool {
+        let senders = sent_counts.len();
+        senders > 0 && (k / senders) < sent_counts[k % senders] as usize
+    };
+    let (mut received, mut duplicated, mut unexpected, mut lost) = (0u64, 0u64, 0u64, 0u64);
+    let mut ok = 0usize;
+    for handle in clients {
+        let Ok(Some(seen)) = handle.await else {
+            continue;
+        };
+        ok += 1;
+        unexpected += seen.unexpected;
+        let mut got = 0u64;
+        for (k, &count) in seen.counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            if was_sent(k) {
+                got += 1;
+                received += u64::from(count);
+                duplicated += u64::from(count - 1);
+            } else {
+                unexpected += u64::from(count);
+            }
+        }
+        lost += messages_sent - got;
+    }
+    // Clients that connected but did not last: every message they missed is lost.
+    lost += messages_sent * (receivers.saturating_sub(ok as u64));
+
+    let mut latency = histogram();
+    for shard in &shared.latency {
+        latency.add(&*shard.lock().unwrap()).expect("same bounds");
+    }
+    let acks = shared.acks.lock().unwrap().clone();
+    let server = match (before, connected, end, cpu_start, cpu_end) {
+        (Some(b), Some(c), Some(e), Some(s0), Some(s1)) => Some(ServerUsage {
+            rss_before_kib: b.rss_kib,
+            rss_connected_kib: c.rss_kib,
+            rss_end_kib: e.rss_kib,
+            peak_rss_kib: e.peak_rss_kib,
+            rss_per_client_kib: c.rss_kib.saturating_sub(b.rss_kib) as f64 / args.clients as f64,
+            cpu_percent: (s1.cpu_s - s0.cpu_s) / measured.as_secs_f64() * 100.0,
+        }),
+        _ => None,
+    };
+    let connect_ms = Percentiles::of(&shared.connect.lock().unwrap());
+    Ok(Report {
+        clients: args.clients,
+        senders: args.senders,
+        rate: args.rate,
+        duration_s: measured.as_secs_f64(),
+        join: args.join,
+        connects_ok: shared.ready.load(Ordering::SeqCst),
+        connects_failed: shared.failed.load(Ordering::SeqCst),
+        connect_time_s: connect_time.as_secs_f64(),
+        connect_ms,
+        disconnects: shared.disconnected.load(Ordering::SeqCst),
+        messages_sent,
+        deliveries_expected: expected,
+        deliveries_received: received,
+        lost,
+        duplicated,
+        unexpected,
+        deliveries_per_s: latency.len() as f64 / measured.as_secs_f64(),
+        latency_ms: Percentiles::of(&latency),
+        ack_ms: Percentiles::of(&acks),
+        persisted_per_s: shared.acked_in_window.load(Ordering::SeqCst) as f64
+            / measured.as_secs_f64(),
+        server,
+    })
+}
+
+struct Role {
+    index: usize,
+    /// This client's sender number, if it sends.
+    sender: Option<usize>,
+    joins: bool,
+    name: String,
+    interval: Option<Duration>,
+    senders: usize,
+}
+
+/// One client for the whole run; `None` if it failed to connect or was dropped.
+async fn client(
+    url: String,
+    delay: Duration,
+    role: Role,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+) -> Option<Seen> {
+    tokio::time::sleep(delay).await;
+    // Small buffers, as the server uses: the generator holds thousands of these too.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let began = Instant::now();
+    let connected =
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await;
+    let mut socket = match connected {
+        Ok((socket, _)) => socket,
+        Err(err) => {
+            if role.index == 0 || shared.failed.load(Ordering::Relaxed) == 0 {
+                eprintln!("connect to {url} failed: {err}");
+            }
+            shared.failed.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+    };
+    shared
+        .connect
+        .lock()
+        .unwrap()
+        .saturating_record(began.elapsed().as_micros() as u64);
+
+    let send = |frame: &ClientFrame| {
+        Message::text(serde_json::to_string(frame).expect("client frames serialise"))
+    };
+    if role.joins {
+        if socket
+            .send(send(&ClientFrame::Join {
+                name: role.name.clone(),
+            }))
+            .await
+            .is_err()
+        {
+            shared.failed.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+        // Wait for the server's answer, skipping the history and presence before it.
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("\"type\":\"joined\"") => break,
+                Some(Ok(Message::Text(text))) if text.contains("\"type\":\"error\"") => {
+                    eprintln!("join refused: {text}");
+                    shared.failed.fetch_add(1, Ordering::SeqCst);
+                    return None;
+                }
+                Some(Ok(_)) => {}
+                _ => {
+                    shared.failed.fetch_add(1, Ordering::SeqCst);
+                    return None;
+                }
+            }
+        }
+    }
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+
+    let shard = role.index % SHARDS;
+    let mut seen = Seen {
+        counts: Vec::new(),
+        unexpected: 0,
+    };
+    let mut outstanding: HashMap<Uuid, u64> = HashMap::new();
+    let mut sent_measured = 0u64;
+    let mut ticker = tokio::time::interval(role.interval.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut current = *phase.borrow();
+    loop {
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() { break; }
+                current = *phase.borrow();
+                if current == Phase::Done { break; }
+                if current == Phase::Warmup {
+                    ticker.reset();
+                }
+            }
+            _ = ticker.tick(), if role.interval.is_some()
+                && matches!(current, Phase::Warmup | Phase::Measure) =>
+            {
+                let Some(sender) = role.sender else { continue };
+                let id = Uuid::new_v4();
+                let now = shared.micros();
+                let text = if current == Phase::Measure {
+                    let k = sent_measured as usize * role.senders + sender;
+                    sent_measured += 1;
+                    shared.sent[sender].store(sent_measured, Ordering::SeqCst);
+                    format!("m{k} {now}")
+                } else {
+                    format!("w {now}")
+                };
+                outstanding.insert(id, now);
+                if socket.send(send(&ClientFrame::Send { id, text })).await.is_err() {
+                    shared.disconnected.fetch_add(1, Ordering::SeqCst);
+                    return None;
+                }
+            }
+            incoming = socket.next() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(_)) => continue,
+                    _ => {
+                        if current < Phase::Done {
+                            shared.disconnected.fetch_add(1, Ordering::SeqCst);
+                            return None;
+                        }
+                        break;
+                    }
+                };
+                let now = shared.micros();
+                if let Some((k, sent_at)) = measured_message(&text) {
+                    shared.latency[shard]
+                        .lock()
+                        .unwrap()
+                        .saturating_record(now.saturating_sub(sent_at));
+                    if seen.counts.len() <= k {
+                        seen.counts.resize(k + 1, 0);
+                    }
+                    seen.counts[k] = seen.counts[k].saturating_add(1);
+                    if seen.counts[k] == 1 {
+                        shared.delivered.fetch_add(1, Ordering::SeqCst);
+                    }
+                } else if let Some(id) = acked(&text) {
+                    if let Some(sent_at) = outstanding.remove(&id) {
+                        shared.acks.lock().unwrap().saturating_record(now.saturating_sub(sent_at));
+                        if current == Phase::Measure {
+                            shared.acked_in_window.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                } else if text.contains("\"type\":\"error\"") && text.contains("\"id\"") {
+                    // A refused message would be lost silently otherwise.
+                    eprintln!("a message was refused: {text}");
+                }
+            }
+        }
+    }
+    let _ = socket.close(None).await;
+    Some(seen)
+}
+
+/// Index and send time of a measured message event ("m<index> <micros>" in its text), read without
+/// parsing the whole frame: the generator shares the machine with the server and must stay cheap.
+fn measured_message(frame: &str) -> Option<(usize, u64)> {
+    if !frame.starts_with("{\"type\":\"event\"") {
+        return None;
+    }
+    let text = frame.split_once("\"text\":\"m")?.1;
+    let text = text.split('"').next()?;
+    let (k, at) = text.split_once(' ')?;
+    Some((k.parse().ok()?, at.parse().ok()?))
+}
+
+fn acked(frame: &str) -> Option<Uuid> {
+    let rest = frame.strip_prefix("{\"type\":\"ack\",\"id\":\"")?;
+    Uuid::try_parse(rest.get(..36)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_read_without_full_parsing() {
+        let event = r#"{"type":"event","seq":3,"id":"6f1c0f7e-8a4f-4b1a-9a52-3c1d2e3f4a5b","room":"general","at":1,"kind":"message","name":"load1","text":"m42 123456"}"#;
+        assert_eq!(measured_message(event), Some((42, 123456)));
+        let warmup = event.replace("m42 123456", "w 1");
+        assert_eq!(measured_message(&warmup), None);
+        let ack = r#"{"type":"ack","id":"6f1c0f7e-8a4f-4b1a-9a52-3c1d2e3f4a5b","seq":3}"#;
+        assert_eq!(
+            acked(ack).map(|u| u.to_string()).as_deref(),
+            Some("6f1c0f7e-8a4f-4b1a-9a52-3c1d2e3f4a5b")
+        );
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        assert!(is_loopback("ws://127.0.0.1:3000/ws").unwrap());
+        assert!(is_loopback("ws://localhost:3000/ws").unwrap());
+        assert!(!is_loopback("ws://10.1.2.3:3000/ws").unwrap());
+    }
+}
