@@ -2,14 +2,14 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(shell npm prefix -g 2>/dev/null)/bin:$(PATH)
 
-.PHONY: run test setup setup-test build unit e2e lint fmt watch clean-site
+.PHONY: run test setup setup-test build unit e2e bench bench-smoke lint fmt watch clean-site
 
 ## Build the release and serve it on http://127.0.0.1:3000 (embedded defaults).
 run: setup build
 	LEPTOS_SITE_ROOT=target/site LEPTOS_HASH_FILES=true LEPTOS_ENV=PROD ./target/release/confab
 
 ## Every test: unit and integration (real server, real WebSocket clients), then end-to-end in headless Chromium.
-test: setup-test unit build e2e
+test: setup-test unit build e2e bench-smoke
 
 setup:
 	bash .ci/setup
@@ -24,15 +24,26 @@ build:
 ## CONFAB_TEST_DATABASE_URL picks the PostgreSQL for the scale-out tests; by default .ci/postgres finds or
 ## starts one (and says loudly when it cannot, and those tests skip).
 unit:
-	CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}" cargo test --features ssr
+	CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}" cargo test --features load
 
 e2e:
 	export CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}"; cd end2end && npx playwright test
 
+## The benchmark scenarios (a)–(f) against the release build; report in target/bench/ (README "Performance").
+bench: setup-test build
+	cargo build --release --features load --bin confab-load
+	./target/release/confab-load bench --out target/bench
+
+## Seconds long, a few hundred clients: the tool works end to end and nothing is lost or duplicated. No
+## timing is judged (the debug generator is enough for that).
+bench-smoke: build
+	cargo build --features load --bin confab-load
+	./target/debug/confab-load bench --quick --out target/bench-smoke
+
 ## Formatting and clippy (-D warnings) for both the server and the wasm32 build.
 lint: setup
 	cargo fmt --all -- --check
-	cargo clippy --features ssr --all-targets -- -D warnings
+	cargo clippy --features load --all-targets -- -D warnings
 	cargo clippy --features hydrate --lib --target wasm32-unknown-unknown -- -D warnings
 
 fmt:

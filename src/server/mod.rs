@@ -189,7 +189,8 @@ async fn websocket(
     upgrade
         // tungstenite's defaults keep 128 KiB of read buffer per connection; chat frames are small.
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        // Frames queue up to this before a write; sessions flush after each batch (see `forward_batch`).
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(crate::protocol::MAX_FRAME_BYTES * 16)
         .max_message_size(crate::protocol::MAX_FRAME_BYTES)
         .max_frame_size(crate::protocol::MAX_FRAME_BYTES)
@@ -211,6 +212,8 @@ async fn websocket(
 /// as plain sentences for the operator.
 pub async fn run_from_env() -> Result<(), String> {
     config::init_tracing();
+    // Every connection is a file descriptor; the usual soft limit of 1,024 would cap the chat there.
+    raise_fd_limit(1 << 20);
     let conf = leptos::config::get_configuration(None)
         .map_err(|e| format!("Leptos configuration: {e}"))?;
     let config = Config::from_env()?;
@@ -249,6 +252,30 @@ pub async fn run_from_env() -> Result<(), String> {
     hub.close().await;
     tracing::info!("stopped; storage flushed");
     served
+}
+
+/// Raises this process's open-file limit as far as it may (thousands of sockets need it). Processes it
+/// starts inherit the limit.
+pub fn raise_fd_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        // Root may raise the hard limit too; others only the soft one, up to the hard.
+        let raised = libc::rlimit {
+            rlim_cur: wanted.max(limit.rlim_cur),
+            rlim_max: wanted.max(limit.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// The longest a shutdown waits for connections before the store is flushed and the process exits.

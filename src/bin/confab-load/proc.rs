@@ -1,4 +1,4 @@
-//! What the load generator reads about a server process from /proc, and its own file-descriptor limit.
+//! What the load generator reads about a server process from /proc.
 
 use serde::Serialize;
 
@@ -40,26 +40,15 @@ impl ProcSample {
     }
 }
 
-/// Raises this process's open-file limit as far as it may (thousands of sockets need it). Processes it
-/// starts inherit the limit.
-pub fn raise_fd_limit(wanted: u64) {
+/// This process's open-file limit (after any raise); the server started by `bench` inherits it.
+pub fn fd_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit write and read the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        // Root may raise the hard limit too; others only the soft one, up to the hard.
-        let raised = libc::rlimit {
-            rlim_cur: wanted.max(limit.rlim_cur),
-            rlim_max: wanted.max(limit.rlim_max),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
+    // SAFETY: getrlimit writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
     }
+    limit.rlim_cur
 }

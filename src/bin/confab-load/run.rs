@@ -7,9 +7,10 @@
 //! ("m<index> <micros>"), so a receiver needs no shared map: latency is now minus the send time, and
 //! per-client counters per index give lost and duplicated deliveries exactly.
 
-use crate::proc::{raise_fd_limit, ProcSample};
+use crate::proc::ProcSample;
 use clap::{Args, ValueEnum};
 use confab::protocol::ClientFrame;
+use confab::server::raise_fd_limit;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -400,15 +401,19 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
     let measured = measure_started.elapsed();
     let cpu_end = sample();
 
-    let messages_sent: u64 = shared.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum();
     let receivers = shared.ready.load(Ordering::SeqCst) as u64;
-    let expected = messages_sent * receivers;
+    let sent_total = || -> u64 { shared.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum() };
     let drain_deadline = Instant::now() + args.drain;
-    while shared.delivered.load(Ordering::SeqCst) < expected && Instant::now() < drain_deadline {
+    // (A sender may still be finishing a message it began before the drain: read the total each time.)
+    while shared.delivered.load(Ordering::SeqCst) < sent_total() * receivers
+        && Instant::now() < drain_deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     phase_tx.send_replace(Phase::Done);
     let end = sample();
+    let messages_sent = sent_total();
+    let expected = messages_sent * receivers;
 
     // Exact accounting: which indices were sent, and what each client saw of them.
     let sent_counts: Vec<u64> = shared
@@ -573,16 +578,19 @@ async fn client(
     let mut sent_measured = 0u64;
     let mut ticker = tokio::time::interval(role.interval.unwrap_or(Duration::from_secs(3600)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let mut current = *phase.borrow();
+    let mut current = *phase.borrow_and_update();
+    // One wait for the next phase at a time, not one per frame: every client shares the channel.
+    let mut next_phase = Box::pin(next(phase));
     loop {
         tokio::select! {
-            changed = phase.changed() => {
-                if changed.is_err() { break; }
-                current = *phase.borrow();
+            (receiver, changed) = &mut next_phase => {
+                let Some(changed) = changed else { break };
+                current = changed;
                 if current == Phase::Done { break; }
                 if current == Phase::Warmup {
                     ticker.reset();
                 }
+                next_phase = Box::pin(next(receiver));
             }
             _ = ticker.tick(), if role.interval.is_some()
                 && matches!(current, Phase::Warmup | Phase::Measure) =>
@@ -645,6 +653,15 @@ async fn client(
     }
     let _ = socket.close(None).await;
     Some(seen)
+}
+
+/// The phase after the one `phase` has seen, and the receiver (which now has seen it) for the next wait.
+async fn next(mut phase: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, Option<Phase>) {
+    let changed = match phase.changed().await {
+        Ok(()) => Some(*phase.borrow_and_update()),
+        Err(_) => None,
+    };
+    (phase, changed)
 }
 
 /// Index and send time of a measured message event ("m<index> <micros>" in its text), read without

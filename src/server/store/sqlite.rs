@@ -65,7 +65,10 @@ impl MessageStore for SqliteStore {
         events: Vec<NewEvent>,
         at: i64,
     ) -> Result<Vec<Appended>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front. A deferred transaction would start as a reader and fail
+        // with SQLITE_BUSY_SNAPSHOT (which busy_timeout does not retry) if another connection of the pool
+        // (a session's name being saved) wrote in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut last: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?")
                 .bind(room)
