@@ -287,6 +287,9 @@ impl Chat {
             }
             ServerFrame::Presence { online } => {
                 // The server sends this once it has read the history and the session: it is healthy.
+                if self.status.get_untracked() == Status::Unavailable {
+                    self.notice.set(None); // the outage notice no longer holds
+                }
                 self.online.set(online);
                 self.status.set(Status::Connected);
                 #[cfg(feature = "hydrate")]
@@ -529,6 +532,11 @@ mod tests {
         assert_eq!(chat.status.get_untracked(), Status::Unavailable);
         chat.apply(ServerFrame::Presence { online: vec![] });
         assert_eq!(chat.status.get_untracked(), Status::Connected);
+        assert_eq!(
+            chat.notice.get_untracked(),
+            None,
+            "the outage notice goes with it"
+        );
     }
 
     #[test]
