@@ -15,7 +15,10 @@ use super::store::{Appended, MessageStore, NewEvent, StoreError};
 use crate::protocol::{ChatEvent, EventKind, ServerFrame};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -25,6 +28,8 @@ pub struct Frame {
     /// The event's sequence number, or [`EPHEMERAL`] for frames that are not stored (typing).
     pub seq: u64,
     pub json: Utf8Bytes,
+    /// When it was broadcast, for the delivery-lag metric.
+    pub at: std::time::Instant,
 }
 
 /// The `seq` of a frame that is not a stored event and takes no part in ordering or catch-up.
@@ -79,6 +84,7 @@ impl Feed {
         let _ = self.live.send(Frame {
             seq: event.seq,
             json: ServerFrame::encode_event(event).into(),
+            at: std::time::Instant::now(),
         });
     }
 
@@ -296,6 +302,7 @@ impl Hub {
             let _ = room.feed.live.send(Frame {
                 seq: EPHEMERAL,
                 json: frame.encode().into(),
+                at: std::time::Instant::now(),
             });
         }
     }
@@ -303,22 +310,48 @@ impl Hub {
     /// Stores an event and broadcasts it; returns it as stored, with its sequence number. An id the room
     /// already has is not stored or broadcast again: the stored event comes back with `fresh: false`.
     pub async fn publish(&self, room: &str, event: NewEvent) -> Result<Appended, PublishError> {
+        self.submit(room, event).await?.await.1
+    }
+
+    /// Queues an event for the room's writer and returns at once (waiting only while the writer's queue
+    /// is full); the [`Receipt`] resolves once it is stored and broadcast. A connection can so have
+    /// several messages in flight, and the writer commits them together instead of one per round trip.
+    pub async fn submit(&self, room: &str, event: NewEvent) -> Result<Receipt, PublishError> {
         let writer = &self
             .inner
             .rooms
             .get(room)
             .ok_or_else(|| PublishError::NoSuchRoom(room.to_owned()))?
             .writer;
+        let id = event.id;
         let (stored, reply) = oneshot::channel();
         writer
             .send(Append { event, stored })
             .await
             .map_err(|_| PublishError::WriterGone)?;
-        match reply.await {
-            Ok(Ok(appended)) => Ok(appended),
-            Ok(Err(err)) => Err(PublishError::Store(err)),
-            Err(_) => Err(PublishError::WriterGone),
-        }
+        Ok(Receipt { id, reply })
+    }
+}
+
+/// Resolves to the id of a submitted event and what became of it.
+pub struct Receipt {
+    id: uuid::Uuid,
+    reply: oneshot::Receiver<Result<Appended, Arc<StoreError>>>,
+}
+
+impl Future for Receipt {
+    type Output = (uuid::Uuid, Result<Appended, PublishError>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
+        Pin::new(&mut self.reply).poll(cx).map(|reply| {
+            let result = match reply {
+                Ok(Ok(appended)) => Ok(appended),
+                Ok(Err(err)) => Err(PublishError::Store(err)),
+                Err(_) => Err(PublishError::WriterGone),
+            };
+            (id, result)
+        })
     }
 }
 

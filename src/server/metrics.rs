@@ -8,6 +8,7 @@ pub const MESSAGES_IN: &str = "confab_messages_in_total";
 pub const FRAMES_OUT: &str = "confab_frames_out_total";
 pub const FANOUT_SECONDS: &str = "confab_fanout_seconds";
 pub const STORE_SECONDS: &str = "confab_store_append_seconds";
+pub const DELIVERY_SECONDS: &str = "confab_delivery_lag_seconds";
 
 /// The process-wide recorder; installed on first use (tests start many servers in one process).
 pub fn handle() -> &'static PrometheusHandle {
@@ -31,6 +32,10 @@ pub fn handle() -> &'static PrometheusHandle {
             "from a batch reaching its room's writer to its broadcast"
         );
         metrics::describe_histogram!(STORE_SECONDS, "time to store one batch durably");
+        metrics::describe_histogram!(
+            DELIVERY_SECONDS,
+            "from a broadcast to its write to a client's socket (one sample per write)"
+        );
         handle
     })
 }

@@ -44,46 +44,63 @@ pub struct AppState {
 impl AppState {
     /// Opens the store and starts the hub's writer tasks (so it needs a Tokio runtime).
     pub async fn new(leptos_options: LeptosOptions, config: &Config) -> Result<Self, String> {
-        let (store, backplane): (Arc<dyn MessageStore>, Arc<dyn Backplane>) = match &config.store {
-            StoreConfig::Memory => (
-                Arc::new(MemoryStore::new(config.history_capacity)),
-                Arc::new(Local),
-            ),
-            StoreConfig::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                }
-                let store = SqliteStore::open(path)
-                    .await
-                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-                tracing::info!(path = %path.display(), "SQLite store open");
-                (Arc::new(store), Arc::new(Local))
-            }
-            StoreConfig::Postgres(url) => {
-                let store = PgStore::open(url)
-                    .await
-                    .map_err(|e| format!("cannot open PostgreSQL ({}): {e}", redact(url)))?;
-                let backplane =
-                    backplane::Postgres::register(store.pool().clone(), config.instance_ttl)
-                        .await
-                        .map_err(|e| format!("cannot register with PostgreSQL: {e}"))?;
-                tracing::info!(url = %redact(url), "PostgreSQL store open");
-                (Arc::new(store), Arc::new(backplane))
-            }
-        };
+        let (store, backplane) = open_store(config).await?;
+        Ok(Self::with_store(leptos_options, config, store, backplane))
+    }
+
+    /// The state around a store that is already open.
+    pub fn with_store(
+        leptos_options: LeptosOptions,
+        config: &Config,
+        store: Arc<dyn MessageStore>,
+        backplane: Arc<dyn Backplane>,
+    ) -> Self {
         let hub = Hub::new(
             store,
             backplane,
             &[crate::protocol::GENERAL_ROOM],
             config.live_buffer,
         );
-        Ok(Self {
+        Self {
             leptos_options,
             hub,
             session: config.session.clone(),
-        })
+        }
     }
+}
+
+/// The store `config` names, and the backplane that goes with it.
+async fn open_store(
+    config: &Config,
+) -> Result<(Arc<dyn MessageStore>, Arc<dyn Backplane>), String> {
+    Ok(match &config.store {
+        StoreConfig::Memory => (
+            Arc::new(MemoryStore::new(config.history_capacity)),
+            Arc::new(Local),
+        ),
+        StoreConfig::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let store = SqliteStore::open(path)
+                .await
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "SQLite store open");
+            (Arc::new(store), Arc::new(Local))
+        }
+        StoreConfig::Postgres(url) => {
+            let store = PgStore::open(url)
+                .await
+                .map_err(|e| format!("cannot open PostgreSQL ({}): {e}", redact(url)))?;
+            let backplane =
+                backplane::Postgres::register(store.pool().clone(), config.instance_ttl)
+                    .await
+                    .map_err(|e| format!("cannot register with PostgreSQL: {e}"))?;
+            tracing::info!(url = %redact(url), "PostgreSQL store open");
+            (Arc::new(store), Arc::new(backplane))
+        }
+    })
 }
 
 /// A database URL fit for logs: the password replaced.

@@ -5,14 +5,16 @@
 //! up from the store, so it never silently misses an event.
 
 use super::backplane::Arrival;
-use super::hub::{now_ms, Frame, Hub, PublishError, EPHEMERAL};
+use super::hub::{now_ms, Frame, Hub, PublishError, Receipt, EPHEMERAL};
 use super::presence::Claim;
+use super::store::Appended;
 use super::store::NewEvent;
 use crate::protocol::{
     parse_client_frame, validate_name, validate_text, ClientFrame, ErrorCode, EventKind,
     ServerFrame, HISTORY_PAGE, MAX_FRAME_BYTES,
 };
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -87,7 +89,15 @@ struct Session<'a, S> {
     batching: bool,
     /// Looked up once: a registry lookup per frame is measurable at 100,000 frames a second.
     frames_out: metrics::Counter,
+    delivery_lag: metrics::Histogram,
+    /// Messages handed to the room's writer and not yet acknowledged, oldest first. Reading goes on
+    /// meanwhile, so a client that sends a burst (an outbox after a reconnect) gets one group commit, not
+    /// one round trip per message.
+    in_flight: FuturesOrdered<Receipt>,
 }
+
+/// The most messages one connection may have in flight; the next waits for the oldest to be stored.
+const MAX_IN_FLIGHT: usize = 64;
 
 /// The most frames `forward_batch` takes beyond the first before flushing. (Measured with 1,000 clients
 /// at 100 msg/s: batching halves the server's CPU, 103% → 50%, and p50 latency falls from 49 to 32 ms.)
@@ -121,6 +131,8 @@ pub async fn run<S>(
         limiter: RateLimiter::direct(quota),
         batching: false,
         frames_out: metrics::counter!(super::metrics::FRAMES_OUT),
+        delivery_lag: metrics::histogram!(super::metrics::DELIVERY_SECONDS),
+        in_flight: FuturesOrdered::new(),
     };
     if session.replay(start).await.is_err() || session.resume_identity().await.is_err() {
         session.release_name(false);
@@ -154,6 +166,11 @@ pub async fn run<S>(
                         break End::Socket;
                     }
                     None => break End::Closed,
+                }
+            }
+            Some((id, stored)) = session.in_flight.next(), if !session.in_flight.is_empty() => {
+                if session.on_stored(id, stored).await.is_err() {
+                    break End::Socket;
                 }
             }
             frame = live.recv() => {
@@ -357,6 +374,7 @@ where
         live: &mut tokio::sync::broadcast::Receiver<Frame>,
     ) -> Result<(), End> {
         self.batching = true;
+        let broadcast_at = first.at;
         let mut result = self.forward(first).await;
         for _ in 0..FORWARD_BATCH {
             if result.is_err() {
@@ -370,7 +388,11 @@ where
         }
         self.batching = false;
         result?;
-        self.socket.flush().await.map_err(|_| End::Socket)
+        self.socket.flush().await.map_err(|_| End::Socket)?;
+        // The oldest frame of the write: how long the broadcast took to reach this socket.
+        self.delivery_lag
+            .record(broadcast_at.elapsed().as_secs_f64());
+        Ok(())
     }
 
     async fn forward(&mut self, frame: Frame) -> Result<(), End> {
@@ -552,19 +574,33 @@ where
                 .send_error(ErrorCode::RateLimited, message, Some(id))
                 .await;
         }
-        match self
-            .hub
-            .publish(
-                self.room,
-                NewEvent {
-                    id,
-                    kind: EventKind::Message,
-                    name,
-                    text,
-                },
-            )
-            .await
-        {
+        if self.in_flight.len() >= MAX_IN_FLIGHT {
+            if let Some((id, stored)) = self.in_flight.next().await {
+                self.on_stored(id, stored).await?;
+            }
+        }
+        let event = NewEvent {
+            id,
+            kind: EventKind::Message,
+            name,
+            text,
+        };
+        match self.hub.submit(self.room, event).await {
+            Ok(receipt) => {
+                self.in_flight.push_back(receipt);
+                Ok(())
+            }
+            Err(err) => self.on_publish_error(err, Some(id)).await,
+        }
+    }
+
+    /// A message this connection sent was stored (or not): acknowledge it.
+    async fn on_stored(
+        &mut self,
+        id: Uuid,
+        stored: Result<Appended, PublishError>,
+    ) -> Result<(), End> {
+        match stored {
             Ok(appended) => {
                 if appended.fresh {
                     metrics::counter!(super::metrics::MESSAGES_IN).increment(1);

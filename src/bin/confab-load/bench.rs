@@ -473,7 +473,7 @@ fn markdown(date: &str, machine: &str, outcomes: &[Outcome]) -> String {
             if o.met { "met" } else { "**missed**" }
         );
     }
-    md.push_str("\n## Details\n\n| | connects (ok/failed, time) | sent | deliveries (expected/received) | lost/dup | p50 | p90 | p99 | p99.9 | max | deliveries/s | server RSS/client, CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n## Details\n\n| | connects (ok/failed, time) | sent | deliveries (expected/received) | lost/dup | p50 | p90 | p99 | p99.9 | max | deliveries/s | server RSS/client, CPU | generator CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for o in outcomes {
         if let Some(r) = &o.run {
             let l = &r.latency_ms;
@@ -482,7 +482,7 @@ fn markdown(date: &str, machine: &str, outcomes: &[Outcome]) -> String {
             });
             let _ = writeln!(
                 md,
-                "| ({}) | {}/{}, {:.1} s | {} | {}/{} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+                "| ({}) | {}/{}, {:.1} s | {} | {}/{} | {}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {:.0}% |",
                 o.id,
                 r.connects_ok,
                 r.connects_failed,
@@ -498,7 +498,8 @@ fn markdown(date: &str, machine: &str, outcomes: &[Outcome]) -> String {
                 l.p999,
                 l.max,
                 r.deliveries_per_s,
-                server
+                server,
+                r.generator_cpu_percent
             );
         }
     }

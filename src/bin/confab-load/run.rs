@@ -257,6 +257,9 @@ pub struct Report {
     pub ack_ms: Percentiles,
     pub persisted_per_s: f64,
     pub server: Option<ServerUsage>,
+    /// The generator's own CPU while measuring, in percent of one core: on a shared machine it competes
+    /// with the server for the same cores.
+    pub generator_cpu_percent: f64,
 }
 
 impl Report {
@@ -328,6 +331,10 @@ impl Report {
                 s.cpu_percent
             ));
         }
+        out.push_str(&format!(
+            "\ngenerator       CPU {:.0}%",
+            self.generator_cpu_percent
+        ));
         out
     }
 }
@@ -371,6 +378,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
                 None
             },
             senders: args.senders,
+            run: run_id.clone(),
         };
         clients.push(tokio::spawn(client(
             url,
@@ -394,12 +402,14 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
     phase_tx.send_replace(Phase::Warmup);
     tokio::time::sleep(args.warmup).await;
     let cpu_start = sample();
+    let own_start = ProcSample::read(std::process::id());
     let measure_started = Instant::now();
     phase_tx.send_replace(Phase::Measure);
     tokio::time::sleep(args.duration).await;
     phase_tx.send_replace(Phase::Drain);
     let measured = measure_started.elapsed();
     let cpu_end = sample();
+    let own_end = ProcSample::read(std::process::id());
 
     let receivers = shared.ready.load(Ordering::SeqCst) as u64;
     let sent_total = || -> u64 { shared.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum() };
@@ -491,6 +501,10 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         persisted_per_s: shared.acked_in_window.load(Ordering::SeqCst) as f64
             / measured.as_secs_f64(),
         server,
+        generator_cpu_percent: match (own_start, own_end) {
+            (Some(s0), Some(s1)) => (s1.cpu_s - s0.cpu_s) / measured.as_secs_f64() * 100.0,
+            _ => f64::NAN,
+        },
     })
 }
 
@@ -502,6 +516,9 @@ struct Role {
     name: String,
     interval: Option<Duration>,
     senders: usize,
+    /// This run's id, in every measured message: a server used before keeps older runs' messages in
+    /// its history, and a new client's history must not count as deliveries.
+    run: String,
 }
 
 /// One client for the whole run; `None` if it failed to connect or was dropped.
@@ -588,7 +605,12 @@ async fn client(
                 current = changed;
                 if current == Phase::Done { break; }
                 if current == Phase::Warmup {
-                    ticker.reset();
+                    // Senders take turns, so the room gets one message every 1/rate seconds, not a
+                    // burst of one per sender every senders/rate seconds.
+                    if let (Some(sender), Some(interval)) = (role.sender, role.interval) {
+                        let offset = interval.mul_f64(sender as f64 / role.senders as f64);
+                        ticker.reset_at(Instant::now() + offset);
+                    }
                 }
                 next_phase = Box::pin(next(receiver));
             }
@@ -602,7 +624,7 @@ async fn client(
                     let k = sent_measured as usize * role.senders + sender;
                     sent_measured += 1;
                     shared.sent[sender].store(sent_measured, Ordering::SeqCst);
-                    format!("m{k} {now}")
+                    format!("m{k} {now} {}", role.run)
                 } else {
                     format!("w {now}")
                 };
@@ -625,7 +647,7 @@ async fn client(
                     }
                 };
                 let now = shared.micros();
-                if let Some((k, sent_at)) = measured_message(&text) {
+                if let Some((k, sent_at)) = measured_message(&text, &role.run) {
                     shared.latency[shard]
                         .lock()
                         .unwrap()
@@ -664,15 +686,20 @@ async fn next(mut phase: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, Opt
     (phase, changed)
 }
 
-/// Index and send time of a measured message event ("m<index> <micros>" in its text), read without
-/// parsing the whole frame: the generator shares the machine with the server and must stay cheap.
-fn measured_message(frame: &str) -> Option<(usize, u64)> {
+/// Index and send time of a measured message event of run `run` ("m<index> <micros> <run>" in its
+/// text), read without parsing the whole frame: the generator shares the machine with the server and
+/// must stay cheap.
+fn measured_message(frame: &str, run: &str) -> Option<(usize, u64)> {
     if !frame.starts_with("{\"type\":\"event\"") {
         return None;
     }
     let text = frame.split_once("\"text\":\"m")?.1;
     let text = text.split('"').next()?;
-    let (k, at) = text.split_once(' ')?;
+    let mut parts = text.split(' ');
+    let (k, at) = (parts.next()?, parts.next()?);
+    if parts.next()? != run {
+        return None;
+    }
     Some((k.parse().ok()?, at.parse().ok()?))
 }
 
@@ -687,10 +714,15 @@ mod tests {
 
     #[test]
     fn frames_are_read_without_full_parsing() {
-        let event = r#"{"type":"event","seq":3,"id":"6f1c0f7e-8a4f-4b1a-9a52-3c1d2e3f4a5b","room":"general","at":1,"kind":"message","name":"load1","text":"m42 123456"}"#;
-        assert_eq!(measured_message(event), Some((42, 123456)));
-        let warmup = event.replace("m42 123456", "w 1");
-        assert_eq!(measured_message(&warmup), None);
+        let event = r#"{"type":"event","seq":3,"id":"6f1c0f7e-8a4f-4b1a-9a52-3c1d2e3f4a5b","room":"general","at":1,"kind":"message","name":"load1","text":"m42 123456 ab12cd"}"#;
+        assert_eq!(measured_message(event, "ab12cd"), Some((42, 123456)));
+        assert_eq!(
+            measured_message(event, "ffffff"),
+            None,
+            "an earlier run's message in the history is not a delivery"
+        );
+        let warmup = event.replace("m42 123456 ab12cd", "w 1");
+        assert_eq!(measured_message(&warmup, "ab12cd"), None);
         let ack = r#"{"type":"ack","id":"6f1c0f7e-8a4f-4b1a-9a52-3c1d2e3f4a5b","seq":3}"#;
         assert_eq!(
             acked(ack).map(|u| u.to_string()).as_deref(),

@@ -2,7 +2,9 @@
 
 mod postgres;
 
+use super::backplane::Local;
 use super::config::{Config, StoreConfig};
+use super::store::{Appended, MemoryStore, MessageStore, NewEvent, StoreError};
 use super::{router, serve, AppState};
 use crate::protocol::{
     ChatEvent, ClientFrame, ErrorCode, EventKind, ServerFrame, MAX_FRAME_BYTES, MAX_TEXT_CHARS,
@@ -11,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use leptos::prelude::LeptosOptions;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -43,13 +46,21 @@ struct Server {
 
 impl Server {
     async fn start(config: Config) -> Self {
+        Self::start_with(config, None).await
+    }
+
+    /// With `store` (and no backplane) instead of the one `config` names.
+    async fn start_with(config: Config, store: Option<Arc<dyn MessageStore>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let options = LeptosOptions::builder()
             .output_name("confab")
             .site_addr(addr)
             .build();
-        let state = AppState::new(options, &config).await.unwrap();
+        let state = match store {
+            Some(store) => AppState::with_store(options, &config, store, Arc::new(Local)),
+            None => AppState::new(options, &config).await.unwrap(),
+        };
         let hub = state.hub.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let closing = hub.clone();
@@ -519,6 +530,113 @@ async fn floods_are_rate_limited_without_slowing_others() {
             _ => {}
         }
     }
+}
+
+/// A store whose every append takes as long as a slow disk's commit, and which records batch sizes.
+struct SlowDisk {
+    inner: MemoryStore,
+    commit: Duration,
+    batches: Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl MessageStore for SlowDisk {
+    async fn append(
+        &self,
+        room: &str,
+        events: Vec<NewEvent>,
+        at: i64,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.batches.lock().unwrap().push(events.len());
+        tokio::time::sleep(self.commit).await;
+        self.inner.append(room, events, at).await
+    }
+    async fn since(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError> {
+        self.inner.since(room, after, limit).await
+    }
+    async fn before(
+        &self,
+        room: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError> {
+        self.inner.before(room, before, limit).await
+    }
+    async fn session_name(&self, token: &str) -> Result<Option<String>, StoreError> {
+        self.inner.session_name(token).await
+    }
+    async fn set_session_name(
+        &self,
+        token: &str,
+        name: Option<&str>,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.inner.set_session_name(token, name, at).await
+    }
+}
+
+#[tokio::test]
+async fn a_burst_from_one_connection_is_committed_together_and_acknowledged_in_order() {
+    // An outbox flushed after a reconnect: 60 messages at once. Each one waiting for its own 20 ms
+    // commit would take over a second; the connection keeps reading while earlier ones are stored.
+    let disk = Arc::new(SlowDisk {
+        inner: MemoryStore::new(1000),
+        commit: Duration::from_millis(20),
+        batches: Mutex::new(Vec::new()),
+    });
+    let mut config = memory();
+    config.session.burst = std::num::NonZeroU32::new(100).unwrap();
+    let server = Server::start_with(config, Some(disk.clone())).await;
+    let mut ann = joined(server.addr, "Ann").await;
+    let mut bob = joined(server.addr, "Bob").await;
+    let writes_before = disk.batches.lock().unwrap().len();
+
+    let ids: Vec<Uuid> = (0..60).map(|_| Uuid::new_v4()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        ann.send(&ClientFrame::Send {
+            id: *id,
+            text: format!("outbox {i}"),
+        })
+        .await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < ids.len() {
+        let (id, seq) = ann
+            .next_matching(|f| match f {
+                ServerFrame::Ack { id, seq } => Some((*id, *seq)),
+                ServerFrame::Error { message, .. } => panic!("refused: {message}"),
+                _ => None,
+            })
+            .await;
+        acked.push((id, seq));
+    }
+    let acked_ids: Vec<Uuid> = acked.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        acked_ids, ids,
+        "acks come in the order the messages were sent"
+    );
+    assert!(
+        acked.windows(2).all(|w| w[1].1 == w[0].1 + 1),
+        "consecutive sequence numbers: {acked:?}"
+    );
+    let shown = messages(&mut bob, 60).await;
+    let texts: Vec<String> = shown.iter().map(|e| e.text.clone()).collect();
+    let sent: Vec<String> = (0..60).map(|i| format!("outbox {i}")).collect();
+    assert_eq!(texts, sent, "the others see every message once, in order");
+
+    let batches = disk.batches.lock().unwrap()[writes_before..].to_vec();
+    assert_eq!(batches.iter().sum::<usize>(), 60);
+    assert!(
+        batches.len() <= 10,
+        "60 messages in {} commits ({batches:?}): the burst waited for one commit per message",
+        batches.len()
+    );
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -999,6 +1117,7 @@ async fn metrics_count_connections_and_messages() {
     assert!(value("confab_frames_out_total") >= 3.0);
     assert!(value("confab_fanout_seconds_count") >= 1.0);
     assert!(value("confab_store_append_seconds_count") >= 1.0);
+    assert!(value("confab_delivery_lag_seconds_count") >= 1.0);
 }
 
 #[tokio::test]
