@@ -1,23 +1,31 @@
-//! The HTML shell and the routes.
+//! The HTML shell and the page.
+//!
+//! Confab is one page: no client-side router ships in the bundle. The server routes `/` to the page and
+//! everything else to static files or a 404 (`crate::server::router`).
 
 use crate::ui::ChatPage;
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, HashedStylesheet, Link, Meta, MetaTags, Title};
-use leptos_router::components::{Route, Router, Routes};
-use leptos_router::{SsrMode, StaticSegment};
 
 /// The document around the app, rendered on the server only.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    // The state hydration starts from, beside the HTML rendered from it (see `Bootstrap::current`).
+    let boot = crate::ui::state::Bootstrap::current().map(|boot| boot.to_script_json());
     view! {
         <!DOCTYPE html>
         <html lang="en">
             <head>
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1, viewport-fit=cover"/>
+                <title>"Confab"</title>
+                <meta name="description" content="Confab: real-time chat"/>
+                <meta name="theme-color" content="#283593"/>
+                <link rel="icon" type="image/svg+xml" href="/favicon.svg"/>
                 <AutoReload options=options.clone()/>
-                <HashedStylesheet options=options.clone() id="leptos"/>
+                <leptos_meta::HashedStylesheet options=options.clone() id="leptos"/>
                 <HydrationScripts options/>
-                <MetaTags/>
+                {boot.map(|json| view! {
+                    <script type="application/json" id=crate::ui::state::BOOTSTRAP_ID inner_html=json></script>
+                })}
                 // Without JavaScript nobody can join, but the history must stay readable.
                 <noscript>
                     <style>".backdrop, .composer, .people { display: none; }"</style>
@@ -32,19 +40,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 
 #[component]
 pub fn App() -> impl IntoView {
-    provide_meta_context();
     view! {
-        <Title text="Confab"/>
-        <Meta name="description" content="Confab: real-time chat"/>
-        <Meta name="theme-color" content="#283593"/>
-        <Link rel="icon" type_="image/svg+xml" href="/favicon.svg"/>
-        <Router>
-            <main>
-                <Routes fallback=|| view! { <p class="not-found">"Page not found."</p> }>
-                    // In order: the history is in the HTML itself, so it reads without JavaScript.
-                    <Route path=StaticSegment("") view=ChatPage ssr=SsrMode::InOrder/>
-                </Routes>
-            </main>
-        </Router>
+        <main>
+            <ChatPage/>
+        </main>
     }
 }

@@ -57,6 +57,8 @@ struct Inner {
     backplane: Arc<dyn Backplane>,
     /// Flips to true when the server starts shutting down; sessions then close their sockets.
     closing: watch::Sender<bool>,
+    /// Connections whose session is still running; shutdown waits for them to say goodbye.
+    sessions: watch::Sender<usize>,
     rooms: HashMap<String, Room>,
 }
 
@@ -191,6 +193,7 @@ impl Hub {
                 store,
                 backplane,
                 closing: watch::Sender::new(false),
+                sessions: watch::Sender::new(0),
                 rooms,
             }),
         };
@@ -276,6 +279,19 @@ impl Hub {
         self.inner.closing.subscribe()
     }
 
+    /// Counts a session as running until the guard drops.
+    pub fn session_started(&self) -> SessionGuard {
+        self.inner.sessions.send_modify(|n| *n += 1);
+        SessionGuard(self.clone())
+    }
+
+    /// Resolves once no session runs: after [`Hub::begin_shutdown`], once every socket got its close
+    /// frame. (Upgraded sockets are no longer the HTTP server's, so its graceful shutdown does not wait.)
+    pub async fn sessions_ended(&self) {
+        let mut sessions = self.inner.sessions.subscribe();
+        let _ = sessions.wait_for(|n| *n == 0).await;
+    }
+
     /// Flushes and closes the store; the hub must not publish afterwards.
     pub async fn close(&self) {
         self.inner.store.close().await;
@@ -330,6 +346,15 @@ impl Hub {
             .await
             .map_err(|_| PublishError::WriterGone)?;
         Ok(Receipt { id, reply })
+    }
+}
+
+/// Held by a running session; see [`Hub::session_started`].
+pub struct SessionGuard(Hub);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.inner.sessions.send_modify(|n| *n -= 1);
     }
 }
 

@@ -34,7 +34,7 @@ pub fn handle() -> &'static PrometheusHandle {
         metrics::describe_histogram!(STORE_SECONDS, "time to store one batch durably");
         metrics::describe_histogram!(
             DELIVERY_SECONDS,
-            "from a broadcast to its write to a client's socket (one sample per write)"
+            "from a broadcast to its write to a client's socket (sampled: one write in 8)"
         );
         handle
     })

@@ -13,9 +13,10 @@ pub mod web;
 #[cfg(test)]
 mod tests;
 
-use crate::app::{shell, App};
+use crate::app::shell;
+use crate::ui::state::Bootstrap;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, FromRef, Query, State};
+use axum::extract::{Extension, FromRef, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -25,7 +26,6 @@ use config::{Config, StoreConfig};
 use hub::Hub;
 use identity::SessionToken;
 use leptos::prelude::LeptosOptions;
-use leptos_axum::{generate_route_list, LeptosRoutes};
 use serde::Deserialize;
 use session::{SessionConfig, Start};
 use std::future::Future;
@@ -117,31 +117,98 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The whole application: pages, assets, the WebSocket and the health check.
+/// The whole application: the page, assets, the WebSocket and the health check.
 pub fn router(state: AppState) -> Router {
     // Install the metrics recorder before the first connection records anything.
     metrics::handle();
-    let routes = generate_route_list(App);
+    // Rendering spawns onto Tokio through Leptos's executor (an error means it is set already).
+    let _ = any_spawner::Executor::init_tokio();
     let options = state.leptos_options.clone();
     let context = state.clone();
+    let render = leptos_axum::render_app_to_stream_with_context(
+        move || provide_request_context(&context),
+        move || shell(options.clone()),
+    );
     Router::new()
+        .route(
+            "/",
+            get(move |state: State<AppState>, request: Request| page(state, request, render)),
+        )
         .route("/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::render))
         // The hashed bundle, served precompressed (brotli or gzip, as the browser accepts) when the
         // build made the .br/.gz files (`cargo leptos build --release --precompress`).
         .nest_service("/pkg", pkg_files(&state.leptos_options))
-        // Server functions and pages read the state (store, hub) from the Leptos context.
-        .leptos_routes_with_context(
-            &state,
-            routes,
-            move || provide_request_context(&context),
-            move || shell(options.clone()),
-        )
-        .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .fallback_service(site_files(&state.leptos_options))
         .layer(axum::middleware::from_fn(identity::session_cookie))
         .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(state)
+}
+
+/// The chat page: reads what it shows (the recent history and this browser's name) from the store,
+/// then renders it. With the store down it says so, with a 503, rather than render an empty chat.
+async fn page<R, F>(State(state): State<AppState>, mut request: Request, render: R) -> Response
+where
+    R: Fn(Request) -> F,
+    F: Future<Output = Response>,
+{
+    let token = request
+        .extensions()
+        .get::<SessionToken>()
+        .map(|SessionToken(token)| token.clone());
+    match bootstrap(state.hub.store(), token.as_deref()).await {
+        Ok(boot) => {
+            request.extensions_mut().insert(boot);
+            render(request).await
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reading the page's history failed");
+            let body =
+                "<!DOCTYPE html><html lang=\"en\"><meta charset=\"utf-8\"><title>Confab</title>\
+                        <p>Confab is unavailable right now. Reload to try again.</p></html>";
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                axum::response::Html(body),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// What the page starts from: the newest page of the room's history, and the name this browser session
+/// joined under.
+async fn bootstrap(
+    store: &dyn MessageStore,
+    token: Option<&str>,
+) -> Result<Bootstrap, store::StoreError> {
+    use crate::protocol::{GENERAL_ROOM, HISTORY_PAGE};
+    let name = match token {
+        Some(token) => store.session_name(token).await?,
+        None => None,
+    };
+    let events = store.before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE).await?;
+    let complete = events.len() < HISTORY_PAGE || events.first().is_some_and(|e| e.seq <= 1);
+    Ok(Bootstrap {
+        name,
+        events,
+        complete,
+    })
+}
+
+/// Static files of the site (the favicon and other assets); anything else is a plain 404.
+fn site_files(options: &LeptosOptions) -> Router {
+    use axum::handler::HandlerWithoutStateExt;
+    async fn not_found() -> axum::response::Html<&'static str> {
+        axum::response::Html(
+            "<!DOCTYPE html><html lang=\"en\"><meta charset=\"utf-8\"><title>Confab</title>\
+             <p>Page not found. <a href=\"/\">Go to the chat.</a></p></html>",
+        )
+    }
+    let root = std::path::Path::new(options.site_root.as_ref());
+    Router::new().fallback_service(
+        tower_http::services::ServeDir::new(root).not_found_service(not_found.into_service()),
+    )
 }
 
 fn pkg_files(options: &LeptosOptions) -> tower_http::services::ServeDir {
@@ -249,7 +316,12 @@ pub async fn run_from_env() -> Result<(), String> {
         closing.begin_shutdown();
         let _ = signalled.send(());
     };
-    let served = serve(listener, router(state), shutdown);
+    let sessions = hub.clone();
+    let served = async move {
+        let served = serve(listener, router(state), shutdown).await;
+        sessions.sessions_ended().await;
+        served
+    };
     // Sockets close within milliseconds of the signal; the cap keeps the exit inside Fly's kill timeout
     // even if a peer never answers.
     let deadline = async move {

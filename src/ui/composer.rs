@@ -26,11 +26,14 @@ pub fn Composer() -> impl IntoView {
             .ok()
             .flatten()
             .and_then(|s| s.get_property_value("line-height").ok())
-            .and_then(|v| v.trim_end_matches("px").parse::<f64>().ok())
+            // JavaScript's parseFloat, and whole pixels below: Rust's float parsing and formatting
+            // would add about 20 KB to the bundle for this one line.
+            .map(|v| js_sys::parse_float(&v))
+            .filter(|line| line.is_finite())
             .unwrap_or(20.0);
         let padding = f64::from(el.offset_height() - el.client_height()) + 16.0;
         let height = f64::from(el.scroll_height()).min(line * MAX_LINES + padding);
-        let _ = style.set_property("height", &format!("{height}px"));
+        let _ = style.set_property("height", &format!("{}px", height.ceil() as i32));
     };
 
     // Typing signals go out at most this often; others show the line for a few seconds after each.

@@ -13,28 +13,22 @@ use leptos::prelude::*;
 use message_list::MessageList;
 use name_dialog::NameDialog;
 use people::{People, TypingLine};
-use state::{initial_state, Bootstrap, Chat};
+use state::{Bootstrap, Chat};
 use status::{Notice, StatusBadge};
 
 /// The chat page. The server renders it with the recent history already in it, so it reads before the
-/// WASM loads, and without JavaScript at all.
+/// WASM loads, and without JavaScript at all; hydration starts from the same state, which the page
+/// carries as JSON (see [`Bootstrap::current`]).
 #[component]
 pub fn ChatPage() -> impl IntoView {
-    // Blocking: the history is part of the HTML, not fetched after it.
-    let boot = Resource::new_blocking(|| (), |_| initial_state());
-    view! {
-        <Suspense fallback=|| view! { <p class="loading">"Loading…"</p> }>
-            {move || Suspend::new(async move {
-                match boot.await {
-                    Ok(boot) => view! { <ChatView boot/> }.into_any(),
-                    Err(err) => {
-                        leptos::logging::error!("loading the chat failed: {err}");
-                        view! { <p class="loading">"Confab is unavailable right now. Reload to try again."</p> }
-                            .into_any()
-                    }
-                }
-            })}
-        </Suspense>
+    match Bootstrap::current() {
+        Some(boot) => view! { <ChatView boot/> }.into_any(),
+        // The server answers 503 instead of rendering without a bootstrap, so only a page whose JSON
+        // was tampered with gets here.
+        None => {
+            view! { <p class="loading">"Confab is unavailable right now. Reload to try again."</p> }
+                .into_any()
+        }
     }
 }
 

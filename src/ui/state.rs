@@ -24,33 +24,46 @@ pub struct Bootstrap {
     pub complete: bool,
 }
 
-/// Reads the page's starting state on the server; its result is serialised into the HTML for hydration.
-#[server]
-pub async fn initial_state() -> Result<Bootstrap, ServerFnError> {
-    use crate::protocol::{GENERAL_ROOM, HISTORY_PAGE};
-    use crate::server::identity::SessionToken;
-    use crate::server::AppState;
+/// The id of the `<script type="application/json">` that carries the [`Bootstrap`] in the page.
+pub const BOOTSTRAP_ID: &str = "confab-boot";
 
-    let state = expect_context::<AppState>();
-    let parts = expect_context::<axum::http::request::Parts>();
-    let store = state.hub.store();
-    let name = match parts.extensions.get::<SessionToken>() {
-        Some(SessionToken(token)) => store
-            .session_name(token)
-            .await
-            .map_err(ServerFnError::new)?,
-        None => None,
-    };
-    let events = store
-        .before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE)
-        .await
-        .map_err(ServerFnError::new)?;
-    let complete = events.len() < HISTORY_PAGE || events.first().is_some_and(|e| e.seq <= 1);
-    Ok(Bootstrap {
-        name,
-        events,
-        complete,
-    })
+impl Bootstrap {
+    /// The JSON the page carries for hydration, safe inside a `<script>` element: every `<`, `>` and
+    /// `&` is escaped, so no message or name can close the element or open a comment, and U+2028/2029
+    /// are escaped for old JavaScript parsers.
+    pub fn to_script_json(&self) -> String {
+        let json = serde_json::to_string(self).expect("the bootstrap always serialises");
+        let mut safe = String::with_capacity(json.len() + 16);
+        for c in json.chars() {
+            match c {
+                '<' => safe.push_str("\\u003c"),
+                '>' => safe.push_str("\\u003e"),
+                '&' => safe.push_str("\\u0026"),
+                '\u{2028}' => safe.push_str("\\u2028"),
+                '\u{2029}' => safe.push_str("\\u2029"),
+                c => safe.push(c),
+            }
+        }
+        safe
+    }
+
+    /// What the page was rendered from: on the server, what the page handler read from the store; in
+    /// the browser, the JSON the server put in the page.
+    pub fn current() -> Option<Self> {
+        #[cfg(feature = "ssr")]
+        {
+            use_context::<axum::http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<Self>().cloned())
+        }
+        #[cfg(not(feature = "ssr"))]
+        {
+            let json = web_sys::window()?
+                .document()?
+                .get_element_by_id(BOOTSTRAP_ID)?
+                .text_content()?;
+            serde_json::from_str(&json).ok()
+        }
+    }
 }
 
 /// The connection's state as the status indicator shows it.

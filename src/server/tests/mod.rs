@@ -70,6 +70,7 @@ impl Server {
                 closing.begin_shutdown();
             };
             serve(listener, router(state), shutdown).await.unwrap();
+            hub.sessions_ended().await;
             hub.close().await;
         });
         Self {
@@ -696,6 +697,40 @@ async fn the_page_is_server_rendered_with_the_name_dialog() {
     assert!(body.contains("Welcome!"));
     assert!(body.contains("Enter your name"));
     assert!(body.contains("Write a message..."));
+}
+
+#[tokio::test]
+async fn the_page_carries_its_history_as_inert_text_and_other_paths_are_404() {
+    let addr = start(memory()).await;
+    let mut ann = joined(addr, "Ann").await;
+    let evil = "</script><script>alert(1)</script><!-- & \u{2028} end";
+    let id = Uuid::new_v4();
+    ann.send(&ClientFrame::Send {
+        id,
+        text: evil.into(),
+    })
+    .await;
+    ack(&mut ann, id).await;
+
+    let page = get(addr, "/", "").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    // The history is in the HTML, escaped, and in the hydration JSON, where it cannot end the element.
+    assert!(page.contains("&lt;/script&gt;&lt;script&gt;alert(1)"));
+    assert!(!page.contains("<script>alert(1)"), "{page}");
+    let json = page
+        .split_once(&format!("id=\"{}\">", crate::ui::state::BOOTSTRAP_ID))
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map(|(json, _)| json)
+        .expect("the page carries its bootstrap");
+    assert!(!json.contains('<') && !json.contains('>'), "{json}");
+    let boot: crate::ui::state::Bootstrap = serde_json::from_str(json).unwrap();
+    let last = boot.events.last().unwrap();
+    assert_eq!(last.text, evil, "the JSON gives back exactly what was said");
+    assert_eq!(boot.name, None, "this request had no session that joined");
+
+    let missing = get(addr, "/no/such/page", "").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    assert!(missing.contains("Page not found"));
 }
 
 /// Collects `count` message events, asserting they arrive in one gapless run.
