@@ -1,7 +1,5 @@
 //! Avatars: initials and a stable colour from a name. Pure functions, used by the server and the browser alike.
 
-use unicode_segmentation::UnicodeSegmentation;
-
 /// Background colours for avatars. Each keeps white text at a WCAG contrast of at least 4.5:1.
 pub const PALETTE: [&str; 13] = [
     "#C62828", "#AD1457", "#6A1B9A", "#4527A0", "#283593", "#1565C0", "#00695C", "#2E7D32",
@@ -12,9 +10,9 @@ pub const PALETTE: [&str; 13] = [
 /// and "👩‍💻" each count as one.
 pub fn initials(name: &str) -> String {
     name.split_whitespace()
-        .filter_map(|word| word.graphemes(true).next())
+        .filter_map(crate::unicode::first_grapheme)
         .take(2)
-        .flat_map(|g| g.chars().flat_map(char::to_uppercase))
+        .map(|g| crate::unicode::to_upper(&g))
         .collect()
 }
 

@@ -1,6 +1,7 @@
 //! Confab: a real-time web chat. Server-rendered with Leptos, hydrated by a small WASM bundle.
 //!
-//! - [`protocol`] and [`avatar`]: shared by the server and the browser, no `cfg`.
+//! - [`protocol`] and [`avatar`]: shared by the server and the browser, no `cfg`; [`unicode`] asks the
+//!   browser for Unicode data it already has, so the bundle does not carry it twice.
 //! - [`app`] and [`ui`]: the page and its components, rendered on the server and hydrated in the browser.
 //! - `client` (hydrate only): the browser's WebSocket connection.
 //! - `server` (ssr only): configuration, the hub, WebSocket sessions and storage.
@@ -12,6 +13,7 @@ pub mod app;
 pub mod avatar;
 pub mod protocol;
 pub mod ui;
+pub mod unicode;
 
 #[cfg(feature = "hydrate")]
 mod client;

@@ -56,6 +56,36 @@ test("two people join, see each other's join lines and chat with matching avatar
   await bob.close();
 });
 
+test("initials are whole letters, accented or emoji, uppercased as the server renders them", async ({ browser }) => {
+  const chat = await ChatPage.open(browser);
+  // The browser computes these with its own Unicode data (Intl.Segmenter, toUpperCase); the server with
+  // Rust's. A reload shows the server's rendering of the same rows.
+  const names: [string, string][] = [
+    [unique("e\u0301mile "), "É"],
+    [unique("👩‍💻 straße"), "👩‍💻S"],
+  ];
+  for (const [name] of names) {
+    await chat.join(name);
+    const hello = unique("hello from ");
+    await chat.say(hello);
+    await expect(chat.message(hello)).toBeVisible();
+    await chat.page.locator(".people").evaluate((panel: HTMLDetailsElement) => (panel.open = true));
+    await chat.page.getByRole("button", { name: "Leave chat or change name" }).click();
+    await expect(chat.dialog).toBeVisible();
+  }
+  for (const pass of ["live", "server-rendered"]) {
+    for (const [name, start] of names) {
+      const avatar = chat.page.locator("li.message", { has: chat.page.locator(".name", { hasText: name }) }).locator(".avatar");
+      const text = (await avatar.first().textContent()) ?? "";
+      expect(text.normalize("NFC").startsWith(start), `${pass}: ${name} -> ${text}`).toBe(true);
+      // One grapheme per word, two words at most.
+      expect([...new Intl.Segmenter().segment(text)].length, `${pass}: ${text}`).toBe(2);
+    }
+    await chat.page.reload();
+  }
+  await chat.close();
+});
+
 test("a blank, too long or invisible name is refused with its own message", async ({ browser }) => {
   const chat = await ChatPage.open(browser);
   await chat.joinButton.click();

@@ -3,6 +3,7 @@
 
 use super::message_row::{EventRow, PendingRow};
 use super::state::Chat;
+use super::when;
 use leptos::html;
 use leptos::prelude::*;
 
@@ -100,15 +101,15 @@ pub fn MessageList() -> impl IntoView {
     let empty = move || chat.events.with(Vec::is_empty) && chat.pending.with(Vec::is_empty);
     view! {
         <div class="messages" node_ref=list on:scroll=on_scroll>
-            <Show when=move || chat.history_complete.get() && !empty()>
-                <p class="beginning">"This is the beginning of the chat."</p>
-            </Show>
-            <Show when=move || chat.loading_older.get()>
-                <p class="beginning">"Loading older messages…"</p>
-            </Show>
-            <Show when=empty>
-                <p class="empty">"No messages yet. Send your first message!"</p>
-            </Show>
+            {when(
+                move || chat.history_complete.get() && !empty(),
+                || view! { <p class="beginning">"This is the beginning of the chat."</p> },
+            )}
+            {when(
+                move || chat.loading_older.get(),
+                || view! { <p class="beginning">"Loading older messages…"</p> },
+            )}
+            {when(empty, || view! { <p class="empty">"No messages yet. Send your first message!"</p> })}
             <ol class="rows" aria-label="Messages">
                 <For each=move || chat.events.get() key=|event| event.seq let(event)>
                     <EventRow event/>
@@ -118,10 +119,13 @@ pub fn MessageList() -> impl IntoView {
                 </For>
             </ol>
         </div>
-        <Show when=move || unseen.get()>
-            <button type="button" class="new-messages" on:click=move |_| scroll_to_bottom(true)>
-                "New messages ↓"
-            </button>
-        </Show>
+        {when(
+            move || unseen.get(),
+            move || view! {
+                <button type="button" class="new-messages" on:click=move |_| scroll_to_bottom(true)>
+                    "New messages ↓"
+                </button>
+            },
+        )}
     }
 }

@@ -15,13 +15,15 @@ fn Avatar(name: String) -> impl IntoView {
     }
 }
 
-/// A stored room event.
+/// A stored room event. (`Either`, not `into_any`: an erased view carries every rendering path,
+/// async hydration included, into the bundle.)
 #[component]
 pub fn EventRow(event: ChatEvent) -> impl IntoView {
+    use leptos::either::Either;
     if let Some(line) = event.system_line() {
-        return view! { <li class="system" data-seq=event.seq>{line}</li> }.into_any();
+        return Either::Left(view! { <li class="system" data-seq=event.seq>{line}</li> });
     }
-    view! {
+    Either::Right(view! {
         <li class="message" data-seq=event.seq>
             <Avatar name=event.name.clone()/>
             <div class="body">
@@ -32,8 +34,7 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
                 <div class="text">{event.text}</div>
             </div>
         </li>
-    }
-    .into_any()
+    })
 }
 
 /// One of our messages on its way, or refused with a reason and a retry button.

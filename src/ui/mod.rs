@@ -21,15 +21,28 @@ use status::{Notice, StatusBadge};
 /// carries as JSON (see [`Bootstrap::current`]).
 #[component]
 pub fn ChatPage() -> impl IntoView {
+    use leptos::either::Either;
     match Bootstrap::current() {
-        Some(boot) => view! { <ChatView boot/> }.into_any(),
+        Some(boot) => Either::Left(view! { <ChatView boot/> }),
         // The server answers 503 instead of rendering without a bootstrap, so only a page whose JSON
         // was tampered with gets here.
-        None => {
-            view! { <p class="loading">"Confab is unavailable right now. Reload to try again."</p> }
-                .into_any()
-        }
+        None => Either::Right(
+            view! { <p class="loading">"Confab is unavailable right now. Reload to try again."</p> },
+        ),
     }
+}
+
+/// `child` while `cond` holds. Used instead of `<Show>`, whose children are type-erased views: each
+/// erased view brings every rendering path (async hydration included) into the bundle.
+pub(crate) fn when<V>(
+    cond: impl Fn() -> bool + Send + Sync + 'static,
+    child: impl Fn() -> V + Send + Sync + 'static,
+) -> impl IntoView
+where
+    V: IntoView + 'static,
+{
+    let on = Memo::new(move |_| cond());
+    move || on.get().then(&child)
 }
 
 #[component]
@@ -53,9 +66,7 @@ fn ChatView(boot: Bootstrap) -> impl IntoView {
             <MessageList/>
             <TypingLine/>
             <Composer/>
-            <Show when=move || !chat.joined.get()>
-                <NameDialog/>
-            </Show>
+            {when(move || !chat.joined.get(), || view! { <NameDialog/> })}
         </div>
     }
 }

@@ -1,6 +1,7 @@
 //! Who is here (a count that opens into the list, with a way to leave) and who is typing.
 
 use super::state::Chat;
+use super::when;
 use leptos::prelude::*;
 
 /// "3 online", which opens into the list of names and the "Leave chat" button.
@@ -17,14 +18,17 @@ pub fn People() -> impl IntoView {
                         <li>{name}</li>
                     </For>
                 </ul>
-                <Show when=move || chat.joined.get()>
-                    <p class="me">
-                        "You are " <strong>{move || chat.name.get().unwrap_or_default()}</strong> "."
-                    </p>
-                    <button type="button" class="link" on:click=move |_| chat.leave()>
-                        "Leave chat or change name"
-                    </button>
-                </Show>
+                {when(
+                    move || chat.joined.get(),
+                    move || view! {
+                        <p class="me">
+                            "You are " <strong>{move || chat.name.get().unwrap_or_default()}</strong> "."
+                        </p>
+                        <button type="button" class="link" on:click=move |_| chat.leave()>
+                            "Leave chat or change name"
+                        </button>
+                    },
+                )}
             </div>
         </details>
     }

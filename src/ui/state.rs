@@ -337,7 +337,7 @@ impl Chat {
             EventKind::Join => self.online.update(|online| {
                 if !online.contains(&event.name) {
                     online.push(event.name.clone());
-                    online.sort_by_key(|n| n.to_lowercase());
+                    online.sort_by_key(|n| crate::unicode::to_lower(n));
                 }
             }),
             EventKind::Leave => self

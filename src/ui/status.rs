@@ -1,6 +1,7 @@
 //! The connection indicator and the passing-error banner.
 
 use super::state::Chat;
+use super::when;
 use leptos::prelude::*;
 use std::time::Duration;
 
@@ -34,13 +35,16 @@ pub fn Notice() -> impl IntoView {
         }
     });
     view! {
-        <Show when=move || chat.notice.with(Option::is_some)>
-            <div class="notice" role="alert">
-                <span>{move || chat.notice.get().unwrap_or_default()}</span>
-                <button type="button" class="dismiss" aria-label="Dismiss" on:click=move |_| chat.notice.set(None)>
-                    "×"
-                </button>
-            </div>
-        </Show>
+        {when(
+            move || chat.notice.with(Option::is_some),
+            move || view! {
+                <div class="notice" role="alert">
+                    <span>{move || chat.notice.get().unwrap_or_default()}</span>
+                    <button type="button" class="dismiss" aria-label="Dismiss" on:click=move |_| chat.notice.set(None)>
+                        "×"
+                    </button>
+                </div>
+            },
+        )}
     }
 }
