@@ -17,6 +17,12 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// How many recent events a new connection is sent when it asks for no particular point in history.
 pub const HISTORY_PAGE: usize = 50;
 
+/// Whether a page of history (oldest first) that asked for [`HISTORY_PAGE`] events reaches back to the
+/// room's first event: it came back short, or it starts at sequence number 1.
+pub fn reaches_first_event(page: &[ChatEvent]) -> bool {
+    page.len() < HISTORY_PAGE || page.first().is_some_and(|e| e.seq <= 1)
+}
+
 /// A frame a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -188,7 +188,7 @@ async fn bootstrap(
         None => None,
     };
     let events = store.before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE).await?;
-    let complete = events.len() < HISTORY_PAGE || events.first().is_some_and(|e| e.seq <= 1);
+    let complete = crate::protocol::reaches_first_event(&events);
     Ok(Bootstrap {
         name,
         events,

@@ -506,8 +506,7 @@ where
             .await
         {
             Ok(events) => {
-                let complete =
-                    events.len() < HISTORY_PAGE || events.first().is_some_and(|e| e.seq <= 1);
+                let complete = crate::protocol::reaches_first_event(&events);
                 self.send_frame(&ServerFrame::History { events, complete })
                     .await
             }
