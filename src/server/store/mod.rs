@@ -12,6 +12,7 @@ pub use sqlite::SqliteStore;
 use crate::protocol::{ChatEvent, EventKind};
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Decode, Row, Type};
+use std::collections::HashMap;
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -116,6 +117,33 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Join => "join",
         EventKind::Leave => "leave",
     }
+}
+
+/// Numbers a batch of events after `last`, in order, for either SQL backend. An event whose id is in
+/// `known` (stored earlier: a client's retry) or earlier in this batch comes back as not fresh, with the
+/// event as first stored; only the fresh ones are to be inserted.
+fn place(
+    room: &str,
+    events: Vec<NewEvent>,
+    mut known: HashMap<Uuid, ChatEvent>,
+    last: &mut i64,
+    at: i64,
+) -> Vec<Appended> {
+    let mut appended = Vec::with_capacity(events.len());
+    for event in events {
+        if let Some(stored) = known.get(&event.id) {
+            appended.push(Appended {
+                event: stored.clone(),
+                fresh: false,
+            });
+            continue;
+        }
+        *last += 1;
+        let event = event.placed(room, *last as u64, at);
+        known.insert(event.id, event.clone());
+        appended.push(Appended { event, fresh: true });
+    }
+    appended
 }
 
 /// Reads an event row (see [`EVENT_COLUMNS`]) of either SQL backend.

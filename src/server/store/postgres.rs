@@ -11,7 +11,7 @@
 //! (see `server::backplane`).
 
 use super::{
-    event_from_row, kind_name, seq_param, Appended, MessageStore, NewEvent, StoreError,
+    event_from_row, kind_name, place, seq_param, Appended, MessageStore, NewEvent, StoreError,
     EVENT_COLUMNS,
 };
 use crate::protocol::ChatEvent;
@@ -103,22 +103,10 @@ impl MessageStore for PgStore {
         }
 
         let first = last + 1;
-        let mut appended = Vec::with_capacity(events.len());
+        let appended = place(room, events, known, &mut last, at);
         let mut fresh = FreshRows::default();
-        for event in events {
-            if let Some(stored) = known.get(&event.id) {
-                appended.push(Appended {
-                    event: stored.clone(),
-                    fresh: false,
-                });
-                continue;
-            }
-            last += 1;
-            let event = event.placed(room, last as u64, at);
-            fresh.push(&event);
-            // A repeat later in this same batch finds it here.
-            known.insert(event.id, event.clone());
-            appended.push(Appended { event, fresh: true });
+        for event in appended.iter().filter(|a| a.fresh) {
+            fresh.push(&event.event);
         }
         if !fresh.seq.is_empty() {
             sqlx::query(
