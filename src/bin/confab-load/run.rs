@@ -161,11 +161,11 @@ enum Phase {
 }
 
 /// Latency in microseconds, up to a minute.
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-const SHARDS: usize = 32;
+pub(crate) const SHARDS: usize = 32;
 
 /// What clients record into, shared.
 struct Shared {
@@ -181,6 +181,10 @@ struct Shared {
     acked_in_window: AtomicU64,
     /// Measured messages each sender sent, by sender number.
     sent: Vec<AtomicU64>,
+    /// Whether the measured window is open. A sender's own view of the phase lags (it may take a tick
+    /// before it sees the change), so it numbers a message as measured only while holding this lock
+    /// and seeing `true`: once the generator has closed the window, no count can grow behind its back.
+    measuring: Mutex<bool>,
 }
 
 impl Shared {
@@ -209,7 +213,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// In milliseconds.
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Self {
             p50: ms(0.5),
@@ -359,6 +363,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         delivered: AtomicU64::new(0),
         acked_in_window: AtomicU64::new(0),
         sent: (0..args.senders).map(|_| AtomicU64::new(0)).collect(),
+        measuring: Mutex::new(false),
     });
     let (phase_tx, phase) = watch::channel(Phase::Connecting);
     let run_id = Uuid::new_v4().simple().to_string()[..6].to_owned();
@@ -404,8 +409,10 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
     let cpu_start = sample();
     let own_start = ProcSample::read(std::process::id());
     let measure_started = Instant::now();
+    *shared.measuring.lock().unwrap() = true;
     phase_tx.send_replace(Phase::Measure);
     tokio::time::sleep(args.duration).await;
+    *shared.measuring.lock().unwrap() = false;
     phase_tx.send_replace(Phase::Drain);
     let measured = measure_started.elapsed();
     let cpu_end = sample();
@@ -620,10 +627,16 @@ async fn client(
                 let Some(sender) = role.sender else { continue };
                 let id = Uuid::new_v4();
                 let now = shared.micros();
-                let text = if current == Phase::Measure {
-                    let k = sent_measured as usize * role.senders + sender;
-                    sent_measured += 1;
-                    shared.sent[sender].store(sent_measured, Ordering::SeqCst);
+                let measured = {
+                    let open = shared.measuring.lock().unwrap();
+                    if *open {
+                        sent_measured += 1;
+                        shared.sent[sender].store(sent_measured, Ordering::SeqCst);
+                    }
+                    *open
+                };
+                let text = if measured {
+                    let k = (sent_measured as usize - 1) * role.senders + sender;
                     format!("m{k} {now} {}", role.run)
                 } else {
                     format!("w {now}")
