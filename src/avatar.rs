@@ -8,12 +8,24 @@ pub const PALETTE: [&str; 13] = [
 
 /// The first letters of up to two words, uppercased. Letters are whole grapheme clusters, so "é", "李"
 /// and "👩‍💻" each count as one.
+///
+/// Leading ASCII punctuation is skipped ("@bob" is "B", "(Ann) Lee" is "AL"): a person reads the letters,
+/// not the quote or the handle's sigil. A name of punctuation alone keeps its first character.
 pub fn initials(name: &str) -> String {
-    name.split_whitespace()
+    let letters: String = name
+        .split_whitespace()
+        .map(|word| word.trim_start_matches(|c: char| c.is_ascii_punctuation()))
         .filter_map(crate::unicode::first_grapheme)
         .take(2)
         .map(|g| crate::unicode::to_upper(&g))
-        .collect()
+        .collect();
+    if letters.is_empty() {
+        name.split_whitespace()
+            .find_map(crate::unicode::first_grapheme)
+            .unwrap_or_default()
+    } else {
+        letters
+    }
 }
 
 /// 32-bit FNV-1a: tiny, fast, and the same on every platform and in every run, unlike a seeded hasher.
@@ -56,6 +68,25 @@ mod tests {
         assert_eq!(initials("👩‍💻 coder"), "👩‍💻C");
         assert_eq!(initials("🇫🇷 fan"), "🇫🇷F");
         assert_eq!(initials("🦀"), "🦀");
+    }
+
+    #[test]
+    fn initials_skip_leading_punctuation() {
+        assert_eq!(initials("@bob"), "B");
+        assert_eq!(initials("(Ann) Lee"), "AL");
+        assert_eq!(initials("\"kit\" o'hara"), "KO");
+        assert_eq!(initials("<b>Grace</b> Hopper"), "BH");
+        assert_eq!(
+            initials("-- mia"),
+            "M",
+            "a word of punctuation alone is skipped"
+        );
+        assert_eq!(
+            initials("?!"),
+            "?",
+            "a name of punctuation alone keeps its first character"
+        );
+        assert_eq!(initials("... ???"), ".");
     }
 
     #[test]

@@ -56,13 +56,15 @@ test("two people join, see each other's join lines and chat with matching avatar
   await bob.close();
 });
 
-test("initials are whole letters, accented or emoji, uppercased as the server renders them", async ({ browser }) => {
+test("initials are whole letters, accented or emoji, past leading punctuation, uppercased as the server renders them", async ({ browser }) => {
   const chat = await ChatPage.open(browser);
   // The browser computes these with its own Unicode data (Intl.Segmenter, toUpperCase); the server with
   // Rust's. A reload shows the server's rendering of the same rows.
   const names: [string, string][] = [
     [unique("e\u0301mile "), "É"],
     [unique("👩‍💻 straße"), "👩‍💻S"],
+    // Leading punctuation is not a letter: "@zoë" is Z.
+    [unique("@zoë "), "Z"],
   ];
   for (const [name] of names) {
     await chat.join(name);
