@@ -292,7 +292,12 @@ async fn ingest(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome, Str
         ),
         target: "≥ 5,000 persisted msg/s, p99 ack ≤ 20 ms",
         result: format!(
-            "{most:.0} persisted msg/s at most; at 5,000 msg/s p99 ack {:.1} ms",
+            "{most:.0} persisted msg/s{}; at 5,000 msg/s p99 ack {:.1} ms",
+            if most >= MAX_INGEST_OFFER * 0.99 {
+                format!(", all of the {MAX_INGEST_OFFER} offered")
+            } else {
+                " at most".to_owned()
+            },
             at_target.ack_ms.p99
         ),
         met: Some(most >= 5_000.0 && at_target.ack_ms.p99 <= 20.0),
@@ -302,8 +307,9 @@ async fn ingest(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome, Str
     })
 }
 
-/// More than the server persists here (about 13,000 msg/s): the rate at which (d) finds the most.
-const MAX_INGEST_OFFER: f64 = 20_000.0;
+/// More than the server persists here (14,000 to 20,000 msg/s, by the day): the rate at which (d) finds
+/// the most. The report says "all … offered" when even this was kept up with.
+const MAX_INGEST_OFFER: f64 = 30_000.0;
 
 /// The floor under a latency scenario: the same sockets, message rate and frame size, written with no
 /// server at all (`confab-load floor`). No server design can deliver faster on this machine.

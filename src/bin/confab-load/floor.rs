@@ -117,10 +117,13 @@ fn thread_cpu() -> (Duration, Duration) {
 
 pub async fn floor(args: FloorArgs) -> Result<FloorReport, String> {
     args.validate()?;
-    let threads = args
+    let wanted = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .clamp(1, args.sockets);
+    // Equal shares of the sockets; 4 sockets over 3 threads make 2 shares of 2, so 2 threads write.
+    let share = args.sockets.div_ceil(wanted);
+    let threads = args.sockets.div_ceil(share);
     confab::server::raise_fd_limit(args.sockets as u64 * 2 + 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -154,7 +157,7 @@ pub async fn floor(args: FloorArgs) -> Result<FloorReport, String> {
 
     let (rate, rounds, bytes) = (args.rate, args.rounds, args.bytes);
     let written = tokio::task::spawn_blocking(move || {
-        write_rounds(writers, threads, rate, rounds, bytes, started)
+        write_rounds(writers, share, rate, rounds, bytes, started)
     })
     .await
     .map_err(|e| format!("a writer failed: {e}"))??;
@@ -193,24 +196,24 @@ struct Written {
     rounds: Histogram<u64>,
 }
 
-/// Writes `rounds` records to every socket, the sockets split over `threads`, one round every 1/`rate`
-/// seconds; all threads start a round together.
+/// Writes `rounds` records to every socket, one thread for each `share` of the sockets, one round every
+/// 1/`rate` seconds; all threads start a round together.
 fn write_rounds(
     writers: Vec<std::net::TcpStream>,
-    threads: usize,
+    share: usize,
     rate: f64,
     rounds: usize,
     bytes: usize,
     started: Instant,
 ) -> Result<Written, String> {
     use std::io::Write;
-    let barrier = Barrier::new(threads);
+    // One party per thread actually started, or the barrier would wait for a thread that never comes.
+    let barrier = Barrier::new(writers.len().div_ceil(share));
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let chunk = writers.len().div_ceil(threads);
     let first_round = Instant::now() + Duration::from_millis(50);
     std::thread::scope(|scope| {
         let workers: Vec<_> = writers
-            .chunks(chunk)
+            .chunks(share)
             .map(|sockets| {
                 let barrier = &barrier;
                 scope.spawn(
@@ -321,6 +324,21 @@ mod tests {
         assert_eq!((report.sockets, report.threads, report.lost), (7, 3, 0));
         assert_eq!(report.latency_ms.count, 7 * 20, "one latency per record");
         assert_eq!(report.round_ms.count, 20, "one duration per round");
+    }
+
+    #[test]
+    fn threads_that_would_get_no_socket_are_not_started() {
+        // 4 sockets in shares of 2 (over 3 threads) leave the third thread nothing: 2 threads write. A
+        // barrier counting 3 would wait forever; the timeout turns that into a failure, and the runtime
+        // is let go in the background so a stuck writer cannot hang the test run.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let outcome = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), floor(args(4, 10, 3))).await
+        });
+        runtime.shutdown_background();
+        let report = outcome.expect("the writers finish").unwrap();
+        assert_eq!((report.threads, report.lost), (2, 0));
+        assert_eq!(report.latency_ms.count, 4 * 10);
     }
 
     #[test]
