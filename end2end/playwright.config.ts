@@ -57,6 +57,9 @@ export default defineConfig({
       CONFAB_LEAVE_GRACE_MS: "1000",
       // Tests fill the history quickly; the rate limit itself is covered by the integration tests.
       CONFAB_RATE_BURST: "500",
+      CONFAB_RATE_ADDRESS_BURST: "2000",
+      // Every browser of the suite signs in from 127.0.0.1.
+      CONFAB_SIGNIN_ATTEMPTS: "1000",
     },
   },
 });

@@ -25,5 +25,8 @@ pub mod server;
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    leptos::mount::hydrate_body(|| {
+        leptos::prelude::provide_context(ui::Connector(client::connect));
+        app::App()
+    });
 }

@@ -23,6 +23,106 @@ pub fn reaches_first_event(page: &[ChatEvent]) -> bool {
     page.len() < HISTORY_PAGE || page.first().is_some_and(|e| e.seq <= 1)
 }
 
+/// How long a "keep this name" password must be, at least (characters).
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// The longest password the server will hash, in bytes: longer ones are refused unhashed, so nobody can
+/// make the server spend its CPU on megabytes of argon2 input.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Why a password was refused before any hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordError {
+    Blank,
+    TooShort,
+    TooLong,
+}
+
+impl PasswordError {
+    pub fn message(self) -> &'static str {
+        match self {
+            PasswordError::Blank => "Enter a password.",
+            PasswordError::TooShort => "Use a password of at least 8 characters.",
+            PasswordError::TooLong => "That password is too long: use at most 1024 bytes.",
+        }
+    }
+}
+
+/// Checks a new password's length. Whitespace is part of a password, so nothing is trimmed.
+pub fn validate_password(password: &str) -> Result<(), PasswordError> {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(PasswordError::TooLong);
+    }
+    if password.is_empty() {
+        return Err(PasswordError::Blank);
+    }
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(PasswordError::TooShort);
+    }
+    Ok(())
+}
+
+/// What kind of account wrote an event or holds a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserKind {
+    /// A name typed into the dialog, held while its browser session lives.
+    #[default]
+    Guest,
+    /// A name kept with a password (or given by a signed token): nobody else may use it.
+    Member,
+    /// A program speaking through the API.
+    Bot,
+    /// A kind a newer server knows; shown like a member.
+    #[serde(other)]
+    Other,
+}
+
+impl UserKind {
+    pub fn is_guest(&self) -> bool {
+        *self == UserKind::Guest
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserKind::Guest => "guest",
+            UserKind::Member => "member",
+            UserKind::Bot => "bot",
+            UserKind::Other => "other",
+        }
+    }
+}
+
+/// How a connection's user proved who they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Typed a name: a guest.
+    #[default]
+    Guest,
+    /// Signed in with a member's password (or a one-time sign-in link).
+    Password,
+    /// A token signed by an app that embeds Confab.
+    Token,
+    #[serde(other)]
+    Other,
+}
+
+/// Who a connection is, as the server sees it: sent in [`ServerFrame::Joined`] and in the page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The normalised name the room shows.
+    pub name: String,
+    /// Stable across reconnects, devices and (for members) name changes; events carry it.
+    #[serde(default)]
+    pub user_id: Uuid,
+    #[serde(default)]
+    pub kind: UserKind,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+    #[serde(default)]
+    pub via: Via,
+}
+
 /// A frame a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -48,8 +148,9 @@ pub const CLIENT_FRAME_TYPES: [&str; 5] = ["join", "send", "typing", "history", 
 pub enum ServerFrame {
     /// Something happened in the room. Delivered in `seq` order, the same order to every connection.
     Event(ChatEvent),
-    /// The connection's join succeeded; `name` is the normalised name the room will show.
-    Joined { name: String },
+    /// The connection is joined as this user: after a `join`, or at once for a browser that is already
+    /// signed in (also again when its identity changes, such as a guest keeping their name).
+    Joined(Identity),
     /// A `send` was stored as event `seq` (also when it had been stored before: retries are safe).
     Ack { id: Uuid, seq: u64 },
     /// Who is in the room now; sent once after the history on connect. Later changes arrive as join and
@@ -64,13 +165,19 @@ pub enum ServerFrame {
     },
     /// The `leave` succeeded; the connection stays open as a reader.
     Left,
-    /// A frame was refused. `id` names the refused message when there was one.
+    /// A frame was refused. `id` names the refused message when there was one; `retry_after_ms`, with
+    /// `rate_limited`, says when the same message will be accepted.
     Error {
         code: ErrorCode,
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
+    /// A frame type a newer server sends; older clients ignore it.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ServerFrame {
@@ -102,6 +209,12 @@ pub struct ChatEvent {
     pub at: i64,
     pub kind: EventKind,
     pub name: String,
+    /// Who wrote it (nil only for events written before accounts existed and never migrated).
+    #[serde(default)]
+    pub user_id: Uuid,
+    /// What kind of account wrote it, when it was written; omitted for guests.
+    #[serde(default, skip_serializing_if = "UserKind::is_guest")]
+    pub user_kind: UserKind,
     /// The message text; empty for join lines.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
@@ -113,6 +226,9 @@ pub enum EventKind {
     Message,
     Join,
     Leave,
+    /// A kind a newer server stores; shown as nothing by older clients.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ChatEvent {
@@ -121,7 +237,7 @@ impl ChatEvent {
         match self.kind {
             EventKind::Join => Some(format!("{} has joined the chat.", self.name)),
             EventKind::Leave => Some(format!("{} has left the chat.", self.name)),
-            EventKind::Message => None,
+            EventKind::Message | EventKind::Unknown => None,
         }
     }
 }
@@ -147,6 +263,8 @@ pub enum ErrorCode {
     AlreadyJoined,
     /// Someone else connected holds this name.
     NameTaken,
+    /// The name belongs to a member (or is locked): sign in to use it.
+    NameOwned,
     /// A `send` before a successful `join`.
     NotJoined,
     TextBlank,
@@ -156,6 +274,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The server could not store the event; nothing was stored and the message may be sent again.
     Unavailable,
+    /// A code a newer server sends; treat it by its message.
+    #[serde(other)]
+    Other,
 }
 
 /// Why a name was refused.
@@ -372,6 +493,8 @@ mod tests {
             at: 1_700_000_000_000,
             kind: EventKind::Message,
             name: "Ann".into(),
+            user_id: Uuid::new_v4(),
+            user_kind: UserKind::Member,
             text: "<script>".into(),
         };
         let frames = [
@@ -381,7 +504,13 @@ mod tests {
                 text: String::new(),
                 ..event.clone()
             }),
-            ServerFrame::Joined { name: "Ann".into() },
+            ServerFrame::Joined(Identity {
+                name: "Ann".into(),
+                user_id: id,
+                kind: UserKind::Member,
+                admin: true,
+                via: Via::Password,
+            }),
             ServerFrame::Ack { id, seq: 7 },
             ServerFrame::Presence {
                 online: vec!["Ann".into(), "Bo".into()],
@@ -396,11 +525,13 @@ mod tests {
                 code: ErrorCode::RateLimited,
                 message: "slow down".into(),
                 id: Some(id),
+                retry_after_ms: Some(250),
             },
             ServerFrame::Error {
                 code: ErrorCode::BadJson,
                 message: "bad".into(),
                 id: None,
+                retry_after_ms: None,
             },
         ];
         assert_eq!(ServerFrame::encode_event(&event), frames[0].encode());
@@ -419,12 +550,62 @@ mod tests {
             at: 5,
             kind: EventKind::Join,
             name: "Bo".into(),
+            user_id: id,
+            user_kind: UserKind::Guest,
             text: String::new(),
         }))
         .unwrap();
         assert_eq!(join["type"], "event");
         assert_eq!(join["kind"], "join");
         assert!(join.get("text").is_none());
+        assert!(join.get("user_kind").is_none(), "guests are the default");
+        assert_eq!(join["user_id"], id.to_string());
+    }
+
+    #[test]
+    fn newer_frames_kinds_and_codes_are_tolerated() {
+        // A newer server's frame type, event kind and error code still parse, so an old page keeps
+        // working through a rolling deploy.
+        assert_eq!(
+            serde_json::from_str::<ServerFrame>(r#"{"type":"reaction","emoji":"x"}"#).unwrap(),
+            ServerFrame::Unknown
+        );
+        let event: ServerFrame = serde_json::from_str(
+            r#"{"type":"event","seq":3,"id":"00000000-0000-0000-0000-000000000001","room":"general",
+                "at":1,"kind":"poll","name":"Ann"}"#,
+        )
+        .unwrap();
+        let ServerFrame::Event(event) = event else {
+            panic!("an event")
+        };
+        assert_eq!(event.kind, EventKind::Unknown);
+        assert_eq!(event.system_line(), None);
+        assert!(
+            event.user_id.is_nil(),
+            "events from before accounts have no author id"
+        );
+        let error: ServerFrame =
+            serde_json::from_str(r#"{"type":"error","code":"brand_new","message":"m"}"#).unwrap();
+        assert!(matches!(
+            error,
+            ServerFrame::Error {
+                code: ErrorCode::Other,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn passwords_have_a_floor_and_a_ceiling() {
+        assert_eq!(validate_password(""), Err(PasswordError::Blank));
+        assert_eq!(validate_password("seven77"), Err(PasswordError::TooShort));
+        assert!(validate_password("eight888").is_ok());
+        assert!(validate_password("        ").is_ok(), "spaces count");
+        assert!(validate_password(&"é".repeat(512)).is_ok(), "1024 bytes");
+        assert_eq!(
+            validate_password(&"x".repeat(MAX_PASSWORD_BYTES + 1)),
+            Err(PasswordError::TooLong)
+        );
     }
 
     #[test]
@@ -464,6 +645,8 @@ mod tests {
             at: 0,
             kind: EventKind::Join,
             name: "Zoë".into(),
+            user_id: Uuid::nil(),
+            user_kind: UserKind::Guest,
             text: String::new(),
         };
         assert_eq!(

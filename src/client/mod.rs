@@ -4,7 +4,7 @@
 //! `localStorage` so messages written offline survive a reload.
 
 use crate::protocol::{ClientFrame, ServerFrame};
-use crate::ui::state::{Chat, Pending};
+use crate::ui::state::{Chat, Link, Pending};
 use leptos::prelude::{Effect, Get, Update, WithUntracked};
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
@@ -32,8 +32,33 @@ const MAX_RETRY: Duration = Duration::from_secs(15);
 
 const OUTBOX_KEY: &str = "confab.outbox";
 
+/// The close code of a socket whose browser session ended (see `server::session::CLOSE_SIGNED_OUT`).
+const CLOSE_SIGNED_OUT: u16 = 4001;
+
+/// This page's connection as the chat state sees it.
+struct Browser;
+
+impl Link for Browser {
+    fn transmit(&self, frame: &ClientFrame) -> bool {
+        transmit(frame)
+    }
+
+    fn healthy(&self) {
+        FAILURES.set(0);
+    }
+
+    fn retry_later(&self, chat: Chat) {
+        retry_later(chat);
+    }
+
+    fn after(&self, delay: Duration, then: Box<dyn FnOnce() + 'static>) {
+        leptos::prelude::set_timeout(then, delay);
+    }
+}
+
 /// Starts the page's connection: restores the outbox, opens the socket and watches the network.
 pub fn connect(chat: Chat) {
+    chat.attach(&Browser);
     restore_outbox(chat);
     Effect::new(move |_| save_outbox(&chat.pending.get()));
     watch_network(chat);
@@ -123,7 +148,7 @@ fn reconnect_now(chat: Chat) {
 }
 
 /// Sends a frame if the socket is open.
-pub fn transmit(frame: &ClientFrame) -> bool {
+fn transmit(frame: &ClientFrame) -> bool {
     let Ok(json) = serde_json::to_string(frame) else {
         return false;
     };
@@ -175,7 +200,7 @@ fn open(chat: Chat) {
             }
         }
     });
-    let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
+    let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |ev: CloseEvent| {
         // Only the current socket's close matters; an older one may close late.
         if !CONNECTION.with_borrow(|c| {
             c.as_ref()
@@ -184,6 +209,12 @@ fn open(chat: Chat) {
             return;
         }
         CONNECTION.set(None);
+        if ev.code() == CLOSE_SIGNED_OUT {
+            // Signed out (here, in another tab, or from another device): this tab is nobody now, and
+            // reconnects as a reader, with the name dialog.
+            chat.forget_identity();
+            FAILURES.set(0);
+        }
         chat.on_close(is_online());
         schedule_reconnect(chat);
     });
@@ -198,14 +229,9 @@ fn open(chat: Chat) {
     }));
 }
 
-/// The server answered as a healthy one: the next outage starts with a short pause again.
-pub fn healthy() {
-    FAILURES.set(0);
-}
-
 /// The server cannot store messages right now: drop this socket and reconnect after the backoff, which
 /// resends the outbox.
-pub fn retry_later(chat: Chat) {
+fn retry_later(chat: Chat) {
     if let Some(conn) = CONNECTION.take() {
         detach_and_close(&conn.socket);
     }

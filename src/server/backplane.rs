@@ -8,14 +8,52 @@
 //! Presence is two-level: `server::presence` counts this instance's connections per name (so a reload or a
 //! second tab makes no noise), and only its transitions (first connection here, last connection here gone)
 //! reach the backplane.
+//!
+//! The backplane reports to an [`Inbox`] (the hub implements it), so it depends on nothing of the hub's.
 
-use super::hub::Hub;
+use super::presence::Seat;
 use super::store::{StoreError, EVENTS_CHANNEL};
-use crate::protocol::ServerFrame;
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgNotification};
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
+use uuid::Uuid;
+
+/// News for the connections of one browser session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSignal {
+    /// The session ended (signed out, or ended from another device): close the socket.
+    Ended,
+    /// Who the session acts for changed (a guest kept their name): read it again and say so.
+    Changed,
+}
+
+impl SessionSignal {
+    fn as_str(self) -> &'static str {
+        match self {
+            SessionSignal::Ended => "ended",
+            SessionSignal::Changed => "changed",
+        }
+    }
+}
+
+/// What a backplane reports, to the hub of its instance.
+#[async_trait]
+pub trait Inbox: Send + Sync + 'static {
+    /// Another instance stored events `first..=last` of `room`.
+    async fn stored_elsewhere(&self, room: &str, first: u64, last: u64);
+    /// Notifications may have been missed: broadcast whatever the store has that was not broadcast.
+    async fn catch_up_all(&self);
+    /// Someone on another instance is typing.
+    fn typing_elsewhere(&self, room: &str, name: &str);
+    /// A session's connections here must hear of a change made on another instance.
+    fn session_signal(&self, session: Uuid, signal: SessionSignal);
+    /// The instance holding `seat` stopped and nobody else holds it: announce the leave.
+    async fn gone_elsewhere(&self, room: &str, seat: Seat);
+    /// Every seat held on this instance, per room (to register them again after a stall).
+    fn seats_here(&self) -> Vec<(String, Seat)>;
+}
 
 /// The answer to [`Backplane::arrive`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,18 +62,18 @@ pub enum Arrival {
     New,
     /// The same browser holds it through another instance: say nothing.
     Present,
-    /// Another browser holds it.
+    /// Another user holds it.
     Taken,
 }
 
 #[async_trait]
 pub trait Backplane: Send + Sync + 'static {
-    /// This instance's first connection of `name` for browser `session`.
-    async fn arrive(&self, room: &str, name: &str, session: &str) -> Result<Arrival, StoreError>;
+    /// This instance's first connection of `seat.user` under `seat.key`.
+    async fn arrive(&self, room: &str, seat: &Seat) -> Result<Arrival, StoreError>;
 
-    /// This instance's last connection of `name` is gone; true when no instance holds it any more, so
-    /// the leave line is due.
-    async fn depart(&self, room: &str, name: &str, session: &str) -> Result<bool, StoreError>;
+    /// This instance's last connection of `user` under `key` is gone; true when no instance holds it
+    /// any more, so the leave line is due.
+    async fn depart(&self, room: &str, key: &str, user: Uuid) -> Result<bool, StoreError>;
 
     /// Everyone present in `room`, given who is present here.
     async fn online(&self, room: &str, here: Vec<String>) -> Result<Vec<String>, StoreError>;
@@ -43,9 +81,12 @@ pub trait Backplane: Send + Sync + 'static {
     /// Tells other instances that `name` is typing (this instance has told its own clients).
     async fn typing(&self, room: &str, name: &str);
 
-    /// Starts background work (listening, heart-beating) that feeds `hub`.
-    fn start(&self, hub: Hub) {
-        let _ = hub;
+    /// Tells other instances' connections of `session` (this instance has told its own).
+    async fn signal_session(&self, session: Uuid, signal: SessionSignal);
+
+    /// Starts background work (listening, heart-beating) that reports to `inbox`.
+    fn start(&self, inbox: Arc<dyn Inbox>) {
+        let _ = inbox;
     }
 }
 
@@ -54,11 +95,11 @@ pub struct Local;
 
 #[async_trait]
 impl Backplane for Local {
-    async fn arrive(&self, _: &str, _: &str, _: &str) -> Result<Arrival, StoreError> {
+    async fn arrive(&self, _: &str, _: &Seat) -> Result<Arrival, StoreError> {
         Ok(Arrival::New)
     }
 
-    async fn depart(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
+    async fn depart(&self, _: &str, _: &str, _: Uuid) -> Result<bool, StoreError> {
         Ok(true)
     }
 
@@ -67,10 +108,22 @@ impl Backplane for Local {
     }
 
     async fn typing(&self, _: &str, _: &str) {}
+
+    async fn signal_session(&self, _: Uuid, _: SessionSignal) {}
 }
 
-/// The channel for "<room> <instance> <name>" typing signals.
+/// The channel for typing signals, as JSON (see [`Typing`]).
 const TYPING_CHANNEL: &str = "confab_typing";
+/// The channel for "<instance> <session> <ended|changed>" session signals.
+const SESSIONS_CHANNEL: &str = "confab_sessions";
+
+/// A typing signal between instances. JSON, so no room or name can break the payload apart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Typing {
+    room: String,
+    instance: String,
+    name: String,
+}
 
 /// Several instances sharing one PostgreSQL database.
 #[derive(Clone)]
@@ -106,29 +159,29 @@ impl Postgres {
     async fn lock_name(
         tx: &mut sqlx::PgConnection,
         room: &str,
-        name: &str,
+        key: &str,
     ) -> Result<(), StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
             .bind(room)
-            .bind(name)
+            .bind(key)
             .execute(tx)
             .await?;
         Ok(())
     }
 
-    /// Whether any live instance still holds `name`.
+    /// Whether any live instance still holds the name with this key.
     async fn held(
         &self,
         tx: &mut sqlx::PgConnection,
         room: &str,
-        name: &str,
+        key: &str,
     ) -> Result<bool, StoreError> {
         let held: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM presence p JOIN instances i ON i.id = p.instance \
-             WHERE p.room = $1 AND p.name = $2 AND i.seen_at > now() - make_interval(secs => $3))",
+             WHERE p.room = $1 AND p.name_key = $2 AND i.seen_at > now() - make_interval(secs => $3))",
         )
         .bind(room)
-        .bind(name)
+        .bind(key)
         .bind(self.ttl_secs())
         .fetch_one(tx)
         .await?;
@@ -137,7 +190,7 @@ impl Postgres {
 
     /// Refreshes this instance's heartbeat, then forgets instances whose heartbeat stopped, announcing
     /// the leave of every name nobody else holds.
-    async fn heartbeat(&self, hub: &Hub) -> Result<(), StoreError> {
+    async fn heartbeat(&self, inbox: &dyn Inbox) -> Result<(), StoreError> {
         let revived: bool = sqlx::query_scalar(
             "INSERT INTO instances (id) VALUES ($1) \
              ON CONFLICT (id) DO UPDATE SET seen_at = now() RETURNING (xmax = 0)",
@@ -149,40 +202,42 @@ impl Postgres {
             // Another instance took us for dead (we stalled past the TTL) and dropped our presence: put
             // back who is connected here.
             tracing::warn!("this instance was taken for dead; registering its users again");
-            for room in hub.rooms() {
-                if let Some(presence) = hub.presence(room) {
-                    for (name, session) in presence.holders() {
-                        self.arrive(room, &name, &session).await?;
-                    }
-                }
+            for (room, seat) in inbox.seats_here() {
+                self.arrive(&room, &seat).await?;
             }
         }
 
-        let gone: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT p.room, p.name FROM presence p JOIN instances i ON i.id = p.instance \
-             WHERE i.seen_at <= now() - make_interval(secs => $1)",
+        let gone: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT DISTINCT p.room, p.name_key, p.name, p.holder, p.holder_kind FROM presence p \
+             JOIN instances i ON i.id = p.instance WHERE i.seen_at <= now() - make_interval(secs => $1)",
         )
         .bind(self.ttl_secs())
         .fetch_all(&self.pool)
         .await?;
-        for (room, name) in gone {
+        for (room, key, name, holder, kind) in gone {
             let mut tx = self.pool.begin().await?;
-            Self::lock_name(&mut tx, &room, &name).await?;
+            Self::lock_name(&mut tx, &room, &key).await?;
             let dropped = sqlx::query(
                 "DELETE FROM presence p USING instances i WHERE i.id = p.instance \
-                 AND p.room = $1 AND p.name = $2 AND i.seen_at <= now() - make_interval(secs => $3)",
+                 AND p.room = $1 AND p.name_key = $2 AND i.seen_at <= now() - make_interval(secs => $3)",
             )
             .bind(&room)
-            .bind(&name)
+            .bind(&key)
             .bind(self.ttl_secs())
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            let leave = dropped > 0 && !self.held(&mut tx, &room, &name).await?;
+            let leave = dropped > 0 && !self.held(&mut tx, &room, &key).await?;
             tx.commit().await?;
             if leave {
                 tracing::info!(%room, %name, "the instance holding this name stopped; announcing the leave");
-                hub.announce_leave(&room, name).await;
+                let seat = Seat {
+                    key,
+                    name,
+                    user: Uuid::try_parse(&holder).unwrap_or_default(),
+                    kind: crate::server::store::identity::kind_from_column(&kind),
+                };
+                inbox.gone_elsewhere(&room, seat).await;
             }
         }
         sqlx::query(
@@ -198,12 +253,12 @@ impl Postgres {
     async fn listen(&self) -> Result<PgListener, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener
-            .listen_all([EVENTS_CHANNEL, TYPING_CHANNEL])
+            .listen_all([EVENTS_CHANNEL, TYPING_CHANNEL, SESSIONS_CHANNEL])
             .await?;
         Ok(listener)
     }
 
-    fn on_notification(&self, hub: &Hub, note: &PgNotification) -> Option<Stored> {
+    fn on_notification(&self, inbox: &dyn Inbox, note: &PgNotification) -> Option<Stored> {
         let payload = note.payload();
         match note.channel() {
             EVENTS_CHANNEL => {
@@ -214,15 +269,22 @@ impl Postgres {
                 Some(Stored { room, first, last })
             }
             TYPING_CHANNEL => {
+                let typing: Typing = serde_json::from_str(payload).ok()?;
+                if typing.instance != self.instance {
+                    inbox.typing_elsewhere(&typing.room, &typing.name);
+                }
+                None
+            }
+            SESSIONS_CHANNEL => {
                 let mut parts = payload.splitn(3, ' ');
-                let (room, instance, name) = (parts.next()?, parts.next()?, parts.next()?);
+                let (instance, session, signal) = (parts.next()?, parts.next()?, parts.next()?);
+                let signal = match signal {
+                    "ended" => SessionSignal::Ended,
+                    "changed" => SessionSignal::Changed,
+                    _ => return None,
+                };
                 if instance != self.instance {
-                    hub.broadcast_ephemeral(
-                        room,
-                        &ServerFrame::Typing {
-                            name: name.to_owned(),
-                        },
-                    );
+                    inbox.session_signal(Uuid::try_parse(session).ok()?, signal);
                 }
                 None
             }
@@ -240,42 +302,46 @@ struct Stored {
 
 #[async_trait]
 impl Backplane for Postgres {
-    async fn arrive(&self, room: &str, name: &str, session: &str) -> Result<Arrival, StoreError> {
+    async fn arrive(&self, room: &str, seat: &Seat) -> Result<Arrival, StoreError> {
         let mut tx = self.pool.begin().await?;
-        Self::lock_name(&mut tx, room, name).await?;
+        Self::lock_name(&mut tx, room, &seat.key).await?;
+        let holder = seat.user.to_string();
         // Every holder of the name, and whether its instance is alive. A dead instance's rows still
-        // count for the same browser (its user was never announced as gone), not for anyone else.
+        // count for the same user (they were never announced as gone), not for anyone else.
         let holders: Vec<(String, bool)> = sqlx::query_as(
-            "SELECT p.session, i.seen_at > now() - make_interval(secs => $3) \
-             FROM presence p JOIN instances i ON i.id = p.instance WHERE p.room = $1 AND p.name = $2",
+            "SELECT p.holder, i.seen_at > now() - make_interval(secs => $3) \
+             FROM presence p JOIN instances i ON i.id = p.instance WHERE p.room = $1 AND p.name_key = $2",
         )
         .bind(room)
-        .bind(name)
+        .bind(&seat.key)
         .bind(self.ttl_secs())
         .fetch_all(&mut *tx)
         .await?;
-        if holders.iter().any(|(s, alive)| *alive && s != session) {
+        if holders.iter().any(|(h, alive)| *alive && *h != holder) {
             return Ok(Arrival::Taken);
         }
-        // Rows of other browsers on dead instances are history now.
-        sqlx::query("DELETE FROM presence WHERE room = $1 AND name = $2 AND session <> $3")
+        // Rows of other users on dead instances are history now.
+        sqlx::query("DELETE FROM presence WHERE room = $1 AND name_key = $2 AND holder <> $3")
             .bind(room)
-            .bind(name)
-            .bind(session)
+            .bind(&seat.key)
+            .bind(&holder)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO presence (room, name, instance, session) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (room, name, instance) DO UPDATE SET session = excluded.session",
+            "INSERT INTO presence (room, name_key, name, instance, holder, holder_kind) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (room, name_key, instance) \
+             DO UPDATE SET holder = excluded.holder, name = excluded.name, holder_kind = excluded.holder_kind",
         )
         .bind(room)
-        .bind(name)
+        .bind(&seat.key)
+        .bind(&seat.name)
         .bind(&self.instance)
-        .bind(session)
+        .bind(&holder)
+        .bind(seat.kind.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        let here_before = holders.iter().any(|(s, _)| s == session);
+        let here_before = holders.iter().any(|(h, _)| *h == holder);
         Ok(if here_before {
             Arrival::Present
         } else {
@@ -283,24 +349,24 @@ impl Backplane for Postgres {
         })
     }
 
-    async fn depart(&self, room: &str, name: &str, session: &str) -> Result<bool, StoreError> {
+    async fn depart(&self, room: &str, key: &str, user: Uuid) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        Self::lock_name(&mut tx, room, name).await?;
+        Self::lock_name(&mut tx, room, key).await?;
         sqlx::query(
-            "DELETE FROM presence WHERE room = $1 AND name = $2 AND instance = $3 AND session = $4",
+            "DELETE FROM presence WHERE room = $1 AND name_key = $2 AND instance = $3 AND holder = $4",
         )
         .bind(room)
-        .bind(name)
+        .bind(key)
         .bind(&self.instance)
-        .bind(session)
+        .bind(user.to_string())
         .execute(&mut *tx)
         .await?;
-        let gone = !self.held(&mut tx, room, name).await?;
+        let gone = !self.held(&mut tx, room, key).await?;
         if gone {
             // Also rows left by dead instances: the leave is announced here, not again by a heartbeat.
-            sqlx::query("DELETE FROM presence WHERE room = $1 AND name = $2")
+            sqlx::query("DELETE FROM presence WHERE room = $1 AND name_key = $2")
                 .bind(room)
-                .bind(name)
+                .bind(key)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -309,23 +375,31 @@ impl Backplane for Postgres {
     }
 
     async fn online(&self, room: &str, here: Vec<String>) -> Result<Vec<String>, StoreError> {
-        let mut names: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT p.name FROM presence p JOIN instances i ON i.id = p.instance \
+        let mut names: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT p.name_key, p.name FROM presence p JOIN instances i ON i.id = p.instance \
              WHERE p.room = $1 AND i.seen_at > now() - make_interval(secs => $2)",
         )
         .bind(room)
         .bind(self.ttl_secs())
         .fetch_all(&self.pool)
         .await?;
-        names.extend(here);
-        names.sort_unstable_by_key(|n| n.to_lowercase());
-        names.dedup();
-        Ok(names)
+        names.extend(
+            here.into_iter()
+                .map(|name| (crate::server::names::name_key(&name), name)),
+        );
+        names.sort_unstable();
+        names.dedup_by(|a, b| a.0 == b.0);
+        Ok(names.into_iter().map(|(_, name)| name).collect())
     }
 
     async fn typing(&self, room: &str, name: &str) {
         let pool = self.pool.clone();
-        let payload = format!("{room} {} {name}", self.instance);
+        let payload = serde_json::to_string(&Typing {
+            room: room.to_owned(),
+            instance: self.instance.clone(),
+            name: name.to_owned(),
+        })
+        .expect("typing signals serialise");
         // Fire and forget: a typing hint is not worth holding up the connection for.
         tokio::spawn(async move {
             if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)")
@@ -339,9 +413,22 @@ impl Backplane for Postgres {
         });
     }
 
-    fn start(&self, hub: Hub) {
-        tokio::spawn(self.clone().run_listener(hub.clone()));
-        tokio::spawn(self.clone().run_heartbeat(hub));
+    async fn signal_session(&self, session: Uuid, signal: SessionSignal) {
+        let payload = format!("{} {session} {}", self.instance, signal.as_str());
+        // Awaited: a sign-out must reach the other instances before it is reported done.
+        if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SESSIONS_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::error!(error = %err, "telling other instances of a session change failed");
+        }
+    }
+
+    fn start(&self, inbox: Arc<dyn Inbox>) {
+        tokio::spawn(self.clone().run_listener(inbox.clone()));
+        tokio::spawn(self.clone().run_heartbeat(inbox));
     }
 }
 
@@ -349,7 +436,7 @@ impl Postgres {
     /// Receives notifications for as long as the pool is open. A dropped LISTEN connection (a restart,
     /// `pg_terminate_backend`, a network cut) loses the notifications sent meanwhile, so after every
     /// (re)connect the hub catches up from the store by sequence number.
-    async fn run_listener(self, hub: Hub) {
+    async fn run_listener(self, hub: Arc<dyn Inbox>) {
         let mut retry = Duration::from_millis(100);
         while !self.pool.is_closed() {
             let mut listener = match self.listen().await {
@@ -366,7 +453,7 @@ impl Postgres {
             loop {
                 match listener.try_recv().await {
                     Ok(Some(note)) => {
-                        if let Some(stored) = self.on_notification(&hub, &note) {
+                        if let Some(stored) = self.on_notification(hub.as_ref(), &note) {
                             hub.stored_elsewhere(&stored.room, stored.first, stored.last)
                                 .await;
                         }
@@ -390,7 +477,7 @@ impl Postgres {
 
     /// Heart-beats a few times per TTL. Each beat also catches up from the store, a safety net for a
     /// notification lost in a way the listener could not see.
-    async fn run_heartbeat(self, hub: Hub) {
+    async fn run_heartbeat(self, hub: Arc<dyn Inbox>) {
         let mut every = tokio::time::interval(self.ttl / 3);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -398,7 +485,7 @@ impl Postgres {
             if self.pool.is_closed() {
                 return;
             }
-            if let Err(err) = self.heartbeat(&hub).await {
+            if let Err(err) = self.heartbeat(hub.as_ref()).await {
                 tracing::warn!(error = %err, "heartbeat failed");
             }
             hub.catch_up_all().await;

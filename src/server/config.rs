@@ -31,6 +31,13 @@ pub struct Config {
     /// With PostgreSQL: how long after its last heartbeat an instance's users stop holding their names
     /// (`CONFAB_INSTANCE_TTL_MS`).
     pub instance_ttl: Duration,
+    /// `CONFAB_ADMIN`: the member with this name is an administrator (also once they claim it).
+    pub admin: Option<String>,
+    /// `CONFAB_CLIENT_IP_HEADER`: the header a trusted proxy puts the client's address in
+    /// (`Fly-Client-IP` on Fly.io). Unset, the TCP peer's address is the client's.
+    pub client_ip_header: Option<axum::http::HeaderName>,
+    /// `CONFAB_SIGNIN_ATTEMPTS`: sign-in attempts per name and per client address per 5 minutes.
+    pub signin_attempts: u32,
 }
 
 impl Default for Config {
@@ -41,6 +48,9 @@ impl Default for Config {
             store: StoreConfig::Sqlite(PathBuf::from("data").join("confab.db")),
             session: SessionConfig::default(),
             instance_ttl: Duration::from_secs(15),
+            admin: None,
+            client_ip_header: None,
+            signin_attempts: super::identity::limits::ATTEMPTS,
         }
     }
 }
@@ -109,6 +119,26 @@ impl Config {
         }
         if let Some(raw) = get("CONFAB_RATE_BURST") {
             config.session.burst = nonzero("CONFAB_RATE_BURST", &raw)?;
+        }
+        if let Some(raw) = get("CONFAB_RATE_PER_ADDRESS") {
+            config.session.address_per_second = nonzero("CONFAB_RATE_PER_ADDRESS", &raw)?;
+        }
+        if let Some(raw) = get("CONFAB_RATE_ADDRESS_BURST") {
+            config.session.address_burst = nonzero("CONFAB_RATE_ADDRESS_BURST", &raw)?;
+        }
+        if let Some(raw) = get("CONFAB_SIGNIN_ATTEMPTS") {
+            config.signin_attempts = nonzero("CONFAB_SIGNIN_ATTEMPTS", &raw)?.get();
+        }
+        if let Some(raw) = get("CONFAB_ADMIN").filter(|raw| !raw.trim().is_empty()) {
+            let name = crate::protocol::validate_name(&raw)
+                .map_err(|err| format!("CONFAB_ADMIN is not a valid name: {}", err.message()))?;
+            config.admin = Some(name);
+        }
+        if let Some(raw) = get("CONFAB_CLIENT_IP_HEADER").filter(|raw| !raw.trim().is_empty()) {
+            let header = axum::http::HeaderName::from_str(raw.trim()).map_err(|_| {
+                format!("CONFAB_CLIENT_IP_HEADER must be a header name, not {raw:?}")
+            })?;
+            config.client_ip_header = Some(header);
         }
         Ok(config)
     }
@@ -182,6 +212,27 @@ mod tests {
             "names the scheme, never the password"
         );
         assert!(from(&[("CONFAB_INSTANCE_TTL_MS", "0")]).is_err());
+        assert!(from(&[("CONFAB_ADMIN", "a\u{7}b")])
+            .unwrap_err()
+            .contains("CONFAB_ADMIN"));
+        assert!(from(&[("CONFAB_CLIENT_IP_HEADER", "not a header")])
+            .unwrap_err()
+            .contains("CONFAB_CLIENT_IP_HEADER"));
+        assert!(from(&[("CONFAB_SIGNIN_ATTEMPTS", "0")]).is_err());
+    }
+
+    #[test]
+    fn accounts_settings() {
+        let config = from(&[
+            ("CONFAB_ADMIN", " Ann "),
+            ("CONFAB_CLIENT_IP_HEADER", "Fly-Client-IP"),
+            ("CONFAB_RATE_PER_ADDRESS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(config.admin.as_deref(), Some("Ann"));
+        assert_eq!(config.client_ip_header.unwrap().as_str(), "fly-client-ip");
+        assert_eq!(config.session.address_per_second.get(), 7);
+        assert_eq!(from(&[]).unwrap().signin_attempts, 10);
     }
 
     #[test]

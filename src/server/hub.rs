@@ -9,9 +9,9 @@
 //! events stored by other instances arrive as notifications; the feed reads them from the store, and fills
 //! any gap before an event of its own from the store too.
 
-use super::backplane::Backplane;
-use super::presence::{PendingLeave, Presence};
-use super::store::{Appended, MessageStore, NewEvent, StoreError};
+use super::backplane::{Backplane, Inbox, SessionSignal};
+use super::presence::{PendingLeave, Presence, Seat};
+use super::store::{Appended, EventStore, NewEvent, StoreError};
 use crate::protocol::{ChatEvent, EventKind, ServerFrame};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
@@ -53,13 +53,16 @@ pub struct Hub {
 }
 
 struct Inner {
-    store: Arc<dyn MessageStore>,
+    store: Arc<dyn EventStore>,
     backplane: Arc<dyn Backplane>,
     /// Flips to true when the server starts shutting down; sessions then close their sockets.
     closing: watch::Sender<bool>,
     /// Connections whose session is still running; shutdown waits for them to say goodbye.
     sessions: watch::Sender<usize>,
     rooms: HashMap<String, Room>,
+    /// The connections of each browser session, reached by [`Hub::signal_session`]. A std Mutex: each
+    /// use is a map lookup and never awaits.
+    signals: std::sync::Mutex<HashMap<uuid::Uuid, broadcast::Sender<SessionSignal>>>,
 }
 
 struct Room {
@@ -91,7 +94,7 @@ impl Feed {
     }
 
     /// Broadcasts events this instance stored (ascending), after whatever other instances stored first.
-    async fn deliver(&self, store: &dyn MessageStore, events: &[&ChatEvent]) {
+    async fn deliver(&self, store: &dyn EventStore, events: &[&ChatEvent]) {
         let mut delivered = self.delivered.lock().await;
         for event in events {
             let next = delivered.map_or(event.seq, |d| d + 1);
@@ -111,7 +114,7 @@ impl Feed {
     }
 
     /// Broadcasts what the store has after `delivered`, up to `upto`.
-    async fn fill(&self, store: &dyn MessageStore, delivered: &mut Option<u64>, upto: u64) {
+    async fn fill(&self, store: &dyn EventStore, delivered: &mut Option<u64>, upto: u64) {
         let Some(mut after) = *delivered else { return };
         while after < upto {
             let events = match store.since(&self.room, after, CATCH_UP_PAGE).await {
@@ -134,7 +137,7 @@ impl Feed {
     }
 
     /// Events `first..=last` were stored, perhaps by another instance.
-    async fn stored(&self, store: &dyn MessageStore, first: u64, last: u64) {
+    async fn stored(&self, store: &dyn EventStore, first: u64, last: u64) {
         let mut delivered = self.delivered.lock().await;
         if delivered.is_none() {
             *delivered = Some(first.saturating_sub(1));
@@ -143,7 +146,7 @@ impl Feed {
     }
 
     /// Broadcasts everything stored since the last broadcast.
-    async fn catch_up(&self, store: &dyn MessageStore) {
+    async fn catch_up(&self, store: &dyn EventStore) {
         let mut delivered = self.delivered.lock().await;
         self.fill(store, &mut delivered, u64::MAX).await;
     }
@@ -161,7 +164,7 @@ impl Hub {
     /// Starts a writer task for each room; needs a Tokio runtime. `live_capacity` is how many frames a
     /// slow connection may fall behind before it must catch up from the store.
     pub fn new(
-        store: Arc<dyn MessageStore>,
+        store: Arc<dyn EventStore>,
         backplane: Arc<dyn Backplane>,
         rooms: &[&str],
         live_capacity: usize,
@@ -195,9 +198,10 @@ impl Hub {
                 closing: watch::Sender::new(false),
                 sessions: watch::Sender::new(0),
                 rooms,
+                signals: std::sync::Mutex::default(),
             }),
         };
-        hub.inner.backplane.start(hub.clone());
+        hub.inner.backplane.start(Arc::new(hub.clone()));
         hub
     }
 
@@ -205,67 +209,77 @@ impl Hub {
         self.inner.backplane.as_ref()
     }
 
-    /// The rooms' names.
-    pub fn rooms(&self) -> impl Iterator<Item = &str> {
-        self.inner.rooms.keys().map(String::as_str)
-    }
-
-    /// Another instance stored events `first..=last` of `room`: broadcast them here, in order.
-    pub async fn stored_elsewhere(&self, room: &str, first: u64, last: u64) {
-        if let Some(room) = self.inner.rooms.get(room) {
-            room.feed.stored(self.store(), first, last).await;
-        }
-    }
-
-    /// Broadcasts whatever the store has that was not broadcast yet, in every room.
-    pub async fn catch_up_all(&self) {
-        for room in self.inner.rooms.values() {
-            room.feed.catch_up(self.store()).await;
-        }
-    }
-
-    /// The grace period after `name`'s last connection here is over: unless it came back, give the name
-    /// up everywhere and, when no instance holds it any more, announce the leave.
-    pub async fn depart(&self, room: &str, name: String, session: &str, ticket: PendingLeave) {
+    /// The grace period after a seat's last connection here is over: unless they came back, give the
+    /// name up everywhere and, when no instance holds it any more, announce the leave.
+    pub async fn depart(&self, room: &str, seat: Seat, ticket: PendingLeave) {
         let Some(presence) = self.presence(room) else {
             return;
         };
-        if !presence.expire(&name, ticket) {
+        if !presence.expire(&seat.key, ticket) {
             return;
         }
         // A database outage must not leave the name held for ever: try again for about a minute.
         let mut wait = std::time::Duration::from_millis(500);
         for _ in 0..8 {
-            match self.backplane().depart(room, &name, session).await {
-                Ok(true) => return self.announce_leave(room, name).await,
+            match self.backplane().depart(room, &seat.key, seat.user).await {
+                Ok(true) => return self.announce_leave(room, seat).await,
                 Ok(false) => return,
                 Err(err) => {
-                    tracing::warn!(error = %err, %name, "giving up a name failed; retrying in {wait:?}");
+                    tracing::warn!(error = %err, name = %seat.name, "giving up a name failed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
                     wait *= 2;
-                    if presence.holds(&name) {
+                    if presence.holds(&seat.key) {
                         return; // they came back meanwhile, here
                     }
                 }
             }
         }
-        tracing::error!(%name, "could not give up a name; it frees when this instance stops");
+        tracing::error!(name = %seat.name, "could not give up a name; it frees when this instance stops");
     }
 
     /// Says "<name> has left the chat." in `room`.
-    pub async fn announce_leave(&self, room: &str, name: String) {
-        let event = NewEvent {
-            id: uuid::Uuid::new_v4(),
-            kind: EventKind::Leave,
-            name,
-            text: String::new(),
-        };
-        if let Err(err) = self.publish(room, event).await {
+    pub async fn announce_leave(&self, room: &str, seat: Seat) {
+        if let Err(err) = self.publish(room, seat.event(EventKind::Leave)).await {
             tracing::error!(error = %err, "announcing a leave failed");
         }
     }
 
-    pub fn store(&self) -> &dyn MessageStore {
+    /// The connections of browser session `id` from now on: they hear when it ends or changes.
+    pub fn watch_session(&self, id: uuid::Uuid) -> SessionWatch {
+        let mut signals = self.signals();
+        let receiver = signals
+            .entry(id)
+            .or_insert_with(|| broadcast::channel(4).0)
+            .subscribe();
+        SessionWatch {
+            hub: self.clone(),
+            id,
+            receiver,
+        }
+    }
+
+    /// Tells every connection of session `id`, on every instance, that it ended or changed.
+    pub async fn signal_session(&self, id: uuid::Uuid, signal: SessionSignal) {
+        self.signal_here(id, signal);
+        self.backplane().signal_session(id, signal).await;
+    }
+
+    fn signal_here(&self, id: uuid::Uuid, signal: SessionSignal) {
+        if let Some(sender) = self.signals().get(&id) {
+            let _ = sender.send(signal);
+        }
+    }
+
+    fn signals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<uuid::Uuid, broadcast::Sender<SessionSignal>>> {
+        self.inner
+            .signals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn store(&self) -> &dyn EventStore {
         self.inner.store.as_ref()
     }
 
@@ -349,6 +363,85 @@ impl Hub {
     }
 }
 
+/// One connection's view of its browser session's signals; see [`Hub::watch_session`].
+pub struct SessionWatch {
+    hub: Hub,
+    id: uuid::Uuid,
+    pub receiver: broadcast::Receiver<SessionSignal>,
+}
+
+impl Drop for SessionWatch {
+    fn drop(&mut self) {
+        let mut signals = self.hub.signals();
+        // This receiver still counts while it is being dropped.
+        if signals
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            signals.remove(&self.id);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Inbox for Hub {
+    async fn stored_elsewhere(&self, room: &str, first: u64, last: u64) {
+        if let Some(room) = self.inner.rooms.get(room) {
+            room.feed.stored(self.store(), first, last).await;
+        }
+    }
+
+    async fn catch_up_all(&self) {
+        for room in self.inner.rooms.values() {
+            room.feed.catch_up(self.store()).await;
+        }
+    }
+
+    fn typing_elsewhere(&self, room: &str, name: &str) {
+        self.broadcast_ephemeral(
+            room,
+            &ServerFrame::Typing {
+                name: name.to_owned(),
+            },
+        );
+    }
+
+    fn session_signal(&self, session: uuid::Uuid, signal: SessionSignal) {
+        self.signal_here(session, signal);
+    }
+
+    async fn gone_elsewhere(&self, room: &str, seat: Seat) {
+        self.announce_leave(room, seat).await;
+    }
+
+    fn seats_here(&self) -> Vec<(String, Seat)> {
+        self.inner
+            .rooms
+            .iter()
+            .flat_map(|(name, room)| {
+                room.presence
+                    .seats()
+                    .into_iter()
+                    .map(move |seat| (name.clone(), seat))
+            })
+            .collect()
+    }
+}
+
+impl Seat {
+    /// A join or leave line for this seat, with a fresh id.
+    pub fn event(&self, kind: EventKind) -> NewEvent {
+        NewEvent {
+            id: uuid::Uuid::new_v4(),
+            kind,
+            name: self.name.clone(),
+            user_id: self.user,
+            user_kind: self.kind,
+            text: String::new(),
+        }
+    }
+}
+
 /// Held by a running session; see [`Hub::session_started`].
 pub struct SessionGuard(Hub);
 
@@ -388,7 +481,7 @@ pub fn now_ms() -> i64 {
 }
 
 async fn run_writer(
-    store: Arc<dyn MessageStore>,
+    store: Arc<dyn EventStore>,
     feed: Arc<Feed>,
     mut appends: mpsc::Receiver<Append>,
 ) {

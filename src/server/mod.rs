@@ -5,6 +5,7 @@ pub mod config;
 pub mod hub;
 pub mod identity;
 pub mod metrics;
+pub mod names;
 pub mod presence;
 pub mod session;
 pub mod store;
@@ -14,23 +15,25 @@ pub mod web;
 mod tests;
 
 use crate::app::shell;
-use crate::ui::state::Bootstrap;
+use crate::ui::state::{Bootstrap, Page};
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, FromRef, Query, Request, State};
+use axum::extract::{FromRef, Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use backplane::{Backplane, Local};
 use config::{Config, StoreConfig};
 use hub::Hub;
-use identity::SessionToken;
+use identity::{Accounts, Browser};
 use leptos::prelude::LeptosOptions;
 use serde::Deserialize;
-use session::{SessionConfig, Start};
+use session::{Start, Visitor};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use store::{MemoryStore, MessageStore, PgStore, SqliteStore};
+use store::{EventStore, IdentityStore, MemoryStore, PgStore, SqliteStore};
 use tokio::net::TcpListener;
 
 /// Everything a request handler may need; cheap to clone.
@@ -38,46 +41,81 @@ use tokio::net::TcpListener;
 pub struct AppState {
     pub leptos_options: LeptosOptions,
     pub hub: Hub,
-    pub session: SessionConfig,
+    pub accounts: Accounts,
+    pub sessions: session::Context,
+}
+
+/// An open store: the same database behind both halves.
+pub struct Stores {
+    pub events: Arc<dyn EventStore>,
+    pub identity: Arc<dyn IdentityStore>,
+    pub backplane: Arc<dyn Backplane>,
+}
+
+impl Stores {
+    /// One store that keeps both events and identities, on one instance.
+    pub fn local<T: EventStore + IdentityStore>(store: T) -> Self {
+        let store = Arc::new(store);
+        Self {
+            events: store.clone(),
+            identity: store,
+            backplane: Arc::new(Local),
+        }
+    }
 }
 
 impl AppState {
     /// Opens the store and starts the hub's writer tasks (so it needs a Tokio runtime).
     pub async fn new(leptos_options: LeptosOptions, config: &Config) -> Result<Self, String> {
-        let (store, backplane) = open_store(config).await?;
-        Ok(Self::with_store(leptos_options, config, store, backplane))
+        let stores = open_store(config).await?;
+        Self::with_stores(leptos_options, config, stores).await
     }
 
-    /// The state around a store that is already open.
-    pub fn with_store(
+    /// The state around stores that are already open.
+    pub async fn with_stores(
         leptos_options: LeptosOptions,
         config: &Config,
-        store: Arc<dyn MessageStore>,
-        backplane: Arc<dyn Backplane>,
-    ) -> Self {
+        stores: Stores,
+    ) -> Result<Self, String> {
+        let admin_key = config.admin.as_deref().map(names::name_key);
+        if let Some(key) = &admin_key {
+            // An existing member of that name is an admin from now on; one who claims it later becomes one.
+            stores
+                .identity
+                .grant_admin(key)
+                .await
+                .map_err(|e| format!("cannot read the users to apply CONFAB_ADMIN: {e}"))?;
+        }
         let hub = Hub::new(
-            store,
-            backplane,
+            stores.events,
+            stores.backplane,
             &[crate::protocol::GENERAL_ROOM],
             config.live_buffer,
         );
-        Self {
+        let accounts = Accounts {
+            store: stores.identity.clone(),
+            hasher: identity::password::Hasher::default(),
+            limits: Arc::new(identity::limits::SignInLimits::new(
+                config.signin_attempts,
+                identity::limits::WINDOW,
+            )),
+            client_ip: identity::ClientIpSource(config.client_ip_header.clone()),
+            admin_key,
+        };
+        let sessions = session::Context::new(hub.clone(), stores.identity, config.session.clone());
+        Ok(Self {
             leptos_options,
             hub,
-            session: config.session.clone(),
-        }
+            accounts,
+            sessions,
+        })
     }
 }
 
 /// The store `config` names, and the backplane that goes with it.
-async fn open_store(
-    config: &Config,
-) -> Result<(Arc<dyn MessageStore>, Arc<dyn Backplane>), String> {
+async fn open_store(config: &Config) -> Result<Stores, String> {
     Ok(match &config.store {
-        StoreConfig::Memory => (
-            Arc::new(MemoryStore::new(config.history_capacity)),
-            Arc::new(Local),
-        ),
+        StoreConfig::Memory => Stores::local(MemoryStore::new(config.history_capacity)),
         StoreConfig::Sqlite(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
@@ -87,7 +125,7 @@ async fn open_store(
                 .await
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             tracing::info!(path = %path.display(), "SQLite store open");
-            (Arc::new(store), Arc::new(Local))
+            Stores::local(store)
         }
         StoreConfig::Postgres(url) => {
             let store = PgStore::open(url)
@@ -98,7 +136,12 @@ async fn open_store(
                     .await
                     .map_err(|e| format!("cannot register with PostgreSQL: {e}"))?;
             tracing::info!(url = %redact(url), "PostgreSQL store open");
-            (Arc::new(store), Arc::new(backplane))
+            let store = Arc::new(store);
+            Stores {
+                events: store.clone(),
+                identity: store,
+                backplane: Arc::new(backplane),
+            }
         }
     })
 }
@@ -117,7 +160,24 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// The whole application: the page, assets, the WebSocket and the health check.
+/// A rendered page, on its way.
+type Rendering = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// Renders a page of the app from a [`Bootstrap`]; cheap to clone.
+#[derive(Clone)]
+pub struct Pages(Arc<dyn Fn(Request) -> Rendering + Send + Sync>);
+
+impl Pages {
+    /// The page `boot` describes, under this response's CSP nonce.
+    pub async fn render(&self, nonce: web::CspNonce, boot: Bootstrap) -> Response {
+        let mut request = Request::new(axum::body::Body::empty());
+        request.extensions_mut().insert(nonce);
+        request.extensions_mut().insert(boot);
+        (self.0)(request).await
+    }
+}
+
+/// The whole application: the page, assets, the WebSocket, the account endpoints and the health check.
 pub fn router(state: AppState) -> Router {
     // Install the metrics recorder before the first connection records anything.
     metrics::handle();
@@ -129,68 +189,76 @@ pub fn router(state: AppState) -> Router {
         move || provide_request_context(&context),
         move || shell(options.clone()),
     );
+    let pages = Pages(Arc::new(move |request| Box::pin(render(request))));
     Router::new()
-        .route(
-            "/",
-            get(move |state: State<AppState>, request: Request| page(state, request, render)),
-        )
+        .route("/", get(page))
         .route("/ws", get(websocket))
+        .route(
+            "/login",
+            get(identity::http::sign_in_page).post(identity::http::sign_in),
+        )
+        .route("/logout", post(identity::http::sign_out))
+        .route("/join", post(identity::http::join))
+        .route("/messages", post(identity::http::post_message))
+        .route("/account/claim", post(identity::http::claim))
+        .route("/account/sessions", get(identity::http::sessions))
+        .route(
+            "/account/sessions/{id}/end",
+            post(identity::http::end_session),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::render))
         // The hashed bundle, served precompressed (brotli or gzip, as the browser accepts) when the
         // build made the .br/.gz files (`cargo leptos build --release --precompress`).
         .nest_service("/pkg", pkg_files(&state.leptos_options))
         .fallback_service(site_files(&state.leptos_options))
-        .layer(axum::middleware::from_fn(identity::session_cookie))
+        .layer(axum::Extension(pages))
         .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(state)
 }
 
-/// The chat page: reads what it shows (the recent history and this browser's name) from the store,
-/// then renders it. With the store down it says so, with a 503, rather than render an empty chat.
-async fn page<R, F>(State(state): State<AppState>, mut request: Request, render: R) -> Response
-where
-    R: Fn(Request) -> F,
-    F: Future<Output = Response>,
-{
-    let token = request
-        .extensions()
-        .get::<SessionToken>()
-        .map(|SessionToken(token)| token.clone());
-    match bootstrap(state.hub.store(), token.as_deref()).await {
-        Ok(boot) => {
-            request.extensions_mut().insert(boot);
-            render(request).await
+/// The chat page: reads what it shows (the recent history and who this browser is) from the store, then
+/// renders it. A browser without a session is given one here. With the store down it says so, with a
+/// 503, rather than render an empty chat.
+async fn page(
+    State(state): State<AppState>,
+    axum::Extension(pages): axum::Extension<Pages>,
+    axum::Extension(nonce): axum::Extension<web::CspNonce>,
+    mut browser: Browser,
+) -> Response {
+    let cookie = match browser.ensure_session(state.accounts.store.as_ref()).await {
+        Ok((_, cookie)) => cookie,
+        Err(err) => {
+            tracing::error!(error = %err, "starting a session failed");
+            return identity::unavailable();
         }
+    };
+    match bootstrap(state.hub.store(), &browser, None).await {
+        Ok(boot) => identity::with_cookie(pages.render(nonce, boot).await, cookie),
         Err(err) => {
             tracing::error!(error = %err, "reading the page's history failed");
-            let body =
-                "<!DOCTYPE html><html lang=\"en\"><meta charset=\"utf-8\"><title>Confab</title>\
-                        <p>Confab is unavailable right now. Reload to try again.</p></html>";
-            (
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                axum::response::Html(body),
-            )
-                .into_response()
+            identity::unavailable()
         }
     }
 }
 
-/// What the page starts from: the newest page of the room's history, and the name this browser session
-/// joined under.
-async fn bootstrap(
-    store: &dyn MessageStore,
-    token: Option<&str>,
+/// What the chat page starts from: the newest page of the room's history, and who this browser is.
+pub async fn bootstrap(
+    store: &dyn EventStore,
+    browser: &Browser,
+    form_error: Option<String>,
 ) -> Result<Bootstrap, store::StoreError> {
     use crate::protocol::{GENERAL_ROOM, HISTORY_PAGE};
-    let name = match token {
-        Some(token) => store.session_name(token).await?,
-        None => None,
-    };
+    let me = browser
+        .session
+        .as_ref()
+        .and_then(identity::http::identity_of_session);
     let events = store.before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE).await?;
     let complete = crate::protocol::reaches_first_event(&events);
     Ok(Bootstrap {
-        name,
+        page: Page::Chat,
+        me,
+        form_error,
         events,
         complete,
     })
@@ -242,9 +310,13 @@ pub async fn serve(
             tracing::warn!(error = %err, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer's address is the client's (unless a trusted proxy header says otherwise; see `identity`).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,9 +329,8 @@ async fn websocket(
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
     Query(query): Query<WsQuery>,
-    Extension(SessionToken(token)): Extension<SessionToken>,
-    State(hub): State<Hub>,
-    State(session): State<SessionConfig>,
+    browser: Browser,
+    State(sessions): State<session::Context>,
 ) -> Response {
     if !web::same_origin(&headers) {
         tracing::warn!(origin = ?headers.get("origin"), "refused a cross-origin WebSocket upgrade");
@@ -270,6 +341,11 @@ async fn websocket(
             .into_response();
     }
     let start = query.after.map_or(Start::Recent, Start::After);
+    let visitor = Visitor {
+        session: browser.session,
+        ip: browser.ip,
+        unknown: browser.unknown,
+    };
     upgrade
         // tungstenite's defaults keep 128 KiB of read buffer per connection; chat frames are small.
         .read_buffer_size(4 * 1024)
@@ -281,11 +357,10 @@ async fn websocket(
         .on_upgrade(move |socket| async move {
             session::run(
                 socket,
-                hub,
+                sessions,
                 crate::protocol::GENERAL_ROOM,
-                token,
+                visitor,
                 start,
-                session,
             )
             .await
         })

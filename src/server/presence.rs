@@ -1,26 +1,40 @@
-//! Who is in the room: names, the browser session holding each, and how many connections it has open.
+//! Who is in the room: names (compared by key), the user holding each, and how many connections they
+//! have open.
 //!
 //! Join and leave lines follow presence *transitions*: the first connection of a name announces it, and
 //! the leave line waits a grace period after the last connection closes, so a reload (close, then open
 //! within a second) makes no noise.
 
+use crate::protocol::UserKind;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use uuid::Uuid;
 
 /// The outcome of [`Presence::claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
     /// The name was absent: announce it.
     Arrived,
-    /// The same browser already holds it (another tab, or a reload within the grace period): say nothing.
+    /// The same user already holds it (another tab, or a reload within the grace period): say nothing.
     AlreadyHere,
-    /// Another browser holds it.
+    /// Another user holds it.
     Taken,
+}
+
+/// Who holds a seat in the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seat {
+    /// The name's comparison key (`server::names::name_key`).
+    pub key: String,
+    /// The name as shown.
+    pub name: String,
+    pub user: Uuid,
+    pub kind: UserKind,
 }
 
 #[derive(Debug)]
 struct Holder {
-    session: String,
+    seat: Seat,
     connections: usize,
     /// Bumped on every claim, so a leave scheduled before a reconnect knows it is stale.
     generation: u64,
@@ -29,7 +43,7 @@ struct Holder {
 /// The registry; one per room. A std Mutex: each call is a hash lookup and never awaits.
 #[derive(Debug, Default)]
 pub struct Presence {
-    names: Mutex<HashMap<String, Holder>>,
+    seats: Mutex<HashMap<String, Holder>>,
 }
 
 /// A ticket for a leave line, returned when the last connection of a name closes.
@@ -38,73 +52,94 @@ pub struct PendingLeave(u64);
 
 impl Presence {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Holder>> {
-        self.names
+        self.seats
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// One more connection of `session` under `name`.
-    pub fn claim(&self, name: &str, session: &str) -> Claim {
-        let mut names = self.lock();
-        match names.get_mut(name) {
+    /// One more connection of `seat.user` under `seat.key`.
+    pub fn claim(&self, seat: &Seat) -> Claim {
+        let mut seats = self.lock();
+        match seats.get_mut(&seat.key) {
             None => {
-                names.insert(
-                    name.to_owned(),
+                seats.insert(
+                    seat.key.clone(),
                     Holder {
-                        session: session.to_owned(),
+                        seat: seat.clone(),
                         connections: 1,
                         generation: 0,
                     },
                 );
                 Claim::Arrived
             }
-            Some(holder) if holder.session != session => Claim::Taken,
+            Some(holder) if holder.seat.user != seat.user => Claim::Taken,
             Some(holder) => {
                 holder.connections += 1;
                 holder.generation += 1;
+                // The same user, perhaps with a new kind (a guest who kept their name).
+                holder.seat = seat.clone();
                 Claim::AlreadyHere
             }
         }
     }
 
-    /// One connection of `name` closed. When it was the last, returns the ticket for the leave line.
-    pub fn release(&self, name: &str, session: &str) -> Option<PendingLeave> {
-        let mut names = self.lock();
-        let holder = names.get_mut(name).filter(|h| h.session == session)?;
+    /// One connection of `user` under `key` closed. When it was the last, returns the ticket for the
+    /// leave line.
+    pub fn release(&self, key: &str, user: Uuid) -> Option<PendingLeave> {
+        let mut seats = self.lock();
+        let holder = seats.get_mut(key).filter(|h| h.seat.user == user)?;
         holder.connections = holder.connections.saturating_sub(1);
         (holder.connections == 0).then_some(PendingLeave(holder.generation))
     }
 
     /// Ends the grace period: true (and the name is free) if nobody came back meanwhile.
-    pub fn expire(&self, name: &str, ticket: PendingLeave) -> bool {
-        let mut names = self.lock();
-        let current = names
-            .get(name)
+    pub fn expire(&self, key: &str, ticket: PendingLeave) -> bool {
+        let mut seats = self.lock();
+        let current = seats
+            .get(key)
             .is_some_and(|h| h.connections == 0 && h.generation == ticket.0);
         if current {
-            names.remove(name);
+            seats.remove(key);
         }
         current
     }
 
-    /// Whether `name` is held here.
-    pub fn holds(&self, name: &str) -> bool {
-        self.lock().contains_key(name)
+    /// The holder of `seat.key`, if it is `seat.user`, becomes `seat` (a guest who kept their name is a
+    /// member now); their connection count stays.
+    pub fn update(&self, seat: &Seat) {
+        if let Some(holder) = self
+            .lock()
+            .get_mut(&seat.key)
+            .filter(|h| h.seat.user == seat.user)
+        {
+            holder.seat = seat.clone();
+        }
     }
 
-    /// Each name held here, with the browser session holding it.
-    pub fn holders(&self) -> Vec<(String, String)> {
-        self.lock()
-            .iter()
-            .map(|(name, holder)| (name.clone(), holder.session.clone()))
-            .collect()
+    /// The user holding the name with this key here, if anyone does.
+    pub fn holder(&self, key: &str) -> Option<Uuid> {
+        self.lock().get(key).map(|h| h.seat.user)
     }
 
-    /// Everyone present, sorted by name.
+    /// Whether the name with this key is held here.
+    pub fn holds(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    /// Every seat held here.
+    pub fn seats(&self) -> Vec<Seat> {
+        self.lock().values().map(|h| h.seat.clone()).collect()
+    }
+
+    /// Everyone present, by name, sorted as people read them.
     pub fn online(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.lock().keys().cloned().collect();
-        names.sort_unstable_by_key(|n| n.to_lowercase());
-        names
+        let mut names: Vec<(String, String)> = self
+            .lock()
+            .values()
+            .map(|h| (h.seat.key.clone(), h.seat.name.clone()))
+            .collect();
+        names.sort_unstable();
+        names.into_iter().map(|(_, name)| name).collect()
     }
 }
 
@@ -112,33 +147,52 @@ impl Presence {
 mod tests {
     use super::*;
 
+    fn seat(name: &str, user: Uuid) -> Seat {
+        Seat {
+            key: crate::server::names::name_key(name),
+            name: name.into(),
+            user,
+            kind: UserKind::Guest,
+        }
+    }
+
     #[test]
-    fn a_name_belongs_to_one_browser_until_it_leaves() {
+    fn a_name_belongs_to_one_user_until_they_leave() {
         let presence = Presence::default();
-        assert_eq!(presence.claim("Ann", "s1"), Claim::Arrived);
-        assert_eq!(presence.claim("Ann", "s2"), Claim::Taken);
-        assert_eq!(presence.claim("Ann", "s1"), Claim::AlreadyHere);
-        assert_eq!(presence.release("Ann", "s1"), None, "one tab is still open");
-        let ticket = presence.release("Ann", "s1").expect("last tab closed");
+        let (ann, other) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(presence.claim(&seat("Ann", ann)), Claim::Arrived);
+        assert_eq!(presence.claim(&seat("Ann", other)), Claim::Taken);
         assert_eq!(
-            presence.claim("Ann", "s2"),
+            presence.claim(&seat("ＡＮＮ", other)),
+            Claim::Taken,
+            "names are compared by key"
+        );
+        assert_eq!(presence.claim(&seat("Ann", ann)), Claim::AlreadyHere);
+        let key = seat("Ann", ann).key;
+        assert_eq!(presence.release(&key, ann), None, "one tab is still open");
+        let ticket = presence.release(&key, ann).expect("last tab closed");
+        assert_eq!(
+            presence.claim(&seat("Ann", other)),
             Claim::Taken,
             "held during the grace period"
         );
-        assert!(presence.expire("Ann", ticket));
+        assert!(presence.expire(&key, ticket));
         assert_eq!(presence.online(), Vec::<String>::new());
-        assert_eq!(presence.claim("Ann", "s2"), Claim::Arrived);
+        assert_eq!(presence.claim(&seat("ann", other)), Claim::Arrived);
+        assert_eq!(presence.online(), ["ann"]);
     }
 
     #[test]
     fn a_reload_within_the_grace_period_cancels_the_leave() {
         let presence = Presence::default();
-        presence.claim("Bo", "s");
-        let ticket = presence.release("Bo", "s").unwrap();
-        assert_eq!(presence.claim("Bo", "s"), Claim::AlreadyHere);
-        assert!(!presence.expire("Bo", ticket));
+        let bo = Uuid::new_v4();
+        presence.claim(&seat("Bo", bo));
+        let key = seat("Bo", bo).key;
+        let ticket = presence.release(&key, bo).unwrap();
+        assert_eq!(presence.claim(&seat("Bo", bo)), Claim::AlreadyHere);
+        assert!(!presence.expire(&key, ticket));
         assert_eq!(presence.online(), ["Bo"]);
-        // Another session's release does not touch Bo.
-        assert_eq!(presence.release("Bo", "other"), None);
+        // Another user's release does not touch Bo.
+        assert_eq!(presence.release(&key, Uuid::new_v4()), None);
     }
 }

@@ -23,12 +23,23 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
     if let Some(line) = event.system_line() {
         return Either::Left(view! { <li class="system" data-seq=event.seq>{line}</li> });
     }
+    let chat = expect_context::<Chat>();
+    let author = event.user_id;
+    // Ours when written by the user we are now: also messages written before keeping the name.
+    let mine = move || {
+        !author.is_nil()
+            && chat
+                .me
+                .with(|me| me.as_ref().is_some_and(|me| me.user_id == author))
+    };
+    let member = !event.user_kind.is_guest();
     Either::Right(view! {
-        <li class="message" data-seq=event.seq>
+        <li class="message" class:mine=mine data-seq=event.seq>
             <Avatar name=event.name.clone()/>
             <div class="body">
                 <div class="meta">
                     <span class="name">{event.name}</span>
+                    {member.then(|| view! { <span class="mark" data-kind="member" title="Member">"member"</span> })}
                     <LocalTime at=event.at/>
                 </div>
                 <div class="text">{event.text}</div>
@@ -45,7 +56,7 @@ pub fn PendingRow(pending: Pending, name: String) -> impl IntoView {
     let failed = pending.failed;
     let is_failed = failed.is_some();
     view! {
-        <li class="message pending" class:failed=is_failed aria-busy=(!is_failed).to_string()>
+        <li class="message pending mine" class:failed=is_failed aria-busy=(!is_failed).to_string()>
             <Avatar name=name.clone()/>
             <div class="body">
                 <div class="meta">

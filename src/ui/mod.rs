@@ -5,6 +5,7 @@ mod message_list;
 mod message_row;
 mod name_dialog;
 mod people;
+mod sign_in;
 pub mod state;
 mod status;
 
@@ -12,8 +13,9 @@ use composer::Composer;
 use leptos::prelude::*;
 use message_list::MessageList;
 use name_dialog::NameDialog;
-use people::{People, TypingLine};
-use state::{Bootstrap, Chat};
+use people::{People, TypingLine, WhoAmI};
+use sign_in::SignInPage;
+use state::{Bootstrap, Chat, Page};
 use status::{Notice, StatusBadge};
 
 /// The chat page. The server renders it with the recent history already in it, so it reads before the
@@ -21,16 +23,24 @@ use status::{Notice, StatusBadge};
 /// carries as JSON (see [`Bootstrap::current`]).
 #[component]
 pub fn ChatPage() -> impl IntoView {
-    use leptos::either::Either;
+    use leptos::either::EitherOf3;
     match Bootstrap::current() {
-        Some(boot) => Either::Left(view! { <ChatView boot/> }),
+        Some(Bootstrap {
+            page: Page::SignIn { name, error },
+            ..
+        }) => EitherOf3::A(view! { <SignInPage name error/> }),
+        Some(boot) => EitherOf3::B(view! { <ChatView boot/> }),
         // The server answers 503 instead of rendering without a bootstrap, so only a page whose JSON
         // was tampered with gets here.
-        None => Either::Right(
+        None => EitherOf3::C(
             view! { <p class="loading">"Confab is unavailable right now. Reload to try again."</p> },
         ),
     }
 }
+
+/// How the page connects its [`Chat`] to the server; provided by the browser's entry point.
+#[derive(Clone, Copy)]
+pub struct Connector(pub fn(Chat));
 
 /// `child` while `cond` holds. Used instead of `<Show>`, whose children are type-erased views: each
 /// erased view brings every rendering path (async hydration included) into the bundle.
@@ -50,22 +60,36 @@ fn ChatView(boot: Bootstrap) -> impl IntoView {
     let chat = Chat::new(boot);
     provide_context(chat);
     // Effects run in the browser only, after hydration: the page must first match the server's HTML.
-    #[cfg(feature = "hydrate")]
-    Effect::new(move |_| crate::client::connect(chat));
+    // The connection comes from whoever mounted the page (`crate::hydrate`), so the UI does not depend
+    // on the browser-only client module.
+    if let Some(Connector(connect)) = use_context::<Connector>() {
+        Effect::new(move |_| connect(chat));
+    }
 
+    // While the name dialog shows, the chat behind it is inert: no focus, no typing into the composer.
+    let inert = move || (!chat.joined.get()).then_some("");
     view! {
         <div class="chat">
-            <header class="topbar">
-                <h1>"Confab"</h1>
-                <div class="topbar-end">
-                    <People/>
-                    <StatusBadge/>
-                </div>
-            </header>
-            <Notice/>
-            <MessageList/>
-            <TypingLine/>
-            <Composer/>
+            <div class="chat-main" inert=inert>
+                <header class="topbar">
+                    <h1>"Confab"</h1>
+                    <div class="topbar-end">
+                        <WhoAmI/>
+                        <People/>
+                        <StatusBadge/>
+                    </div>
+                </header>
+                <Notice/>
+                <MessageList/>
+                <TypingLine/>
+                {when(
+                    move || chat.sending_slowly.get(),
+                    || view! {
+                        <p class="slow" role="status">"Sending slowly: your messages go out in order as the chat allows."</p>
+                    },
+                )}
+                <Composer/>
+            </div>
             {when(move || !chat.joined.get(), || view! { <NameDialog/> })}
         </div>
     }

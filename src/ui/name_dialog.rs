@@ -1,4 +1,6 @@
-//! The "Welcome!" dialog that asks for a name before joining.
+//! The "Welcome!" dialog that asks for a name before joining. It is a real form posting to `/join`: before
+//! the WASM has loaded (or without JavaScript) the server joins the browser and renders the page joined;
+//! once hydrated, the join goes over the socket and the page stays.
 
 use super::state::Chat;
 use leptos::html;
@@ -22,13 +24,17 @@ pub fn NameDialog() -> impl IntoView {
             }
         }
     };
+    // The server's reason for refusing a posted name comes in the page, as the form's error.
+    if chat.join_error.get_untracked().is_none() {
+        chat.join_error.set(chat.form_error.get_untracked());
+    }
     let invalid = move || chat.join_error.with(Option::is_some).to_string();
 
     view! {
         <div class="backdrop">
             <div class="dialog" role="dialog" aria-modal="true" aria-labelledby="welcome-title">
                 <h2 id="welcome-title">"Welcome!"</h2>
-                <form on:submit=on_submit novalidate>
+                <form method="post" action="/join" on:submit=on_submit novalidate>
                     <label for="name-input">"Enter your name"</label>
                     <input
                         id="name-input"
@@ -46,6 +52,7 @@ pub fn NameDialog() -> impl IntoView {
                     </p>
                     <button type="submit" class="primary">"Join chat"</button>
                 </form>
+                <p class="hint">"Kept a name? "<a href="/login">"Sign in"</a></p>
             </div>
         </div>
     }

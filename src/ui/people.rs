@@ -1,16 +1,67 @@
-//! Who is here (a count that opens into the list, with a way to leave) and who is typing.
+//! Who is here (a count that opens into the list, with who you are and what you can do about it) and
+//! who is typing.
 
 use super::state::Chat;
 use super::when;
+use crate::protocol::{UserKind, Via};
 use leptos::prelude::*;
 
-/// "3 online", which opens into the list of names and the "Leave chat" button.
+/// How this browser is signed in, in words: "guest", "member" or "signed token".
+fn signed_in_as(chat: Chat) -> &'static str {
+    chat.me.with(|me| match me {
+        Some(me) if me.via == Via::Token => "signed token",
+        Some(me) if me.kind == UserKind::Guest => "guest",
+        Some(_) => "member",
+        None => "",
+    })
+}
+
+/// The header's "who am I": the name, and a mark for how it is held.
+#[component]
+pub fn WhoAmI() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    view! {
+        {when(
+            move || chat.joined.get(),
+            move || view! {
+                <span class="whoami" title="You">
+                    <span class="whoami-name">{move || chat.name.get().unwrap_or_default()}</span>
+                    <span class="mark" data-kind=move || signed_in_as(chat)>{move || signed_in_as(chat)}</span>
+                    {when(move || chat.me.with(|me| me.as_ref().is_some_and(|me| me.admin)),
+                        || view! { <span class="mark" data-kind="admin">"admin"</span> })}
+                </span>
+            },
+        )}
+    }
+}
+
+/// "Keep this name": a guest makes their name a member's, with a password. A form the server handles, so
+/// it works without JavaScript too; the page reloads as the member.
+#[component]
+fn KeepName() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    view! {
+        <form class="keep" method="post" action="/account/claim">
+            <label for="keep-password">"Keep this name: choose a password"</label>
+            <input id="keep-password" name="password" type="password" autocomplete="new-password"
+                minlength="8" required aria-describedby="keep-error"
+                aria-invalid=move || chat.form_error.with(Option::is_some).to_string()/>
+            <p id="keep-error" class="field-error" role="alert">{move || chat.form_error.get()}</p>
+            <button type="submit" class="primary">"Keep this name"</button>
+            <p class="hint">"Until then, the name is yours only while you are here."</p>
+        </form>
+    }
+}
+
+/// "3 online", which opens into the list of names and what you can do: keep your name, leave, sign out.
 #[component]
 pub fn People() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let count = move || chat.online.with(Vec::len);
+    // Open when the server refused a form posted from the panel, so its reason shows.
+    let open = chat.form_error.get_untracked().is_some() && chat.joined.get_untracked();
     view! {
-        <details class="people">
+        <details class="people" open=open>
             <summary>{move || format!("{} online", count())}</summary>
             <div class="people-panel">
                 <ul aria-label="Online now">
@@ -22,11 +73,26 @@ pub fn People() -> impl IntoView {
                     move || chat.joined.get(),
                     move || view! {
                         <p class="me">
-                            "You are " <strong>{move || chat.name.get().unwrap_or_default()}</strong> "."
+                            "You are " <strong>{move || chat.name.get().unwrap_or_default()}</strong>
+                            " (" {move || signed_in_as(chat)} ")."
                         </p>
-                        <button type="button" class="link" on:click=move |_| chat.leave()>
-                            "Leave chat or change name"
-                        </button>
+                        {when(move || !chat.is_member(), || view! { <KeepName/> })}
+                        {when(
+                            move || !chat.is_member(),
+                            move || view! {
+                                <button type="button" class="link" on:click=move |_| chat.leave()>
+                                    "Leave chat or change name"
+                                </button>
+                            },
+                        )}
+                        {when(
+                            move || chat.is_member(),
+                            || view! {
+                                <form method="post" action="/logout">
+                                    <button type="submit" class="link">"Sign out"</button>
+                                </form>
+                            },
+                        )}
                     },
                 )}
             </div>

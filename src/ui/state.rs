@@ -5,19 +5,35 @@
 //! outgoing frames.
 
 use crate::protocol::{
-    validate_name, validate_text, ChatEvent, ClientFrame, ErrorCode, EventKind, NameError,
-    ServerFrame,
+    validate_name, validate_text, ChatEvent, ClientFrame, ErrorCode, EventKind, Identity,
+    NameError, ServerFrame, UserKind,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Which page the server rendered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "page", rename_all = "snake_case")]
+pub enum Page {
+    /// The chat. `claim_error` explains why keeping the name failed (a form posted without JavaScript).
+    #[default]
+    Chat,
+    /// The sign-in form, with the name typed and why the last attempt failed.
+    SignIn { name: String, error: Option<String> },
+}
+
 /// What the server renders the page from, and what hydration starts from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bootstrap {
-    /// The name this browser joined under, if it has.
-    pub name: Option<String>,
+    #[serde(default)]
+    pub page: Page,
+    /// Who this browser is, when it has joined or signed in.
+    pub me: Option<Identity>,
+    /// Why a form the page posted was refused (keeping a name, joining), shown where it was posted.
+    #[serde(default)]
+    pub form_error: Option<String>,
     /// The newest page of events, oldest first.
     pub events: Vec<ChatEvent>,
     /// True when `events` reaches back to the room's first event.
@@ -109,6 +125,19 @@ pub struct Pending {
     pub failed: Option<String>,
 }
 
+/// What the chat needs from the browser's connection. Implemented by `crate::client` in the browser; the
+/// state knows only this trait, so the two modules do not depend on each other.
+pub trait Link: Sync {
+    /// Sends a frame if the socket is open; false otherwise.
+    fn transmit(&self, frame: &ClientFrame) -> bool;
+    /// The server answered as a healthy one.
+    fn healthy(&self);
+    /// The server cannot store messages now: reconnect after a backoff.
+    fn retry_later(&self, chat: Chat);
+    /// Runs `then` after `delay` (for sending held messages when the rate allows).
+    fn after(&self, delay: Duration, then: Box<dyn FnOnce() + 'static>);
+}
+
 /// How long "<name> is typing…" stays after the last typing signal.
 const TYPING_SHOWN_FOR: Duration = Duration::from_secs(4);
 
@@ -122,6 +151,12 @@ pub struct Chat {
     pub pending: RwSignal<Vec<Pending>>,
     /// The name we joined under (kept across reconnects).
     pub name: RwSignal<Option<String>>,
+    /// Who the server says we are, once joined.
+    pub me: RwSignal<Option<Identity>>,
+    /// Why a form the page posted was refused, from the server's render.
+    pub form_error: RwSignal<Option<String>>,
+    /// The server is holding our messages back for their rate: the outbox goes again by itself.
+    pub sending_slowly: RwSignal<bool>,
     /// Whether the server accepted `name`; the name dialog shows until it has.
     pub joined: RwSignal<bool>,
     /// Why the last join was refused, shown under the name field.
@@ -143,16 +178,21 @@ pub struct Chat {
     /// a "joined" for the old name (the server restoring the session from its cookie) is ignored until
     /// the server's "left".
     leaving: StoredValue<bool>,
+    /// The browser's connection, once it exists (never on the server).
+    link: StoredValue<Option<&'static dyn Link>>,
 }
 
 impl Chat {
     /// The state the page starts from.
     pub fn new(boot: Bootstrap) -> Self {
-        let joined = boot.name.is_some();
+        let joined = boot.me.is_some();
         Self {
             events: RwSignal::new(boot.events),
             pending: RwSignal::new(Vec::new()),
-            name: RwSignal::new(boot.name),
+            name: RwSignal::new(boot.me.as_ref().map(|me| me.name.clone())),
+            me: RwSignal::new(boot.me),
+            form_error: RwSignal::new(boot.form_error),
+            sending_slowly: RwSignal::new(false),
             joined: RwSignal::new(joined),
             join_error: RwSignal::new(None),
             status: RwSignal::new(Status::Connecting),
@@ -163,7 +203,19 @@ impl Chat {
             loading_older: RwSignal::new(false),
             flushed: StoredValue::new(false),
             leaving: StoredValue::new(false),
+            link: StoredValue::new(None),
         }
+    }
+
+    /// Attaches the browser's connection.
+    pub fn attach(&self, link: &'static dyn Link) {
+        self.link.set_value(Some(link));
+    }
+
+    /// Whether we are a member (or a bot): our name is ours, and leaving means signing out.
+    pub fn is_member(&self) -> bool {
+        self.me
+            .with(|me| me.as_ref().is_some_and(|me| me.kind != UserKind::Guest))
     }
 
     /// The highest sequence number shown; a reconnect resumes after it.
@@ -188,9 +240,16 @@ impl Chat {
         self.leaving.set_value(true);
         // If the socket is down, `on_open` sends it.
         self.transmit(&ClientFrame::Leave);
+        self.forget_identity();
+    }
+
+    /// Back to the name dialog: after leaving, or when the server ended this browser's session.
+    pub fn forget_identity(&self) {
         self.name.set(None);
+        self.me.set(None);
         self.joined.set(false);
         self.pending.set(Vec::new());
+        self.sending_slowly.set(false);
     }
 
     /// Sends a message; returns false (and sends nothing) when it is blank or too long.
@@ -213,8 +272,9 @@ impl Chat {
             })
         });
         self.clear_typing(self.name.get_untracked().as_deref());
-        // Offline, the message waits in the outbox and goes out after the next join.
-        if self.joined.get_untracked() {
+        // Offline, the message waits in the outbox and goes out after the next join; held back for the
+        // rate, it goes with the others when the wait is over.
+        if self.joined.get_untracked() && !self.sending_slowly.get_untracked() {
             self.transmit(&ClientFrame::Send { id, text });
         }
         true
@@ -285,9 +345,10 @@ impl Chat {
     pub fn apply(&self, frame: ServerFrame) {
         match frame {
             ServerFrame::Event(event) => self.on_event(event),
-            ServerFrame::Joined { .. } if self.leaving.get_value() => {}
-            ServerFrame::Joined { name } => {
-                self.name.set(Some(name));
+            ServerFrame::Joined(_) if self.leaving.get_value() => {}
+            ServerFrame::Joined(identity) => {
+                self.name.set(Some(identity.name.clone()));
+                self.me.set(Some(identity));
                 self.joined.set(true);
                 self.join_error.set(None);
                 if !self.flushed.get_value() {
@@ -305,8 +366,9 @@ impl Chat {
                 }
                 self.online.set(online);
                 self.status.set(Status::Connected);
-                #[cfg(feature = "hydrate")]
-                crate::client::healthy();
+                if let Some(link) = self.link.get_value() {
+                    link.healthy();
+                }
             }
             ServerFrame::Typing { name } => self.on_typing(name),
             ServerFrame::History { events, complete } => {
@@ -322,9 +384,17 @@ impl Chat {
             ServerFrame::Left => {
                 self.leaving.set_value(false);
                 self.name.set(None);
+                self.me.set(None);
                 self.joined.set(false);
             }
-            ServerFrame::Error { code, message, id } => self.on_error(code, message, id),
+            ServerFrame::Error {
+                code,
+                message,
+                id,
+                retry_after_ms,
+            } => self.on_error(code, message, id, retry_after_ms),
+            // A frame of a newer server: nothing this page knows how to show.
+            ServerFrame::Unknown => {}
         }
     }
 
@@ -344,6 +414,7 @@ impl Chat {
                 .online
                 .update(|online| online.retain(|n| *n != event.name)),
             EventKind::Message => self.clear_typing(Some(&event.name)),
+            EventKind::Unknown => {}
         }
         let id = event.id;
         self.events.update(|events| events.push(event));
@@ -395,15 +466,25 @@ impl Chat {
         }
     }
 
-    fn on_error(&self, code: ErrorCode, message: String, id: Option<Uuid>) {
+    fn on_error(
+        &self,
+        code: ErrorCode,
+        message: String,
+        id: Option<Uuid>,
+        retry_after_ms: Option<u64>,
+    ) {
         if code == ErrorCode::Unavailable {
             // The message (if any) stays in the outbox, unfailed: it goes again after the reconnect,
             // which waits out a growing pause while the server's storage is down.
             self.status.set(Status::Unavailable);
             self.notice.set(Some(message));
-            #[cfg(feature = "hydrate")]
-            crate::client::retry_later(*self);
+            if let Some(link) = self.link.get_value() {
+                link.retry_later(*self);
+            }
             return;
+        }
+        if let (ErrorCode::RateLimited, Some(id), Some(wait)) = (code, id, retry_after_ms) {
+            return self.hold_back(id, wait);
         }
         let name_refused = matches!(
             code,
@@ -411,6 +492,7 @@ impl Chat {
                 | ErrorCode::NameTooLong
                 | ErrorCode::NameInvalid
                 | ErrorCode::NameTaken
+                | ErrorCode::NameOwned
         );
         if name_refused {
             // Also when a returning browser finds its name taken meanwhile: ask for another.
@@ -434,16 +516,41 @@ impl Chat {
         self.notice.set(Some(message));
     }
 
-    /// Hands a frame to the connection; false when there is no open connection.
-    fn transmit(&self, frame: &ClientFrame) -> bool {
-        #[cfg(feature = "hydrate")]
-        return crate::client::transmit(frame);
-        // The server renders state; it never sends from it.
-        #[cfg(not(feature = "hydrate"))]
+    /// The server refused message `id` for its rate, and will refuse the ones after it until it comes
+    /// again: keep them all, in order, and send them again once `wait_ms` has passed. Nothing failed, so
+    /// nothing is marked as failed; the page says it is sending slowly.
+    fn hold_back(&self, id: Uuid, wait_ms: u64) {
+        if !self
+            .pending
+            .with_untracked(|p| p.iter().any(|p| p.id == id))
         {
-            let _ = frame;
-            false
+            return;
         }
+        if self.sending_slowly.get_untracked() {
+            return; // already waiting: the resend covers this one too
+        }
+        self.sending_slowly.set(true);
+        let chat = *self;
+        let resend = move || {
+            chat.sending_slowly.set(false);
+            if !chat.joined.get_untracked() {
+                return;
+            }
+            // Everything not shown yet, oldest first: the held message leads, the rest follow it.
+            chat.flush_outbox();
+        };
+        match self.link.get_value() {
+            Some(link) => link.after(Duration::from_millis(wait_ms), Box::new(resend)),
+            None => resend(),
+        }
+    }
+
+    /// Hands a frame to the connection; false when there is none (always, on the server, which renders
+    /// state and never sends from it).
+    fn transmit(&self, frame: &ClientFrame) -> bool {
+        self.link
+            .get_value()
+            .is_some_and(|link| link.transmit(frame))
     }
 }
 
@@ -460,8 +567,20 @@ mod tests {
             at: 0,
             kind,
             name: name.into(),
+            user_id: Uuid::nil(),
+            user_kind: UserKind::Guest,
             text: format!("m{seq}"),
         }
+    }
+
+    fn joined(name: &str) -> ServerFrame {
+        ServerFrame::Joined(Identity {
+            name: name.into(),
+            user_id: Uuid::from_u128(7),
+            kind: UserKind::Guest,
+            admin: false,
+            via: crate::protocol::Via::Guest,
+        })
     }
 
     fn chat() -> (Owner, Chat) {
@@ -473,7 +592,7 @@ mod tests {
     #[test]
     fn events_replace_pending_and_replays_are_not_shown_twice() {
         let (_owner, chat) = chat();
-        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        chat.apply(joined("Ann"));
         assert!(chat.send(" hello "));
         assert!(!chat.send("   \n "));
         let pending = chat.pending.get_untracked();
@@ -505,31 +624,32 @@ mod tests {
     #[test]
     fn leaving_while_disconnected_is_not_undone_by_the_servers_rejoin() {
         let (_owner, chat) = chat();
-        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        chat.apply(joined("Ann"));
         chat.on_close(true);
         chat.leave();
         assert!(!chat.joined.get_untracked(), "the dialog is back at once");
         // Reconnected: the server restores the name from the cookie before it reads our leave.
         chat.on_open();
-        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        chat.apply(joined("Ann"));
         assert!(!chat.joined.get_untracked(), "still left");
         assert_eq!(chat.name.get_untracked(), None);
         chat.apply(ServerFrame::Left);
         // Joining again later works as usual.
-        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        chat.apply(joined("Ann"));
         assert!(chat.joined.get_untracked());
     }
 
     #[test]
     fn storage_outages_keep_messages_pending_and_say_so_until_the_server_is_healthy() {
         let (_owner, chat) = chat();
-        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        chat.apply(joined("Ann"));
         assert!(chat.send("written during an outage"));
         let id = chat.pending.get_untracked()[0].id;
         chat.apply(ServerFrame::Error {
             code: ErrorCode::Unavailable,
             message: "The chat is temporarily unavailable.".into(),
             id: Some(id),
+            retry_after_ms: None,
         });
         assert_eq!(chat.status.get_untracked(), Status::Unavailable);
         assert_eq!(
@@ -566,13 +686,14 @@ mod tests {
             code: ErrorCode::NameTaken,
             message: "That name is taken".into(),
             id: None,
+            retry_after_ms: None,
         });
         assert!(!chat.joined.get_untracked());
         assert_eq!(
             chat.join_error.get_untracked().as_deref(),
             Some("That name is taken")
         );
-        chat.apply(ServerFrame::Joined { name: "Ann".into() });
+        chat.apply(joined("Ann"));
         assert!(chat.joined.get_untracked());
 
         chat.send("too fast");
@@ -581,6 +702,7 @@ mod tests {
             code: ErrorCode::RateLimited,
             message: "slow".into(),
             id: Some(id),
+            retry_after_ms: None,
         });
         assert_eq!(
             chat.pending.get_untracked()[0].failed.as_deref(),
@@ -590,6 +712,7 @@ mod tests {
             code: ErrorCode::BadJson,
             message: "bad".into(),
             id: None,
+            retry_after_ms: None,
         });
         assert_eq!(chat.notice.get_untracked().as_deref(), Some("bad"));
     }
@@ -625,10 +748,14 @@ mod tests {
     fn older_pages_are_prepended_once() {
         let owner = Owner::new();
         owner.set();
+        let ServerFrame::Joined(me) = joined("Ann") else {
+            unreachable!()
+        };
         let boot = Bootstrap {
-            name: Some("Ann".into()),
+            me: Some(me),
             events: vec![event(5, Uuid::new_v4(), EventKind::Message, "Ann")],
             complete: false,
+            ..Bootstrap::default()
         };
         let chat = Chat::new(boot);
         assert!(

@@ -57,6 +57,8 @@ impl Server {
             // The benchmark measures capacity, not the per-connection abuse limit.
             .env("CONFAB_RATE_PER_SECOND", "100000")
             .env("CONFAB_RATE_BURST", "100000")
+            .env("CONFAB_RATE_PER_ADDRESS", "100000")
+            .env("CONFAB_RATE_ADDRESS_BURST", "100000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -1,8 +1,12 @@
 //! An in-memory store: history for the life of the process, bounded so memory stays flat. Used by tests
 //! and by `CONFAB_STORE=memory`.
 
-use super::{Appended, MessageStore, NewEvent, StoreError};
-use crate::protocol::ChatEvent;
+use super::identity::MAX_DEVICE_CHARS;
+use super::{
+    Appended, EventStore, IdentityError, IdentityStore, NewEvent, SessionInfo, SessionRecord,
+    StoreError, User,
+};
+use crate::protocol::{ChatEvent, UserKind, Via};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -18,7 +22,47 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     rooms: HashMap<String, RoomLog>,
-    sessions: HashMap<String, String>,
+    /// By token hash.
+    sessions: HashMap<String, MemSession>,
+    users: HashMap<Uuid, MemUser>,
+}
+
+struct MemSession {
+    id: Uuid,
+    user: Option<Uuid>,
+    via: Via,
+    device: String,
+    created_at: i64,
+    last_seen_at: i64,
+}
+
+struct MemUser {
+    user: User,
+    name_key: String,
+    password_hash: Option<String>,
+}
+
+impl State {
+    fn session_mut(&mut self, id: Uuid) -> Option<&mut MemSession> {
+        self.sessions.values_mut().find(|s| s.id == id)
+    }
+
+    fn record(&self, session: &MemSession) -> SessionRecord {
+        SessionRecord {
+            id: session.id,
+            user: session
+                .user
+                .and_then(|id| self.users.get(&id))
+                .map(|u| u.user.clone()),
+            via: session.via,
+        }
+    }
+
+    fn owner_of(&self, name_key: &str) -> Option<&MemUser> {
+        self.users
+            .values()
+            .find(|u| u.name_key == name_key && u.user.kind != UserKind::Guest)
+    }
 }
 
 #[derive(Default)]
@@ -53,7 +97,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl MessageStore for MemoryStore {
+impl EventStore for MemoryStore {
     async fn append(
         &self,
         room: &str,
@@ -118,23 +162,170 @@ impl MessageStore for MemoryStore {
             .cloned()
             .collect())
     }
+}
 
-    async fn session_name(&self, token: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.lock().sessions.get(token).cloned())
+// Session lookups scan: the memory store serves tests and single-process trials, not thousands of users.
+#[async_trait]
+impl IdentityStore for MemoryStore {
+    async fn create_session(
+        &self,
+        id: Uuid,
+        token_hash: &str,
+        device: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let session = MemSession {
+            id,
+            user: None,
+            via: Via::Guest,
+            device: device.chars().take(MAX_DEVICE_CHARS).collect(),
+            created_at: at,
+            last_seen_at: at,
+        };
+        self.lock().sessions.insert(token_hash.to_owned(), session);
+        Ok(())
     }
 
-    async fn set_session_name(
-        &self,
-        token: &str,
-        name: Option<&str>,
-        _at: i64,
-    ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        match name {
-            Some(name) => state.sessions.insert(token.to_owned(), name.to_owned()),
-            None => state.sessions.remove(token),
-        };
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let state = self.lock();
+        Ok(state.sessions.get(token_hash).map(|s| state.record(s)))
+    }
+
+    async fn session_by_id(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .sessions
+            .values()
+            .find(|s| s.id == id)
+            .map(|s| state.record(s)))
+    }
+
+    async fn touch_session(&self, id: Uuid, at: i64) -> Result<(), StoreError> {
+        if let Some(session) = self.lock().session_mut(id) {
+            session.last_seen_at = at;
+        }
         Ok(())
+    }
+
+    async fn bind_session(
+        &self,
+        id: Uuid,
+        user: Option<Uuid>,
+        via: Via,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        if let Some(session) = self.lock().session_mut(id) {
+            session.user = user;
+            session.via = via;
+            session.last_seen_at = at;
+        }
+        Ok(())
+    }
+
+    async fn rotate_session(&self, id: Uuid, token_hash: &str, at: i64) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let old = state
+            .sessions
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(hash, _)| hash.clone());
+        if let Some(mut session) = old.and_then(|old| state.sessions.remove(&old)) {
+            session.last_seen_at = at;
+            state.sessions.insert(token_hash.to_owned(), session);
+        }
+        Ok(())
+    }
+
+    async fn end_session(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let before = state.sessions.len();
+        state.sessions.retain(|_, s| s.id != id);
+        Ok(state.sessions.len() < before)
+    }
+
+    async fn sessions_of(&self, user: Uuid) -> Result<Vec<SessionInfo>, StoreError> {
+        let mut sessions: Vec<SessionInfo> = self
+            .lock()
+            .sessions
+            .values()
+            .filter(|s| s.user == Some(user))
+            .map(|s| SessionInfo {
+                id: s.id,
+                device: s.device.clone(),
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+            })
+            .collect();
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_seen_at));
+        Ok(sessions)
+    }
+
+    async fn create_guest(
+        &self,
+        id: Uuid,
+        name: &str,
+        name_key: &str,
+        _at: i64,
+    ) -> Result<User, StoreError> {
+        let user = User {
+            id,
+            name: name.to_owned(),
+            kind: UserKind::Guest,
+            admin: false,
+        };
+        let stored = MemUser {
+            user: user.clone(),
+            name_key: name_key.to_owned(),
+            password_hash: None,
+        };
+        self.lock().users.insert(id, stored);
+        Ok(user)
+    }
+
+    async fn owner_of(&self, name_key: &str) -> Result<Option<User>, StoreError> {
+        Ok(self.lock().owner_of(name_key).map(|u| u.user.clone()))
+    }
+
+    async fn credentials(&self, name_key: &str) -> Result<Option<(User, String)>, StoreError> {
+        let state = self.lock();
+        Ok(state.owner_of(name_key).and_then(|u| {
+            let hash = u.password_hash.clone()?;
+            (u.user.kind == UserKind::Member).then(|| (u.user.clone(), hash))
+        }))
+    }
+
+    async fn make_member(
+        &self,
+        user: Uuid,
+        name_key: &str,
+        password_hash: &str,
+        admin: bool,
+        _at: i64,
+    ) -> Result<User, IdentityError> {
+        let mut state = self.lock();
+        if state.owner_of(name_key).is_some() {
+            return Err(IdentityError::NameOwned);
+        }
+        let first = !state.users.values().any(|u| u.user.admin);
+        let stored = state
+            .users
+            .get_mut(&user)
+            .filter(|u| u.user.kind == UserKind::Guest)
+            .ok_or(IdentityError::NoSuchUser)?;
+        stored.user.kind = UserKind::Member;
+        stored.user.admin = admin || first;
+        stored.name_key = name_key.to_owned();
+        stored.password_hash = Some(password_hash.to_owned());
+        Ok(stored.user.clone())
+    }
+
+    async fn grant_admin(&self, name_key: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let member = state
+            .users
+            .values_mut()
+            .find(|u| u.name_key == name_key && u.user.kind == UserKind::Member);
+        Ok(member.map(|u| u.user.admin = true).is_some())
     }
 }
 

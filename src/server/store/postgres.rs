@@ -11,7 +11,7 @@
 //! (see `server::backplane`).
 
 use super::{
-    event_from_row, kind_name, place, seq_param, Appended, MessageStore, NewEvent, StoreError,
+    event_from_row, kind_name, place, seq_param, Appended, EventStore, NewEvent, StoreError,
     EVENT_COLUMNS,
 };
 use crate::protocol::ChatEvent;
@@ -42,7 +42,9 @@ impl PgStore {
         sqlx::migrate!("src/server/store/migrations/postgres")
             .run(&pool)
             .await?;
-        Ok(Self { pool })
+        let store = Self { pool };
+        store.fill_name_keys().await?;
+        Ok(store)
     }
 
     /// The pool, shared with the backplane (notifications, presence).
@@ -68,7 +70,7 @@ impl PgStore {
 }
 
 #[async_trait]
-impl MessageStore for PgStore {
+impl EventStore for PgStore {
     async fn append(
         &self,
         room: &str,
@@ -110,8 +112,9 @@ impl MessageStore for PgStore {
         }
         if !fresh.seq.is_empty() {
             sqlx::query(
-                "INSERT INTO events (room, seq, id, at, kind, name, text) \
-                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[])",
+                "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text) \
+                 SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::text[])",
             )
             .bind(room)
             .bind(&fresh.seq)
@@ -119,6 +122,8 @@ impl MessageStore for PgStore {
             .bind(&fresh.at)
             .bind(&fresh.kind)
             .bind(&fresh.name)
+            .bind(&fresh.user_id)
+            .bind(&fresh.user_kind)
             .bind(&fresh.text)
             .execute(&mut *tx)
             .await?;
@@ -162,37 +167,12 @@ impl MessageStore for PgStore {
         self.query_events(&sql, room, before, limit).await
     }
 
-    async fn session_name(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let name: Option<Option<String>> =
-            sqlx::query_scalar("SELECT name FROM sessions WHERE token = $1")
-                .bind(token)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(name.flatten())
-    }
-
-    async fn set_session_name(
-        &self,
-        token: &str,
-        name: Option<&str>,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sessions (token, name, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (token) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
-        )
-        .bind(token)
-        .bind(name)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn close(&self) {
         self.pool.close().await;
     }
 }
+
+super::identity::sql_identity_store!(PgStore);
 
 /// New events as columns, for one multi-row INSERT.
 #[derive(Default)]
@@ -202,6 +182,8 @@ struct FreshRows {
     at: Vec<i64>,
     kind: Vec<&'static str>,
     name: Vec<String>,
+    user_id: Vec<String>,
+    user_kind: Vec<&'static str>,
     text: Vec<String>,
 }
 
@@ -212,6 +194,8 @@ impl FreshRows {
         self.at.push(event.at);
         self.kind.push(kind_name(event.kind));
         self.name.push(event.name.clone());
+        self.user_id.push(event.user_id.to_string());
+        self.user_kind.push(event.user_kind.as_str());
         self.text.push(event.text.clone());
     }
 }

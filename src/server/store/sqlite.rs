@@ -6,7 +6,7 @@
 //! so the fsync is paid once per batch, not once per message.
 
 use super::{
-    event_from_row, kind_name, place, seq_param, Appended, MessageStore, NewEvent, StoreError,
+    event_from_row, kind_name, place, seq_param, Appended, EventStore, NewEvent, StoreError,
     EVENT_COLUMNS,
 };
 use crate::protocol::ChatEvent;
@@ -16,15 +16,16 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// The start of the lookup of a batch's ids among the stored events. Without statistics, SQLite's planner
 /// prefers the primary key's `room = ?` to the `(room, id)` index and reads every event of the room, so
 /// each append took longer as the history grew (24 ms per batch at 160,000 events); `INDEXED BY` keeps
 /// it a few index seeks.
-const KNOWN_IDS: &str =
-    "SELECT seq, id, at, kind, name, text FROM events INDEXED BY events_room_id WHERE room = ";
+const KNOWN_IDS: &str = "SELECT seq, id, at, kind, name, user_id, user_kind, text FROM events \
+     INDEXED BY events_room_id WHERE room = ";
 
-/// Rows per statement: seven parameters each stays well under SQLite's 32,766.
+/// Rows per statement: nine parameters each stays well under SQLite's 32,766.
 const MAX_ROWS_PER_STATEMENT: usize = 1_000;
 
 pub struct SqliteStore {
@@ -48,7 +49,47 @@ impl SqliteStore {
         sqlx::migrate!("src/server/store/migrations/sqlite")
             .run(&pool)
             .await?;
-        Ok(Self { pool })
+        let store = Self { pool };
+        store.carry_over_legacy_sessions().await?;
+        store.fill_name_keys().await?;
+        Ok(store)
+    }
+
+    /// Sessions from before accounts (migration 0002) keyed the raw token; keep each one that had joined,
+    /// under the hash of its token and bound to the guest made from its name, so an upgrade signs nobody
+    /// out. Runs once: the legacy table is dropped after.
+    async fn carry_over_legacy_sessions(&self) -> Result<(), StoreError> {
+        let legacy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'legacy_sessions')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !legacy {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT token, name, updated_at FROM legacy_sessions WHERE name IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (token, name, at) in rows {
+            sqlx::query(
+                "INSERT INTO sessions (id, token_hash, user_id, via, created_at, last_seen_at) \
+                 SELECT $1, $2, id, 'guest', $3, $3 FROM users WHERE name = $4 AND kind = 'guest' LIMIT 1",
+            )
+            .bind(Uuid::new_v4().to_string())
+            .bind(crate::server::identity::token_hash(&token))
+            .bind(at)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DROP TABLE legacy_sessions")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn query_events(
@@ -69,7 +110,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl MessageStore for SqliteStore {
+impl EventStore for SqliteStore {
     async fn append(
         &self,
         room: &str,
@@ -109,7 +150,7 @@ impl MessageStore for SqliteStore {
             .collect();
         for rows in fresh.chunks(MAX_ROWS_PER_STATEMENT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (room, seq, id, at, kind, name, text) ",
+                "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text) ",
             );
             insert.push_values(rows, |mut row, event| {
                 row.push_bind(room)
@@ -118,6 +159,8 @@ impl MessageStore for SqliteStore {
                     .push_bind(event.at)
                     .push_bind(kind_name(event.kind))
                     .push_bind(event.name.as_str())
+                    .push_bind(event.user_id.to_string())
+                    .push_bind(event.user_kind.as_str())
                     .push_bind(event.text.as_str());
             });
             insert.build().execute(&mut *tx).await?;
@@ -151,33 +194,6 @@ impl MessageStore for SqliteStore {
         self.query_events(&sql, room, before, limit).await
     }
 
-    async fn session_name(&self, token: &str) -> Result<Option<String>, StoreError> {
-        let name: Option<Option<String>> =
-            sqlx::query_scalar("SELECT name FROM sessions WHERE token = ?")
-                .bind(token)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(name.flatten())
-    }
-
-    async fn set_session_name(
-        &self,
-        token: &str,
-        name: Option<&str>,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sessions (token, name, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (token) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
-        )
-        .bind(token)
-        .bind(name)
-        .bind(at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn close(&self) {
         // Checkpoint the WAL into the main file so the database is one self-contained file at rest.
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -186,6 +202,8 @@ impl MessageStore for SqliteStore {
         self.pool.close().await;
     }
 }
+
+super::identity::sql_identity_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
@@ -299,19 +317,5 @@ mod tests {
             detail.contains("events_room_id (room=? AND id=?)"),
             "plan: {detail}"
         );
-    }
-
-    #[tokio::test]
-    async fn sessions_remember_and_forget_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-        assert_eq!(store.session_name("t").await.unwrap(), None);
-        store.set_session_name("t", Some("Ann"), 1).await.unwrap();
-        assert_eq!(
-            store.session_name("t").await.unwrap().as_deref(),
-            Some("Ann")
-        );
-        store.set_session_name("t", None, 2).await.unwrap();
-        assert_eq!(store.session_name("t").await.unwrap(), None);
     }
 }

@@ -2,10 +2,12 @@
 
 mod postgres;
 
+mod accounts;
+
 use super::backplane::Local;
 use super::config::{Config, StoreConfig};
-use super::store::{Appended, MemoryStore, MessageStore, NewEvent, StoreError};
-use super::{router, serve, AppState};
+use super::store::{Appended, EventStore, MemoryStore, NewEvent, StoreError};
+use super::{router, serve, AppState, Stores};
 use crate::protocol::{
     ChatEvent, ClientFrame, ErrorCode, EventKind, ServerFrame, MAX_FRAME_BYTES, MAX_TEXT_CHARS,
 };
@@ -31,10 +33,14 @@ struct Client {
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn memory() -> Config {
-    Config {
+    let mut config = Config {
         store: StoreConfig::Memory,
         ..Config::default()
-    }
+    };
+    // Every test client comes from 127.0.0.1: the per-address limit has tests of its own.
+    config.session.address_per_second = std::num::NonZeroU32::new(100_000).unwrap();
+    config.session.address_burst = std::num::NonZeroU32::new(100_000).unwrap();
+    config
 }
 
 /// A server running on an ephemeral port, stoppable like SIGTERM stops the real one.
@@ -49,16 +55,18 @@ impl Server {
         Self::start_with(config, None).await
     }
 
-    /// With `store` (and no backplane) instead of the one `config` names.
-    async fn start_with(config: Config, store: Option<Arc<dyn MessageStore>>) -> Self {
+    /// With `stores` instead of the ones `config` names.
+    async fn start_with(config: Config, stores: Option<Stores>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let options = LeptosOptions::builder()
             .output_name("confab")
             .site_addr(addr)
             .build();
-        let state = match store {
-            Some(store) => AppState::with_store(options, &config, store, Arc::new(Local)),
+        let state = match stores {
+            Some(stores) => AppState::with_stores(options, &config, stores)
+                .await
+                .unwrap(),
             None => AppState::new(options, &config).await.unwrap(),
         };
         let hub = state.hub.clone();
@@ -117,6 +125,27 @@ async fn joined(addr: SocketAddr, name: &str) -> Client {
     let mut client = connect(addr, "").await;
     client.join(name).await;
     client
+}
+
+/// A new browser: loads the page, as a browser would, and returns the session token the server issued.
+async fn browser(addr: SocketAddr) -> String {
+    let page = get(addr, "/", "").await;
+    session_token(&page).expect("the page issues a session cookie")
+}
+
+/// The session token a response sets, if it sets one.
+fn session_token(response: &str) -> Option<String> {
+    let head = response.split("\r\n\r\n").next()?;
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        if !key.eq_ignore_ascii_case("set-cookie") {
+            return None;
+        }
+        let value = value.trim();
+        let rest = value.strip_prefix(&format!("{}=", super::identity::COOKIE_NAME))?;
+        let token = rest.split(';').next()?;
+        (!token.is_empty()).then(|| token.to_owned())
+    })
 }
 
 /// Connects as a browser with the session cookie `token`.
@@ -203,7 +232,7 @@ impl Client {
         self.send(&ClientFrame::Join { name: name.into() }).await;
         let result = self
             .next_matching(|f| match f {
-                ServerFrame::Joined { name } => Some(Ok(name.clone())),
+                ServerFrame::Joined(me) => Some(Ok(me.name.clone())),
                 ServerFrame::Error { message, .. } => Some(Err(message.clone())),
                 _ => None,
             })
@@ -218,7 +247,9 @@ impl Client {
                 ServerFrame::Event(_)
                 | ServerFrame::Presence { .. }
                 | ServerFrame::Typing { .. } => None,
-                ServerFrame::Error { code, message, id } => Some((*code, message.clone(), *id)),
+                ServerFrame::Error {
+                    code, message, id, ..
+                } => Some((*code, message.clone(), *id)),
                 other => panic!("expected a {code:?} error, got {other:?}"),
             })
             .await;
@@ -541,7 +572,7 @@ struct SlowDisk {
 }
 
 #[async_trait::async_trait]
-impl MessageStore for SlowDisk {
+impl EventStore for SlowDisk {
     async fn append(
         &self,
         room: &str,
@@ -568,17 +599,6 @@ impl MessageStore for SlowDisk {
     ) -> Result<Vec<ChatEvent>, StoreError> {
         self.inner.before(room, before, limit).await
     }
-    async fn session_name(&self, token: &str) -> Result<Option<String>, StoreError> {
-        self.inner.session_name(token).await
-    }
-    async fn set_session_name(
-        &self,
-        token: &str,
-        name: Option<&str>,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        self.inner.set_session_name(token, name, at).await
-    }
 }
 
 #[tokio::test]
@@ -592,7 +612,12 @@ async fn a_burst_from_one_connection_is_committed_together_and_acknowledged_in_o
     });
     let mut config = memory();
     config.session.burst = std::num::NonZeroU32::new(100).unwrap();
-    let server = Server::start_with(config, Some(disk.clone())).await;
+    let stores = Stores {
+        events: disk.clone(),
+        identity: Arc::new(MemoryStore::new(10)),
+        backplane: Arc::new(Local),
+    };
+    let server = Server::start_with(config, Some(stores)).await;
     let mut ann = joined(server.addr, "Ann").await;
     let mut bob = joined(server.addr, "Bob").await;
     let writes_before = disk.batches.lock().unwrap().len();
@@ -726,7 +751,7 @@ async fn the_page_carries_its_history_as_inert_text_and_other_paths_are_404() {
     let boot: crate::ui::state::Bootstrap = serde_json::from_str(json).unwrap();
     let last = boot.events.last().unwrap();
     assert_eq!(last.text, evil, "the JSON gives back exactly what was said");
-    assert_eq!(boot.name, None, "this request had no session that joined");
+    assert_eq!(boot.me, None, "this request had no session that joined");
 
     let missing = get(addr, "/no/such/page", "").await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
@@ -897,7 +922,7 @@ async fn a_browser_keeps_its_name_across_tabs_and_reloads_and_others_cannot_take
     let mut config = memory();
     config.session.leave_grace = Duration::from_millis(300);
     let addr = start(config).await;
-    let token = Uuid::new_v4().to_string();
+    let token = browser(addr).await;
     let mut watcher = joined(addr, "Watcher").await;
 
     let mut tab1 = connect_as(addr, &token, "").await;
@@ -905,9 +930,14 @@ async fn a_browser_keeps_its_name_across_tabs_and_reloads_and_others_cannot_take
     // A second tab of the same browser is joined at once, with no second join line.
     let mut tab2 = connect_as(addr, &token, "").await;
     let joined = tab2
-        .next_matching(|f| matches!(f, ServerFrame::Joined { .. }).then(|| f.clone()))
+        .next_matching(|f| match f {
+            ServerFrame::Joined(me) => Some(me.clone()),
+            _ => None,
+        })
         .await;
-    assert_eq!(joined, ServerFrame::Joined { name: "Ann".into() });
+    assert_eq!(joined.name, "Ann");
+    assert_eq!(joined.kind, crate::protocol::UserKind::Guest);
+    assert!(!joined.user_id.is_nil());
     let online = tab2
         .next_matching(|f| match f {
             ServerFrame::Presence { online } => Some(online.clone()),
@@ -952,7 +982,7 @@ async fn a_browser_keeps_its_name_across_tabs_and_reloads_and_others_cannot_take
 #[tokio::test]
 async fn leaving_frees_the_name_at_once_and_forgets_it() {
     let addr = start(memory()).await;
-    let token = Uuid::new_v4().to_string();
+    let token = browser(addr).await;
     let mut watcher = joined(addr, "Watcher").await;
     let mut ann = connect_as(addr, &token, "").await;
     ann.join("Ann").await;
@@ -967,7 +997,7 @@ async fn leaving_frees_the_name_at_once_and_forgets_it() {
     let mut again = connect_as(addr, &token, "?after=100").await;
     let online = again
         .next_matching(|f| match f {
-            ServerFrame::Joined { .. } => panic!("a browser that left is not rejoined"),
+            ServerFrame::Joined(_) => panic!("a browser that left is not rejoined"),
             ServerFrame::Presence { online } => Some(online.clone()),
             _ => None,
         })
@@ -1190,7 +1220,7 @@ async fn shutdown_closes_sockets_as_a_restart() {
     let store = super::store::SqliteStore::open(&dir.path().join("confab.db"))
         .await
         .unwrap();
-    use super::store::MessageStore;
+    use super::store::EventStore;
     let events = store
         .since(crate::protocol::GENERAL_ROOM, 0, 100)
         .await

@@ -5,7 +5,7 @@
 //! `CONFAB_REQUIRE_POSTGRES=1` (CI) they fail instead.
 
 use super::*;
-use crate::server::store::{MessageStore, NewEvent, PgStore};
+use crate::server::store::{EventStore, NewEvent, PgStore};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,6 +57,7 @@ impl TestDb {
         };
         config.session.leave_grace = Duration::from_millis(200);
         config.session.burst = std::num::NonZeroU32::new(1_000).unwrap();
+        config.session.address_burst = std::num::NonZeroU32::new(100_000).unwrap();
         config
     }
 
@@ -124,11 +125,6 @@ impl Instance {
         let _ = self.kill.send(());
         self.thread.join().unwrap();
     }
-}
-
-/// A new browser's session token.
-fn browser() -> String {
-    Uuid::new_v4().to_string()
 }
 
 fn says(text: &str) -> (Uuid, ClientFrame) {
@@ -261,11 +257,12 @@ async fn names_presence_and_typing_span_instances() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let ann_browser = browser();
-    let other_browser = browser();
-    let bob_browser = browser();
     let a = Server::start(db.config()).await;
     let b = Server::start(db.config()).await;
+    // Sessions are shared: a browser issued its cookie by one instance is known to the other.
+    let ann_browser = browser(a.addr).await;
+    let other_browser = browser(b.addr).await;
+    let bob_browser = browser(b.addr).await;
     let mut ann = connect_as(a.addr, &ann_browser, "").await;
     ann.join("Ann").await;
 
@@ -291,7 +288,7 @@ async fn names_presence_and_typing_span_instances() {
     let mut ann_tab = connect_as(b.addr, &ann_browser, "").await;
     let rejoined = ann_tab
         .next_matching(|f| match f {
-            ServerFrame::Joined { name } => Some(name.clone()),
+            ServerFrame::Joined(me) => Some(me.name.clone()),
             _ => None,
         })
         .await;
@@ -340,11 +337,11 @@ async fn when_an_instance_dies_its_clients_resume_on_another_and_its_names_free_
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let bea_browser = browser();
-    let cid_browser = browser();
-    let someone_else = browser();
     let a = Server::start(db.config()).await;
     let b = Instance::start(db.config());
+    let bea_browser = browser(a.addr).await;
+    let cid_browser = browser(a.addr).await;
+    let someone_else = browser(a.addr).await;
     let mut ann = joined(a.addr, "Ann").await;
     let mut bea = connect_as(b.addr, &bea_browser, "").await;
     bea.join("Bea").await;
@@ -370,7 +367,7 @@ async fn when_an_instance_dies_its_clients_resume_on_another_and_its_names_free_
     assert_eq!(resumed.first().unwrap().seq, last_seq + 1, "nothing lost");
     let rejoined = bea
         .next_matching(|f| match f {
-            ServerFrame::Joined { name } => Some(name.clone()),
+            ServerFrame::Joined(me) => Some(me.name.clone()),
             _ => None,
         })
         .await;
@@ -519,7 +516,6 @@ async fn while_the_database_is_down_clients_hear_so_and_nothing_is_lost() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let ann_browser = browser();
     let outage = Outage::start(host_port(&db.url)).await;
     let through = db
         .url
@@ -527,6 +523,7 @@ async fn while_the_database_is_down_clients_hear_so_and_nothing_is_lost() {
     let mut config = db.config();
     config.store = StoreConfig::Postgres(through);
     let server = Server::start(config).await;
+    let ann_browser = browser(server.addr).await;
     let mut ann = connect_as(server.addr, &ann_browser, "").await;
     ann.join("Ann").await;
 
@@ -616,6 +613,8 @@ async fn concurrent_appends_commit_in_sequence_order_so_readers_never_skip() {
                         id: Uuid::new_v4(),
                         kind: EventKind::Message,
                         name: format!("w{w}"),
+                        user_id: Uuid::nil(),
+                        user_kind: crate::protocol::UserKind::Guest,
                         text: format!("{t}-{i}"),
                     };
                     store.append(room, vec![event], 0).await.unwrap();

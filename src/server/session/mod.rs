@@ -4,24 +4,37 @@
 //! client that stops reading stalls only its own task; its broadcast receiver then lags, and it catches
 //! up from the store, so it never silently misses an event.
 
-use super::backplane::Arrival;
-use super::hub::{now_ms, Frame, Hub, PublishError, Receipt, EPHEMERAL};
-use super::presence::Claim;
-use super::store::Appended;
-use super::store::NewEvent;
+mod history;
+mod join;
+mod leave;
+pub mod limits;
+
+pub use join::NAME_OWNED;
+mod send;
+mod typing;
+
+use super::backplane::SessionSignal;
+use super::hub::{Frame, Hub, PublishError, Receipt, SessionWatch, EPHEMERAL};
+use super::presence::Seat;
+use super::store::{IdentityStore, SessionRecord};
 use crate::protocol::{
-    parse_client_frame, validate_name, validate_text, ClientFrame, ErrorCode, EventKind,
-    ServerFrame, HISTORY_PAGE, MAX_FRAME_BYTES,
+    parse_client_frame, ClientFrame, ErrorCode, Identity, ServerFrame, MAX_FRAME_BYTES,
 };
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use limits::MessageLimits;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use uuid::Uuid;
+
+/// The close code a connection gets when its browser session ended (signed out, or ended from another
+/// device, or banned): the client forgets who it was and shows the name dialog.
+pub const CLOSE_SIGNED_OUT: u16 = 4001;
 
 /// Settings of a connection that tests may shorten.
 #[derive(Debug, Clone)]
@@ -31,10 +44,14 @@ pub struct SessionConfig {
     /// How long after a user's last connection closes before others see them leave. A reload within it
     /// makes no leave and join noise.
     pub leave_grace: Duration,
-    /// Sustained messages per second a connection may send.
+    /// Sustained messages per second a user may send, over all their connections.
     pub messages_per_second: NonZeroU32,
-    /// Messages a connection may send in a burst above the sustained rate.
+    /// Messages a user may send in a burst above the sustained rate.
     pub burst: NonZeroU32,
+    /// Sustained messages per second from one client address, over all its users.
+    pub address_per_second: NonZeroU32,
+    /// The burst allowed to one client address.
+    pub address_burst: NonZeroU32,
 }
 
 impl Default for SessionConfig {
@@ -44,6 +61,8 @@ impl Default for SessionConfig {
             leave_grace: Duration::from_secs(5),
             messages_per_second: NonZeroU32::new(10).unwrap(),
             burst: NonZeroU32::new(20).unwrap(),
+            address_per_second: NonZeroU32::new(50).unwrap(),
+            address_burst: NonZeroU32::new(100).unwrap(),
         }
     }
 }
@@ -57,12 +76,42 @@ pub enum Start {
     After(u64),
 }
 
-/// What became of a claim on a name.
-enum Claimed {
-    Joined,
-    Taken,
-    /// The backplane could not be asked (the database is down).
-    Unavailable,
+/// What every connection shares: the hub, who people are, and the rate limits.
+#[derive(Clone)]
+pub struct Context {
+    pub hub: Hub,
+    pub identity: Arc<dyn IdentityStore>,
+    pub limits: Arc<MessageLimits>,
+    pub config: SessionConfig,
+}
+
+impl Context {
+    pub fn new(hub: Hub, identity: Arc<dyn IdentityStore>, config: SessionConfig) -> Self {
+        Self {
+            limits: Arc::new(MessageLimits::new(&config)),
+            hub,
+            identity,
+            config,
+        }
+    }
+}
+
+/// Who is connecting: their browser session (none for clients without the cookie, such as bots and load
+/// tools, whose guests then live as long as the connection) and where from.
+#[derive(Debug, Clone)]
+pub struct Visitor {
+    pub session: Option<SessionRecord>,
+    pub ip: IpAddr,
+    /// The session store could not be read: the connection says "unavailable" and closes, and the
+    /// client comes back after its backoff.
+    pub unknown: bool,
+}
+
+/// The connection's user, once joined, and the seat they hold in the room.
+#[derive(Debug, Clone)]
+struct Me {
+    identity: Identity,
+    seat: Seat,
 }
 
 /// Why a connection ended early.
@@ -74,17 +123,20 @@ enum End {
 
 struct Session<'a, S> {
     socket: S,
+    ctx: &'a Context,
     hub: &'a Hub,
     room: &'a str,
-    /// The browser session (cookie) this connection belongs to; names are held per browser session.
-    token: String,
-    leave_grace: Duration,
-    /// The name this connection holds in the room's presence, once joined.
-    name: Option<String>,
+    /// The browser session (cookie) this connection belongs to, if any.
+    browser: Option<Uuid>,
+    ip: IpAddr,
+    /// Who this connection speaks for, once joined.
+    me: Option<Me>,
     last_typing: Option<Instant>,
     /// The highest sequence number written to this socket; live frames at or below it are duplicates.
     last_seq: u64,
-    limiter: DefaultDirectRateLimiter,
+    /// After a message was refused for its rate, later ones are refused too until it comes again (or
+    /// the hold lapses), so nothing overtakes it.
+    hold: Option<limits::Hold>,
     /// True while `forward_batch` queues frames for one flush.
     batching: bool,
     /// Looked up once: a registry lookup per frame is measurable at 100,000 frames a second.
@@ -111,33 +163,34 @@ const MAX_IN_FLIGHT: usize = 64;
 /// at 100 msg/s: batching halves the server's CPU, 103% → 50%, and p50 latency falls from 49 to 32 ms.)
 const FORWARD_BATCH: usize = 63;
 
-/// Runs a connection of browser session `token` to its end.
-pub async fn run<S>(
-    socket: S,
-    hub: Hub,
-    room: &str,
-    token: String,
-    start: Start,
-    config: SessionConfig,
-) where
+/// Runs one connection of `visitor` to its end.
+pub async fn run<S>(socket: S, ctx: Context, room: &str, visitor: Visitor, start: Start)
+where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
+    let hub = ctx.hub.clone();
     let _running = hub.session_started();
-    // Subscribe before reading history, so nothing stored meanwhile is missed.
+    // Subscribe before reading history, so nothing stored meanwhile is missed; and to the browser
+    // session's signals before reading who it is, so a sign-out meanwhile is not missed either.
     let Some(mut live) = hub.subscribe(room) else {
         return;
     };
-    let quota = Quota::per_second(config.messages_per_second).allow_burst(config.burst);
+    let mut signals = visitor
+        .session
+        .as_ref()
+        .map(|session| hub.watch_session(session.id));
+    let config = ctx.config.clone();
     let mut session = Session {
         socket,
+        ctx: &ctx,
         hub: &hub,
         room,
-        token,
-        leave_grace: config.leave_grace,
-        name: None,
+        browser: visitor.session.as_ref().map(|s| s.id),
+        ip: visitor.ip,
+        me: None,
         last_typing: None,
         last_seq: 0,
-        limiter: RateLimiter::direct(quota),
+        hold: None,
         batching: false,
         frames_out: metrics::counter!(super::metrics::FRAMES_OUT),
         delivery_lag: metrics::histogram!(super::metrics::DELIVERY_SECONDS),
@@ -145,8 +198,14 @@ pub async fn run<S>(
         writes: 0,
         in_flight: FuturesOrdered::new(),
     };
-    if session.replay(start).await.is_err() || session.resume_identity().await.is_err() {
-        session.release_name(false);
+    if visitor.unknown {
+        session.close_unavailable().await;
+        return;
+    }
+    if session.replay(start).await.is_err()
+        || session.resume_identity(visitor.session).await.is_err()
+    {
+        session.release_seat(false);
         return;
     }
 
@@ -197,6 +256,19 @@ pub async fn run<S>(
                     break End::Socket;
                 }
             }
+            Some(signal) = next_signal(&mut signals) => {
+                match signal {
+                    SessionSignal::Ended => {
+                        session.signed_out().await;
+                        break End::Closed;
+                    }
+                    SessionSignal::Changed => {
+                        if session.reload_identity().await.is_err() {
+                            break End::Socket;
+                        }
+                    }
+                }
+            }
             _ = &mut shutdown => {
                 // Tell the client this is a restart, not a failure: it reconnects at once and resumes.
                 let close = CloseFrame {
@@ -220,8 +292,21 @@ pub async fn run<S>(
         }
     };
     metrics::gauge!(super::metrics::CONNECTED).decrement(1);
-    tracing::debug!(?end, name = ?session.name, "connection ended");
-    session.release_name(false);
+    tracing::debug!(?end, name = ?session.me.as_ref().map(|me| &me.seat.name), "connection ended");
+    session.release_seat(false);
+}
+
+/// The next signal for the connection's browser session; never, for a connection without one. A lagged
+/// receiver missed signals it can read again from the store, so it is told "changed".
+async fn next_signal(watch: &mut Option<SessionWatch>) -> Option<SessionSignal> {
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    match watch.receiver.recv().await {
+        Ok(signal) => Some(signal),
+        Err(RecvError::Lagged(_)) => Some(SessionSignal::Changed),
+        Err(RecvError::Closed) => std::future::pending().await,
+    }
 }
 
 /// Resolves once the server is shutting down. (A helper, so the watch guard is dropped inside it and
@@ -234,147 +319,20 @@ impl<S> Session<'_, S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    async fn replay(&mut self, start: Start) -> Result<(), End> {
-        let store = self.hub.store();
-        let history = match start {
-            Start::Recent => store.before(self.room, u64::MAX, HISTORY_PAGE).await,
-            Start::After(after) => {
-                self.last_seq = after;
-                store.since(self.room, after, usize::MAX).await
-            }
-        };
-        match history {
-            Ok(events) => {
-                for event in events {
-                    self.last_seq = self.last_seq.max(event.seq);
-                    self.send_text(ServerFrame::encode_event(&event).into())
-                        .await?;
-                }
-                Ok(())
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "reading history failed");
-                Err(self.close_unavailable().await)
-            }
-        }
-    }
-
-    /// After the history: who is here, and, when this browser joined before, the same name again.
-    async fn resume_identity(&mut self) -> Result<(), End> {
-        let remembered = match self.hub.store().session_name(&self.token).await {
-            Ok(name) => name,
-            Err(err) => {
-                tracing::error!(error = %err, "reading the session failed");
-                None
-            }
-        };
-        if let Some(name) = remembered {
-            match self.claim(&name).await {
-                Claimed::Joined => self.send_frame(&ServerFrame::Joined { name }).await?,
-                Claimed::Taken => {
-                    // Someone else took the name while this browser was away: ask for another.
-                    self.forget_session_name().await;
-                    self.send_error(ErrorCode::NameTaken, "That name is taken", None)
-                        .await?;
-                }
-                Claimed::Unavailable => return Err(self.close_unavailable().await),
-            }
-        }
-        let here = self.presence().online();
-        let online = match self.hub.backplane().online(self.room, here.clone()).await {
-            Ok(online) => online,
-            Err(err) => {
-                tracing::warn!(error = %err, "reading who is online elsewhere failed");
-                here
-            }
-        };
-        self.send_frame(&ServerFrame::Presence { online }).await
-    }
-
     fn presence(&self) -> &super::presence::Presence {
         self.hub
             .presence(self.room)
             .expect("sessions run in rooms that exist")
     }
 
-    /// Takes `name` for this connection, announcing it if nobody (on any instance) had it.
-    async fn claim(&mut self, name: &str) -> Claimed {
-        // Bind first: a borrow of `self` must not live across the await below (the socket is not Sync).
-        let claim = self.presence().claim(name, &self.token);
-        let announce = match claim {
-            Claim::Taken => return Claimed::Taken,
-            Claim::AlreadyHere => false,
-            Claim::Arrived => {
-                let arrival = self
-                    .hub
-                    .backplane()
-                    .arrive(self.room, name, &self.token)
-                    .await;
-                match arrival {
-                    Ok(Arrival::New) => true,
-                    Ok(Arrival::Present) => false,
-                    Ok(Arrival::Taken) | Err(_) => {
-                        if let Err(err) = &arrival {
-                            tracing::error!(error = %err, "claiming a name failed");
-                        }
-                        // Undo the local claim, silently: nobody was told of it.
-                        let presence = self.presence();
-                        if let Some(ticket) = presence.release(name, &self.token) {
-                            presence.expire(name, ticket);
-                        }
-                        return match arrival {
-                            Ok(_) => Claimed::Taken,
-                            Err(_) => Claimed::Unavailable,
-                        };
-                    }
-                }
-            }
+    /// The browser session ended: say so with a close the client knows, and hold the seat no longer.
+    async fn signed_out(&mut self) {
+        self.release_seat(true);
+        let close = CloseFrame {
+            code: CLOSE_SIGNED_OUT,
+            reason: Utf8Bytes::from_static("signed out"),
         };
-        if announce {
-            let event = NewEvent {
-                id: Uuid::new_v4(),
-                kind: EventKind::Join,
-                name: name.to_owned(),
-                text: String::new(),
-            };
-            if let Err(err) = self.hub.publish(self.room, event).await {
-                tracing::error!(error = %err, "announcing a join failed");
-            }
-        }
-        self.name = Some(name.to_owned());
-        Claimed::Joined
-    }
-
-    /// Gives up this connection's hold on its name. The leave line follows after the grace period, or at
-    /// once when the user left on purpose, and only if no connection of theirs came back meanwhile.
-    fn release_name(&mut self, at_once: bool) {
-        let Some(name) = self.name.take() else { return };
-        let Some(ticket) = self.presence().release(&name, &self.token) else {
-            return;
-        };
-        let hub = self.hub.clone();
-        let room = self.room.to_owned();
-        let session = self.token.clone();
-        let grace = if at_once {
-            Duration::ZERO
-        } else {
-            self.leave_grace
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            hub.depart(&room, name, &session, ticket).await;
-        });
-    }
-
-    async fn forget_session_name(&mut self) {
-        if let Err(err) = self
-            .hub
-            .store()
-            .set_session_name(&self.token, None, now_ms())
-            .await
-        {
-            tracing::error!(error = %err, "clearing the session's name failed");
-        }
+        let _ = self.socket.send(Message::Close(Some(close))).await;
     }
 
     /// Forwards `first` and whatever else is already waiting on the broadcast, in one write to the socket
@@ -481,155 +439,6 @@ where
         }
     }
 
-    async fn on_typing(&mut self) {
-        let Some(name) = self.name.clone() else {
-            return;
-        };
-        // Browsers throttle too; this keeps a misbehaving client from turning typing into a flood.
-        if self
-            .last_typing
-            .is_some_and(|at| at.elapsed() < Duration::from_millis(900))
-        {
-            return;
-        }
-        self.last_typing = Some(Instant::now());
-        self.hub.backplane().typing(self.room, &name).await;
-        self.hub
-            .broadcast_ephemeral(self.room, &ServerFrame::Typing { name });
-    }
-
-    async fn on_history(&mut self, before: u64) -> Result<(), End> {
-        match self
-            .hub
-            .store()
-            .before(self.room, before, HISTORY_PAGE)
-            .await
-        {
-            Ok(events) => {
-                let complete = crate::protocol::reaches_first_event(&events);
-                self.send_frame(&ServerFrame::History { events, complete })
-                    .await
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "reading older history failed");
-                self.send_error(
-                    ErrorCode::Unavailable,
-                    "Older messages are unavailable right now.",
-                    None,
-                )
-                .await
-            }
-        }
-    }
-
-    async fn on_leave(&mut self) -> Result<(), End> {
-        self.release_name(true);
-        self.forget_session_name().await;
-        self.send_frame(&ServerFrame::Left).await
-    }
-
-    async fn on_join(&mut self, raw: &str) -> Result<(), End> {
-        let name = match validate_name(raw) {
-            Ok(name) => name,
-            Err(err) => return self.send_error(err.code(), err.message(), None).await,
-        };
-        match &self.name {
-            // A repeated join (a client that rejoins after reconnecting) is answered, not announced again.
-            Some(current) if *current == name => {
-                return self.send_frame(&ServerFrame::Joined { name }).await
-            }
-            Some(current) => {
-                let message = format!(
-                    "This connection already joined as {current}; leave first to change name."
-                );
-                return self
-                    .send_error(ErrorCode::AlreadyJoined, &message, None)
-                    .await;
-            }
-            None => {}
-        }
-        match self.claim(&name).await {
-            Claimed::Joined => {}
-            Claimed::Taken => {
-                return self
-                    .send_error(ErrorCode::NameTaken, "That name is taken", None)
-                    .await
-            }
-            Claimed::Unavailable => return self.send_unavailable(None).await,
-        }
-        if let Err(err) = self
-            .hub
-            .store()
-            .set_session_name(&self.token, Some(&name), now_ms())
-            .await
-        {
-            tracing::error!(error = %err, "remembering the session's name failed");
-        }
-        tracing::info!(%name, "joined");
-        self.send_frame(&ServerFrame::Joined { name }).await
-    }
-
-    async fn on_send(&mut self, id: Uuid, raw: &str) -> Result<(), End> {
-        let Some(name) = self.name.clone() else {
-            return self
-                .send_error(
-                    ErrorCode::NotJoined,
-                    "Join the chat with a name before sending.",
-                    Some(id),
-                )
-                .await;
-        };
-        let text = match validate_text(raw) {
-            Ok(text) => text,
-            Err(err) => return self.send_error(err.code(), err.message(), Some(id)).await,
-        };
-        if self.limiter.check().is_err() {
-            let message = "You are sending messages too fast; this one was not sent. Wait a moment and try again.";
-            return self
-                .send_error(ErrorCode::RateLimited, message, Some(id))
-                .await;
-        }
-        if self.in_flight.len() >= MAX_IN_FLIGHT {
-            if let Some((id, stored)) = self.in_flight.next().await {
-                self.on_stored(id, stored).await?;
-            }
-        }
-        let event = NewEvent {
-            id,
-            kind: EventKind::Message,
-            name,
-            text,
-        };
-        match self.hub.submit(self.room, event).await {
-            Ok(receipt) => {
-                self.in_flight.push_back(receipt);
-                Ok(())
-            }
-            Err(err) => self.on_publish_error(err, Some(id)).await,
-        }
-    }
-
-    /// A message this connection sent was stored (or not): acknowledge it.
-    async fn on_stored(
-        &mut self,
-        id: Uuid,
-        stored: Result<Appended, PublishError>,
-    ) -> Result<(), End> {
-        match stored {
-            Ok(appended) => {
-                if appended.fresh {
-                    metrics::counter!(super::metrics::MESSAGES_IN).increment(1);
-                }
-                self.send_frame(&ServerFrame::Ack {
-                    id,
-                    seq: appended.event.seq,
-                })
-                .await
-            }
-            Err(err) => self.on_publish_error(err, Some(id)).await,
-        }
-    }
-
     async fn on_publish_error(&mut self, err: PublishError, id: Option<Uuid>) -> Result<(), End> {
         tracing::error!(error = %err, "publish failed");
         self.send_unavailable(id).await
@@ -688,6 +497,7 @@ where
             code,
             message: message.to_owned(),
             id,
+            retry_after_ms: None,
         })
         .await
     }

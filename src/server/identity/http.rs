@@ -1,0 +1,567 @@
+//! The account endpoints. Each is a plain HTML form post that the server answers with a redirect (or the
+//! page again, with the reason, when it refuses), so all of them work without JavaScript, and the same
+//! forms work in the hydrated page.
+//!
+//! - `GET /login`, `POST /login`: sign in as a member; a new session (and token) every time.
+//! - `POST /logout`: ends this browser's session and closes its sockets, in every tab.
+//! - `POST /join`: the name dialog posted before (or without) the WASM: joins as a guest.
+//! - `POST /messages`: the composer, without JavaScript.
+//! - `POST /account/claim`: "Keep this name": the guest becomes a member, with a password.
+//! - `GET /account/sessions`, `POST /account/sessions/{id}/end`: a member's sessions, and ending one.
+
+use super::limits::try_again_in;
+use super::{cleared_cookie, new_token, session_cookie, token_hash, with_cookie, Browser};
+use crate::protocol::{
+    validate_name, validate_password, validate_text, EventKind, Identity, PasswordError, UserKind,
+    Via, MAX_PASSWORD_BYTES,
+};
+use crate::server::backplane::SessionSignal;
+use crate::server::hub::now_ms;
+use crate::server::names::name_key;
+use crate::server::store::{IdentityError, NewEvent, SessionRecord};
+use crate::server::{bootstrap, web, AppState, Pages};
+use crate::ui::state::{Bootstrap, Page};
+use axum::extract::{Path, State};
+use axum::http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Form, Json};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Who a session's user is, as the page and the socket say it.
+pub fn identity_of_session(session: &SessionRecord) -> Option<Identity> {
+    let user = session.user.as_ref()?;
+    Some(Identity {
+        name: user.name.clone(),
+        user_id: user.id,
+        kind: user.kind,
+        admin: user.admin,
+        via: session.via,
+    })
+}
+
+/// "See /": where every form goes back to once it is done.
+fn back_to_chat(cookie: Option<HeaderValue>) -> Response {
+    let response = (StatusCode::SEE_OTHER, [(LOCATION, "/")]).into_response();
+    with_cookie(response, cookie)
+}
+
+/// A form posted from another site: refused, whatever it carries. (SameSite=Lax already keeps the cookie
+/// off such a post; this also stops a post that needs no cookie, such as signing in as someone.)
+fn cross_site(headers: &HeaderMap) -> Option<Response> {
+    (!web::same_origin(headers)).then(|| {
+        tracing::warn!(origin = ?headers.get("origin"), "refused a cross-site form post");
+        (
+            StatusCode::FORBIDDEN,
+            "Cross-site form posts are not accepted.",
+        )
+            .into_response()
+    })
+}
+
+/// The chat page again, with `error` shown where the form was, and `status`.
+async fn chat_with_error(
+    state: &AppState,
+    pages: &Pages,
+    nonce: web::CspNonce,
+    browser: &Browser,
+    status: StatusCode,
+    error: &str,
+) -> Response {
+    match bootstrap(state.hub.store(), browser, Some(error.to_owned())).await {
+        Ok(boot) => (status, pages.render(nonce, boot).await).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "reading the page's history failed");
+            super::unavailable()
+        }
+    }
+}
+
+async fn sign_in_form(
+    pages: &Pages,
+    nonce: web::CspNonce,
+    status: StatusCode,
+    name: &str,
+    error: Option<String>,
+) -> Response {
+    let boot = Bootstrap {
+        page: Page::SignIn {
+            name: name.to_owned(),
+            error,
+        },
+        ..Bootstrap::default()
+    };
+    (status, pages.render(nonce, boot).await).into_response()
+}
+
+/// `GET /login`: the sign-in form (a signed-in member goes straight to the chat).
+pub async fn sign_in_page(
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    browser: Browser,
+) -> Response {
+    let member = browser
+        .session
+        .as_ref()
+        .and_then(|s| s.user.as_ref())
+        .is_some_and(|u| u.kind == UserKind::Member);
+    if member {
+        return back_to_chat(None);
+    }
+    sign_in_form(&pages, nonce, StatusCode::OK, "", None).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The one answer for an unknown name and a wrong password, so the form does not tell which names
+/// are members.
+pub const WRONG_CREDENTIALS: &str = "That name and password do not match a member.";
+
+/// `POST /login`: checks the password and signs this browser in with a new session.
+pub async fn sign_in(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    headers: HeaderMap,
+    browser: Browser,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let refuse = |status: StatusCode, error: String| {
+        let name = form.name.clone();
+        let pages = pages.clone();
+        let nonce = nonce.clone();
+        async move { sign_in_form(&pages, nonce, status, &name, Some(error)).await }
+    };
+    let name = match validate_name(&form.name) {
+        Ok(name) => name,
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "Enter your name.".into()).await,
+    };
+    if form.password.is_empty() {
+        return refuse(StatusCode::BAD_REQUEST, "Enter your password.".into()).await;
+    }
+    if form.password.len() > MAX_PASSWORD_BYTES {
+        // Refused unhashed: nobody's password is that long.
+        let error = PasswordError::TooLong.message().to_owned();
+        return refuse(StatusCode::BAD_REQUEST, error).await;
+    }
+    let key = name_key(&name);
+    let accounts = &state.accounts;
+    if let Err(wait) = accounts.limits.attempt(&key, browser.ip) {
+        let error = format!("Too many sign-in attempts. {}", try_again_in(wait));
+        let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, error).await;
+        let secs = wait.as_secs() + 1;
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
+    let credentials = match accounts.store.credentials(&key).await {
+        Ok(credentials) => credentials,
+        Err(err) => {
+            tracing::error!(error = %err, "reading credentials failed");
+            return super::unavailable();
+        }
+    };
+    let (user, hash) = match credentials {
+        Some((user, hash)) => (Some(user), Some(hash)),
+        None => (None, None),
+    };
+    let matches = match accounts.hasher.verify(form.password, hash).await {
+        Ok(matches) => matches,
+        Err(err) => {
+            tracing::error!(error = %err, "checking a password failed");
+            return super::unavailable();
+        }
+    };
+    let Some(user) = user.filter(|_| matches) else {
+        return refuse(StatusCode::UNAUTHORIZED, WRONG_CREDENTIALS.into()).await;
+    };
+    // A new session for the member: whatever this browser was before (a guest, someone else) ends, and
+    // a token anyone saw before signing in is worth nothing after.
+    if let Some(old) = &browser.session {
+        end(&state, old.id).await;
+    }
+    let token = new_token();
+    let id = Uuid::new_v4();
+    let store = accounts.store.as_ref();
+    let at = now_ms();
+    let created = async {
+        store
+            .create_session(id, &token_hash(&token), &browser.device, at)
+            .await?;
+        store
+            .bind_session(id, Some(user.id), Via::Password, at)
+            .await
+    };
+    if let Err(err) = created.await {
+        tracing::error!(error = %err, "starting a session failed");
+        return super::unavailable();
+    }
+    tracing::info!(name = %user.name, "signed in");
+    back_to_chat(Some(session_cookie(&token, browser.secure)))
+}
+
+/// Ends session `id` and closes its sockets, on every instance.
+async fn end(state: &AppState, id: Uuid) {
+    if let Err(err) = state.accounts.store.end_session(id).await {
+        tracing::error!(error = %err, "ending a session failed");
+    }
+    state.hub.signal_session(id, SessionSignal::Ended).await;
+}
+
+/// `POST /logout`: this browser's session ends, in every tab.
+pub async fn sign_out(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    browser: Browser,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    if let Some(session) = &browser.session {
+        end(&state, session.id).await;
+    }
+    let mut response = back_to_chat(None);
+    response
+        .headers_mut()
+        .append(SET_COOKIE, cleared_cookie(browser.secure));
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JoinForm {
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /join`: the name dialog, posted by a page whose WASM has not started (or never will). The
+/// browser's session acts for a new guest; its socket, once it opens, seats them and says the join line.
+pub async fn join(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    headers: HeaderMap,
+    mut browser: Browser,
+    Form(form): Form<JoinForm>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let store = state.accounts.store.clone();
+    let (session, cookie) = match browser.ensure_session(store.as_ref()).await {
+        Ok(session) => session,
+        Err(err) => {
+            tracing::error!(error = %err, "starting a session failed");
+            return super::unavailable();
+        }
+    };
+    let name = match validate_name(&form.name) {
+        Ok(name) => name,
+        Err(err) => {
+            let page = chat_with_error(
+                &state,
+                &pages,
+                nonce,
+                &browser,
+                StatusCode::BAD_REQUEST,
+                err.message(),
+            );
+            return with_cookie(page.await, cookie);
+        }
+    };
+    let key = name_key(&name);
+    if session
+        .user
+        .as_ref()
+        .is_some_and(|u| name_key(&u.name) == key)
+    {
+        return back_to_chat(cookie); // joined already (a form posted twice)
+    }
+    let refusal = match store.owner_of(&key).await {
+        Ok(Some(_)) => Some((StatusCode::CONFLICT, crate::server::session::NAME_OWNED)),
+        Ok(None) => state
+            .hub
+            .presence(crate::protocol::GENERAL_ROOM)
+            .and_then(|p| p.holder(&key))
+            .map(|_| (StatusCode::CONFLICT, "That name is taken")),
+        Err(err) => {
+            tracing::error!(error = %err, "looking up a name's owner failed");
+            return super::unavailable();
+        }
+    };
+    if let Some((status, error)) = refusal {
+        let page = chat_with_error(&state, &pages, nonce, &browser, status, error);
+        return with_cookie(page.await, cookie);
+    }
+    let guest = Uuid::new_v4();
+    let at = now_ms();
+    let joined = async {
+        store.create_guest(guest, &name, &key, at).await?;
+        store
+            .bind_session(session.id, Some(guest), Via::Guest, at)
+            .await
+    };
+    if let Err(err) = joined.await {
+        tracing::error!(error = %err, "storing a guest failed");
+        return super::unavailable();
+    }
+    // Other tabs of this browser join too.
+    state
+        .hub
+        .signal_session(session.id, SessionSignal::Changed)
+        .await;
+    back_to_chat(cookie)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageForm {
+    #[serde(default)]
+    text: String,
+    /// The client's id for the message, so a form posted twice stores it once.
+    id: Option<Uuid>,
+}
+
+/// `POST /messages`: the composer without JavaScript. Stored as the browser's user, with the same
+/// checks and limits as on the socket.
+pub async fn post_message(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    headers: HeaderMap,
+    browser: Browser,
+    Form(form): Form<MessageForm>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let Some(user) = browser.session.as_ref().and_then(|s| s.user.clone()) else {
+        let error = "Join the chat with a name before sending.";
+        return chat_with_error(
+            &state,
+            &pages,
+            nonce,
+            &browser,
+            StatusCode::FORBIDDEN,
+            error,
+        )
+        .await;
+    };
+    let text = match validate_text(&form.text) {
+        Ok(text) => text,
+        Err(err) => {
+            let status = StatusCode::BAD_REQUEST;
+            return chat_with_error(&state, &pages, nonce, &browser, status, err.message()).await;
+        }
+    };
+    if let Err(wait) = state.sessions.limits.check(user.id, browser.ip) {
+        let error = format!(
+            "You are sending messages too fast; this one was not sent. {}",
+            try_again_in(wait)
+        );
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        return chat_with_error(&state, &pages, nonce, &browser, status, &error).await;
+    }
+    let event = NewEvent {
+        id: form.id.unwrap_or_else(Uuid::new_v4),
+        kind: EventKind::Message,
+        name: user.name,
+        user_id: user.id,
+        user_kind: user.kind,
+        text,
+    };
+    match state
+        .hub
+        .publish(crate::protocol::GENERAL_ROOM, event)
+        .await
+    {
+        Ok(_) => back_to_chat(None),
+        Err(err) => {
+            tracing::error!(error = %err, "storing a posted message failed");
+            let error = "The chat is temporarily unavailable; your message was not sent.";
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            chat_with_error(&state, &pages, nonce, &browser, status, error).await
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClaimForm {
+    #[serde(default)]
+    password: String,
+}
+
+/// `POST /account/claim`: "Keep this name". The browser's guest becomes a member under the same id, so
+/// their messages stay theirs; the session gets a new token, and every tab hears who it is now.
+pub async fn claim(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    headers: HeaderMap,
+    browser: Browser,
+    Form(form): Form<ClaimForm>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let refuse = |status: StatusCode, error: &'static str| {
+        chat_with_error(&state, &pages, nonce.clone(), &browser, status, error)
+    };
+    let Some((session, user)) = browser
+        .session
+        .as_ref()
+        .and_then(|s| Some((s.id, s.user.clone()?)))
+    else {
+        return refuse(StatusCode::FORBIDDEN, "Join the chat with a name first.").await;
+    };
+    if user.kind != UserKind::Guest {
+        return refuse(StatusCode::CONFLICT, "This name is yours already.").await;
+    }
+    if let Err(err) = validate_password(&form.password) {
+        return refuse(StatusCode::BAD_REQUEST, err.message()).await;
+    }
+    let key = name_key(&user.name);
+    let held_by_other = state
+        .hub
+        .presence(crate::protocol::GENERAL_ROOM)
+        .and_then(|p| p.holder(&key))
+        .is_some_and(|holder| holder != user.id);
+    if held_by_other {
+        return refuse(StatusCode::CONFLICT, "Someone else is using this name now.").await;
+    }
+    let accounts = &state.accounts;
+    let hash = match accounts.hasher.hash(form.password).await {
+        Ok(hash) => hash,
+        Err(err) => {
+            tracing::error!(error = %err, "hashing a password failed");
+            return super::unavailable();
+        }
+    };
+    let admin = accounts.admin_key.as_deref() == Some(key.as_str());
+    match accounts
+        .store
+        .make_member(user.id, &key, &hash, admin, now_ms())
+        .await
+    {
+        Ok(_) => {}
+        Err(IdentityError::NameOwned) => {
+            return refuse(StatusCode::CONFLICT, crate::server::session::NAME_OWNED).await
+        }
+        Err(IdentityError::NoSuchUser) => {
+            return refuse(StatusCode::CONFLICT, "This name is yours already.").await
+        }
+        Err(IdentityError::Store(err)) => {
+            tracing::error!(error = %err, "keeping a name failed");
+            return super::unavailable();
+        }
+    }
+    let token = new_token();
+    let at = now_ms();
+    let rotated = async {
+        accounts
+            .store
+            .rotate_session(session, &token_hash(&token), at)
+            .await?;
+        accounts
+            .store
+            .bind_session(session, Some(user.id), Via::Password, at)
+            .await
+    };
+    if let Err(err) = rotated.await {
+        tracing::error!(error = %err, "renewing a session failed");
+        return super::unavailable();
+    }
+    tracing::info!(name = %user.name, "a guest kept their name");
+    state
+        .hub
+        .signal_session(session, SessionSignal::Changed)
+        .await;
+    back_to_chat(Some(session_cookie(&token, browser.secure)))
+}
+
+/// One session in a member's list.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub id: Uuid,
+    pub device: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    /// The session this request came with.
+    pub current: bool,
+}
+
+/// The member behind a request, with their session id; `None` for guests and strangers.
+fn member(browser: &Browser) -> Option<(Uuid, Uuid)> {
+    let session = browser.session.as_ref()?;
+    let user = session.user.as_ref()?;
+    (user.kind == UserKind::Member).then_some((session.id, user.id))
+}
+
+/// `GET /account/sessions`: a member's sessions (device, when last active), as JSON.
+pub async fn sessions(State(state): State<AppState>, browser: Browser) -> Response {
+    let Some((current, user)) = member(&browser) else {
+        return (StatusCode::UNAUTHORIZED, "Sign in as a member first.").into_response();
+    };
+    match state.accounts.store.sessions_of(user).await {
+        Ok(sessions) => Json(
+            sessions
+                .into_iter()
+                .map(|s| SessionEntry {
+                    current: s.id == current,
+                    id: s.id,
+                    device: s.device,
+                    created_at: s.created_at,
+                    last_seen_at: s.last_seen_at,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "listing sessions failed");
+            super::unavailable()
+        }
+    }
+}
+
+/// `POST /account/sessions/{id}/end`: ends one of the member's own sessions (another device's, or this
+/// one). A session of somebody else's is "not found", as one that does not exist.
+pub async fn end_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    browser: Browser,
+    Path(id): Path<Uuid>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let Some((current, user)) = member(&browser) else {
+        return (StatusCode::UNAUTHORIZED, "Sign in as a member first.").into_response();
+    };
+    let theirs = match state.accounts.store.sessions_of(user).await {
+        Ok(sessions) => sessions.iter().any(|s| s.id == id),
+        Err(err) => {
+            tracing::error!(error = %err, "listing sessions failed");
+            return super::unavailable();
+        }
+    };
+    if !theirs {
+        return (StatusCode::NOT_FOUND, "No such session.").into_response();
+    }
+    end(&state, id).await;
+    let mut response = back_to_chat(None);
+    if id == current {
+        response
+            .headers_mut()
+            .append(SET_COOKIE, cleared_cookie(browser.secure));
+    }
+    response
+}

@@ -1,0 +1,505 @@
+//! Who people are: users (guests, members, bots) and the browser sessions that act for them.
+//!
+//! Split from the event store on purpose: events only carry a `user_id`, and nothing about how a user
+//! proves who they are reaches the event log. The SQL backends implement both traits over one database.
+
+use super::StoreError;
+use crate::protocol::{UserKind, Via};
+use async_trait::async_trait;
+use uuid::Uuid;
+
+/// A user as the rest of the server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    /// The name as shown.
+    pub name: String,
+    pub kind: UserKind,
+    pub admin: bool,
+}
+
+/// A browser session found by its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Stable for the session's life, also when its token is replaced at sign-in.
+    pub id: Uuid,
+    /// Who the session acts for; `None` until its browser joins or signs in.
+    pub user: Option<User>,
+    pub via: Via,
+}
+
+/// One of a member's sessions, for their "active sessions" list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    /// The browser's own description of itself (its User-Agent), shortened.
+    pub device: String,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+}
+
+/// Why an identity change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A member or bot already has this name (compared by [`crate::server::identity::name_key`]).
+    #[error("the name belongs to a member")]
+    NameOwned,
+    /// The user to change does not exist (or is not what the change needs, such as a guest).
+    #[error("no such user")]
+    NoSuchUser,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for IdentityError {
+    fn from(err: sqlx::Error) -> Self {
+        IdentityError::Store(StoreError::Database(err))
+    }
+}
+
+/// What the server needs to know about users and sessions.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    /// Records a new browser session under the hash of its token; it acts for nobody yet.
+    async fn create_session(
+        &self,
+        id: Uuid,
+        token_hash: &str,
+        device: &str,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The session whose token hashes to `token_hash`, with its user.
+    async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// The session with this id (its token may have changed since the caller read it).
+    async fn session_by_id(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Notes that the session was used now (for the sessions list).
+    async fn touch_session(&self, id: Uuid, at: i64) -> Result<(), StoreError>;
+
+    /// Makes the session act for `user` (or, with `None`, for nobody: the browser left).
+    async fn bind_session(
+        &self,
+        id: Uuid,
+        user: Option<Uuid>,
+        via: Via,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces the session's token (sign-in issues a new one, so a token seen before it is worthless).
+    async fn rotate_session(&self, id: Uuid, token_hash: &str, at: i64) -> Result<(), StoreError>;
+
+    /// Ends a session: its token is forgotten. Returns whether it existed.
+    async fn end_session(&self, id: Uuid) -> Result<bool, StoreError>;
+
+    /// The sessions acting for `user`, most recently used first.
+    async fn sessions_of(&self, user: Uuid) -> Result<Vec<SessionInfo>, StoreError>;
+
+    /// A new guest named `name` (its key `name_key`).
+    async fn create_guest(
+        &self,
+        id: Uuid,
+        name: &str,
+        name_key: &str,
+        at: i64,
+    ) -> Result<User, StoreError>;
+
+    /// The member or bot that owns the name with this key, if any.
+    async fn owner_of(&self, name_key: &str) -> Result<Option<User>, StoreError>;
+
+    /// A member's password hash (PHC string), found by name key.
+    async fn credentials(&self, name_key: &str) -> Result<Option<(User, String)>, StoreError>;
+
+    /// Makes guest `user` a member with this password hash, keeping their id and so their history.
+    /// They become an admin when `admin` is set, or when no admin exists yet (the first member).
+    async fn make_member(
+        &self,
+        user: Uuid,
+        name_key: &str,
+        password_hash: &str,
+        admin: bool,
+        at: i64,
+    ) -> Result<User, IdentityError>;
+
+    /// Makes the member with this name key an admin (`CONFAB_ADMIN`); false when there is none.
+    async fn grant_admin(&self, name_key: &str) -> Result<bool, StoreError>;
+}
+
+/// What a `users.kind` column holds.
+pub(crate) fn kind_from_column(kind: &str) -> UserKind {
+    match kind {
+        "guest" => UserKind::Guest,
+        "member" => UserKind::Member,
+        "bot" => UserKind::Bot,
+        _ => UserKind::Other,
+    }
+}
+
+pub(super) fn via_name(via: Via) -> &'static str {
+    match via {
+        Via::Guest => "guest",
+        Via::Password => "password",
+        Via::Token => "token",
+        Via::Other => "other",
+    }
+}
+
+pub(super) fn via_from_column(via: &str) -> Via {
+    match via {
+        "guest" => Via::Guest,
+        "password" => Via::Password,
+        "token" => Via::Token,
+        _ => Via::Other,
+    }
+}
+
+/// The longest User-Agent kept for the sessions list.
+pub const MAX_DEVICE_CHARS: usize = 200;
+
+/// Reads a user from the columns `user_id, user_name, user_kind, user_admin` (nullable, for a LEFT JOIN).
+pub(super) fn user_from_row<'r, R>(row: &'r R) -> Result<Option<User>, StoreError>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let Some(id) = row.try_get::<Option<String>, _>("user_id")? else {
+        return Ok(None);
+    };
+    let id = Uuid::try_parse(&id).map_err(|_| StoreError::Corrupt(format!("user id {id:?}")))?;
+    Ok(Some(User {
+        id,
+        name: row
+            .try_get::<Option<String>, _>("user_name")?
+            .unwrap_or_default(),
+        kind: kind_from_column(
+            &row.try_get::<Option<String>, _>("user_kind")?
+                .unwrap_or_default(),
+        ),
+        admin: row
+            .try_get::<Option<bool>, _>("user_admin")?
+            .unwrap_or(false),
+    }))
+}
+
+/// The user columns [`user_from_row`] reads, from `users AS u`.
+pub(super) const USER_COLUMNS: &str =
+    "u.id AS user_id, u.name AS user_name, u.kind AS user_kind, u.admin AS user_admin";
+
+/// Implements [`IdentityStore`] for a SQL store with a `pool` field. The SQL is written once, with `$N`
+/// parameters that SQLite and PostgreSQL both read, so the two backends cannot drift apart.
+macro_rules! sql_identity_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::server::store::IdentityStore for $store {
+            async fn create_session(
+                &self,
+                id: uuid::Uuid,
+                token_hash: &str,
+                device: &str,
+                at: i64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                let device: String = device
+                    .chars()
+                    .take($crate::server::store::identity::MAX_DEVICE_CHARS)
+                    .collect();
+                sqlx::query(
+                    "INSERT INTO sessions (id, token_hash, device, created_at, last_seen_at) \
+                     VALUES ($1, $2, $3, $4, $4)",
+                )
+                .bind(id.to_string())
+                .bind(token_hash)
+                .bind(device)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn session(
+                &self,
+                token_hash: &str,
+            ) -> Result<
+                Option<$crate::server::store::SessionRecord>,
+                $crate::server::store::StoreError,
+            > {
+                self.session_where("s.token_hash = $1", token_hash.to_owned())
+                    .await
+            }
+
+            async fn session_by_id(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<
+                Option<$crate::server::store::SessionRecord>,
+                $crate::server::store::StoreError,
+            > {
+                self.session_where("s.id = $1", id.to_string()).await
+            }
+
+            async fn touch_session(
+                &self,
+                id: uuid::Uuid,
+                at: i64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn bind_session(
+                &self,
+                id: uuid::Uuid,
+                user: Option<uuid::Uuid>,
+                via: $crate::protocol::Via,
+                at: i64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query(
+                    "UPDATE sessions SET user_id = $1, via = $2, last_seen_at = $3 WHERE id = $4",
+                )
+                .bind(user.map(|u| u.to_string()))
+                .bind($crate::server::store::identity::via_name(via))
+                .bind(at)
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn rotate_session(
+                &self,
+                id: uuid::Uuid,
+                token_hash: &str,
+                at: i64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query("UPDATE sessions SET token_hash = $1, last_seen_at = $2 WHERE id = $3")
+                    .bind(token_hash)
+                    .bind(at)
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn end_session(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<bool, $crate::server::store::StoreError> {
+                let gone = sqlx::query("DELETE FROM sessions WHERE id = $1")
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok(gone > 0)
+            }
+
+            async fn sessions_of(
+                &self,
+                user: uuid::Uuid,
+            ) -> Result<Vec<$crate::server::store::SessionInfo>, $crate::server::store::StoreError>
+            {
+                let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                    "SELECT id, device, created_at, last_seen_at FROM sessions WHERE user_id = $1 \
+                     ORDER BY last_seen_at DESC",
+                )
+                .bind(user.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(id, device, created_at, last_seen_at)| {
+                        Ok($crate::server::store::SessionInfo {
+                            id: uuid::Uuid::try_parse(&id).map_err(|_| {
+                                $crate::server::store::StoreError::Corrupt(format!(
+                                    "session id {id:?}"
+                                ))
+                            })?,
+                            device,
+                            created_at,
+                            last_seen_at,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn create_guest(
+                &self,
+                id: uuid::Uuid,
+                name: &str,
+                name_key: &str,
+                at: i64,
+            ) -> Result<$crate::server::store::User, $crate::server::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO users (id, name, name_key, kind, created_at) \
+                     VALUES ($1, $2, $3, 'guest', $4)",
+                )
+                .bind(id.to_string())
+                .bind(name)
+                .bind(name_key)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok($crate::server::store::User {
+                    id,
+                    name: name.to_owned(),
+                    kind: $crate::protocol::UserKind::Guest,
+                    admin: false,
+                })
+            }
+
+            async fn owner_of(
+                &self,
+                name_key: &str,
+            ) -> Result<Option<$crate::server::store::User>, $crate::server::store::StoreError>
+            {
+                let sql = format!(
+                    "SELECT {} FROM users u WHERE u.name_key = $1 AND u.kind <> 'guest'",
+                    $crate::server::store::identity::USER_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(name_key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) => $crate::server::store::identity::user_from_row(&row),
+                    None => Ok(None),
+                }
+            }
+
+            async fn credentials(
+                &self,
+                name_key: &str,
+            ) -> Result<
+                Option<($crate::server::store::User, String)>,
+                $crate::server::store::StoreError,
+            > {
+                use sqlx::Row;
+                let sql = format!(
+                    "SELECT {}, u.password_hash FROM users u WHERE u.name_key = $1 \
+                     AND u.kind = 'member' AND u.password_hash IS NOT NULL",
+                    $crate::server::store::identity::USER_COLUMNS
+                );
+                let Some(row) = sqlx::query(&sql)
+                    .bind(name_key)
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let hash: String = row.try_get("password_hash")?;
+                Ok($crate::server::store::identity::user_from_row(&row)?.map(|user| (user, hash)))
+            }
+
+            async fn make_member(
+                &self,
+                user: uuid::Uuid,
+                name_key: &str,
+                password_hash: &str,
+                admin: bool,
+                _at: i64,
+            ) -> Result<$crate::server::store::User, $crate::server::store::IdentityError> {
+                // One statement: the first member becomes the admin even when two claim at once.
+                let updated = sqlx::query(
+                    "UPDATE users SET kind = 'member', name_key = $1, password_hash = $2, \
+                     admin = ($3 OR NOT EXISTS (SELECT 1 FROM users WHERE admin = TRUE)) \
+                     WHERE id = $4 AND kind = 'guest'",
+                )
+                .bind(name_key)
+                .bind(password_hash)
+                .bind(admin)
+                .bind(user.to_string())
+                .execute(&self.pool)
+                .await;
+                match updated {
+                    Ok(done) if done.rows_affected() == 1 => {}
+                    Ok(_) => return Err($crate::server::store::IdentityError::NoSuchUser),
+                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                        return Err($crate::server::store::IdentityError::NameOwned)
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+                let sql = format!(
+                    "SELECT {} FROM users u WHERE u.id = $1",
+                    $crate::server::store::identity::USER_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(user.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+                $crate::server::store::identity::user_from_row(&row)?
+                    .ok_or($crate::server::store::IdentityError::NoSuchUser)
+            }
+
+            async fn grant_admin(
+                &self,
+                name_key: &str,
+            ) -> Result<bool, $crate::server::store::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE users SET admin = TRUE WHERE name_key = $1 AND kind = 'member'",
+                )
+                .bind(name_key)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+
+        impl $store {
+            /// The session (with its user) that `condition` on `sessions AS s` finds.
+            async fn session_where(
+                &self,
+                condition: &str,
+                value: String,
+            ) -> Result<
+                Option<$crate::server::store::SessionRecord>,
+                $crate::server::store::StoreError,
+            > {
+                use sqlx::Row;
+                let sql = format!(
+                    "SELECT s.id AS session_id, s.via, {} FROM sessions s \
+                     LEFT JOIN users u ON u.id = s.user_id WHERE {condition}",
+                    $crate::server::store::identity::USER_COLUMNS
+                );
+                let Some(row) = sqlx::query(&sql)
+                    .bind(value)
+                    .fetch_optional(&self.pool)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let id: String = row.try_get("session_id")?;
+                let via: String = row.try_get("via")?;
+                Ok(Some($crate::server::store::SessionRecord {
+                    id: uuid::Uuid::try_parse(&id).map_err(|_| {
+                        $crate::server::store::StoreError::Corrupt(format!("session id {id:?}"))
+                    })?,
+                    user: $crate::server::store::identity::user_from_row(&row)?,
+                    via: $crate::server::store::identity::via_from_column(&via),
+                }))
+            }
+
+            /// What SQL migrations cannot do: fill in the name keys of users the migration made from
+            /// earlier names (case folding needs Unicode tables).
+            async fn fill_name_keys(&self) -> Result<(), $crate::server::store::StoreError> {
+                let unkeyed: Vec<(String, String)> =
+                    sqlx::query_as("SELECT id, name FROM users WHERE name_key = ''")
+                        .fetch_all(&self.pool)
+                        .await?;
+                for (id, name) in unkeyed {
+                    sqlx::query("UPDATE users SET name_key = $1 WHERE id = $2")
+                        .bind($crate::server::names::name_key(&name))
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use sql_identity_store;

@@ -1,0 +1,1 @@
+//! Accounts against the real server.
