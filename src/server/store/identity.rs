@@ -503,3 +503,141 @@ macro_rules! sql_identity_store {
 }
 
 pub(super) use sql_identity_store;
+
+/// What every identity store must do, run against each backend by its tests.
+#[cfg(test)]
+pub(crate) async fn check_contract(store: &dyn IdentityStore) {
+    use crate::server::names::name_key;
+    let session = Uuid::new_v4();
+    store
+        .create_session(session, "hash-1", "Firefox on a phone", 10)
+        .await
+        .unwrap();
+    let found = store.session("hash-1").await.unwrap().expect("created");
+    assert_eq!((found.id, found.user.clone()), (session, None));
+    assert!(store.session("hash-2").await.unwrap().is_none());
+
+    let ann = Uuid::new_v4();
+    let guest = store
+        .create_guest(ann, "Ann", &name_key("Ann"), 11)
+        .await
+        .unwrap();
+    assert_eq!(guest.kind, UserKind::Guest);
+    store
+        .bind_session(session, Some(ann), Via::Guest, 12)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session("hash-1").await.unwrap().unwrap().user,
+        Some(guest.clone())
+    );
+    assert_eq!(
+        store.owner_of(&name_key("ann")).await.unwrap(),
+        None,
+        "a guest owns no name"
+    );
+
+    // Another guest may use the same name (not at once: presence sees to that) until it is kept.
+    let other = Uuid::new_v4();
+    store
+        .create_guest(other, "ANN", &name_key("ANN"), 13)
+        .await
+        .unwrap();
+    let member = store
+        .make_member(ann, &name_key("Ann"), "$argon2id$fake", false, 14)
+        .await
+        .unwrap();
+    assert_eq!(
+        (member.id, member.kind, member.admin),
+        (ann, UserKind::Member, true),
+        "first member is admin"
+    );
+    assert!(matches!(
+        store
+            .make_member(other, &name_key("ANN"), "$argon2id$x", false, 15)
+            .await,
+        Err(IdentityError::NameOwned)
+    ));
+    assert!(
+        matches!(
+            store
+                .make_member(ann, &name_key("Ann"), "$argon2id$x", false, 15)
+                .await,
+            Err(IdentityError::NoSuchUser)
+        ),
+        "a member cannot be made one twice"
+    );
+    assert_eq!(
+        store
+            .owner_of(&name_key("ＡＮＮ"))
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(ann)
+    );
+    let (user, hash) = store.credentials(&name_key("ann")).await.unwrap().unwrap();
+    assert_eq!((user.id, hash.as_str()), (ann, "$argon2id$fake"));
+    assert_eq!(store.credentials(&name_key("Nobody")).await.unwrap(), None);
+
+    let bo = Uuid::new_v4();
+    store
+        .create_guest(bo, "Bo", &name_key("Bo"), 16)
+        .await
+        .unwrap();
+    let bo_member = store
+        .make_member(bo, &name_key("Bo"), "$argon2id$b", false, 17)
+        .await
+        .unwrap();
+    assert!(!bo_member.admin, "only the first member is made admin");
+    assert!(store.grant_admin(&name_key("bo")).await.unwrap());
+    assert!(
+        store
+            .owner_of(&name_key("Bo"))
+            .await
+            .unwrap()
+            .unwrap()
+            .admin
+    );
+    assert!(!store.grant_admin(&name_key("Nobody")).await.unwrap());
+
+    // A new token for the same session: the old one finds nothing.
+    store.rotate_session(session, "hash-3", 18).await.unwrap();
+    assert!(store.session("hash-1").await.unwrap().is_none());
+    let rotated = store.session("hash-3").await.unwrap().unwrap();
+    assert_eq!(rotated.id, session);
+    assert_eq!(
+        store.session_by_id(session).await.unwrap().unwrap().id,
+        session
+    );
+    store
+        .bind_session(session, Some(ann), Via::Password, 19)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session("hash-3").await.unwrap().unwrap().via,
+        Via::Password
+    );
+
+    let second = Uuid::new_v4();
+    store
+        .create_session(second, "hash-4", "Chromium", 20)
+        .await
+        .unwrap();
+    store
+        .bind_session(second, Some(ann), Via::Password, 21)
+        .await
+        .unwrap();
+    store.touch_session(session, 30).await.unwrap();
+    let listed = store.sessions_of(ann).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [session, second],
+        "most recent first"
+    );
+    assert_eq!(listed[0].device, "Firefox on a phone");
+    assert!(store.sessions_of(bo).await.unwrap().is_empty());
+    assert!(store.end_session(second).await.unwrap());
+    assert!(!store.end_session(second).await.unwrap());
+    assert!(store.session("hash-4").await.unwrap().is_none());
+    assert_eq!(store.sessions_of(ann).await.unwrap().len(), 1);
+}

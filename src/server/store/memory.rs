@@ -303,6 +303,13 @@ impl IdentityStore for MemoryStore {
         _at: i64,
     ) -> Result<User, IdentityError> {
         let mut state = self.lock();
+        if !state
+            .users
+            .get(&user)
+            .is_some_and(|u| u.user.kind == UserKind::Guest)
+        {
+            return Err(IdentityError::NoSuchUser);
+        }
         if state.owner_of(name_key).is_some() {
             return Err(IdentityError::NameOwned);
         }
@@ -395,5 +402,13 @@ mod tests {
             [(1, true), (2, true), (1, false)]
         );
         assert_eq!(store.since("a", 0, 10).await.unwrap().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_identity_contract() {
+        super::super::identity::check_contract(&super::MemoryStore::new(10)).await;
     }
 }

@@ -319,3 +319,129 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+    use crate::server::store::IdentityStore;
+
+    /// A database as the schema before accounts wrote it: events with names only, and sessions keyed
+    /// by the raw (client-chosen) token.
+    async fn before_accounts(path: &Path) {
+        let old = tempfile::tempdir().unwrap();
+        std::fs::write(
+            old.path().join("0001_events_and_sessions.sql"),
+            include_str!("migrations/sqlite/0001_events_and_sessions.sql"),
+        )
+        .unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let rows = [
+            (1, "join", "Ann", ""),
+            (2, "message", "Ann", "hello from before"),
+            (3, "join", "Bo", ""),
+            (4, "message", "Bo", "hi Ann"),
+            (5, "message", "Ann", "bye"),
+        ];
+        for (seq, kind, name, text) in rows {
+            sqlx::query("INSERT INTO events (room, seq, id, at, kind, name, text) VALUES ('general', ?, ?, ?, ?, ?, ?)")
+                .bind(seq)
+                .bind(Uuid::new_v4().to_string())
+                .bind(1_000 * seq)
+                .bind(kind)
+                .bind(name)
+                .bind(text)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        for (token, name) in [
+            ("11111111-1111-4111-8111-111111111111", Some("Ann")),
+            ("22222222-2222-4222-8222-222222222222", None),
+        ] {
+            sqlx::query("INSERT INTO sessions (token, name, updated_at) VALUES (?, ?, 9)")
+                .bind(token)
+                .bind(name)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_accounts_keeps_its_history_names_and_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        before_accounts(&path).await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let events = store.since("general", 0, 100).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+            ["", "hello from before", "", "hi Ann", "bye"],
+            "every event survives, in order"
+        );
+        let ann = events[0].user_id;
+        let bo = events[2].user_id;
+        assert!(!ann.is_nil() && !bo.is_nil());
+        assert_ne!(ann, bo);
+        assert!(events
+            .iter()
+            .all(|e| e.user_id == if e.name == "Ann" { ann } else { bo }));
+
+        // Ann's browser is still Ann: its session was carried over under the hash of its token.
+        let session = store
+            .session(&crate::server::identity::token_hash(
+                "11111111-1111-4111-8111-111111111111",
+            ))
+            .await
+            .unwrap()
+            .expect("the joined session survives");
+        let user = session.user.expect("acting for Ann");
+        assert_eq!((user.id, user.name.as_str()), (ann, "Ann"));
+        assert_eq!(user.kind, crate::protocol::UserKind::Guest);
+        // A session that had not joined is not kept; the raw tokens are gone.
+        let legacy: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'legacy_sessions'")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(legacy, 0);
+        let unkeyed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE name_key = ''")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(unkeyed, 0, "every name has its comparison key");
+        store.close().await;
+
+        // Opening again changes nothing.
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.since("general", 0, 100).await.unwrap(), events);
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(users, 2);
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    #[tokio::test]
+    async fn sqlite_keeps_the_identity_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteStore::open(&dir.path().join("id.db"))
+            .await
+            .unwrap();
+        super::super::identity::check_contract(&store).await;
+    }
+}

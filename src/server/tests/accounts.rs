@@ -1,1 +1,635 @@
-//! Accounts against the real server.
+//! Accounts against the real server: guests, keeping a name, signing in and out, sessions, limits.
+//! Every test of something private also checks that a third person learns nothing of it.
+
+use super::*;
+use crate::protocol::{Identity, UserKind, Via};
+use crate::ui::state::Bootstrap;
+
+/// A raw HTTP/1.1 form POST; returns the whole response.
+async fn post(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    origin: Option<&str>,
+    body: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let cookie = token
+        .map(|t| format!("Cookie: {}={t}\r\n", crate::server::identity::COOKIE_NAME))
+        .unwrap_or_default();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie}{origin}\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn status(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+/// A GET with the session cookie `token`.
+async fn get_as(addr: SocketAddr, path: &str, token: &str) -> String {
+    get(
+        addr,
+        path,
+        &format!(
+            "Cookie: {}={token}\r\n",
+            crate::server::identity::COOKIE_NAME
+        ),
+    )
+    .await
+}
+
+/// The state a rendered page carries.
+fn boot_of(page: &str) -> Bootstrap {
+    let json = page
+        .split_once(&format!("id=\"{}\">", crate::ui::state::BOOTSTRAP_ID))
+        .and_then(|(_, rest)| rest.split_once("</script>"))
+        .map(|(json, _)| json)
+        .unwrap_or_else(|| panic!("the page carries its bootstrap: {page}"));
+    serde_json::from_str(json).unwrap()
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={v}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Client {
+    /// The identity of the next `joined` frame.
+    async fn identity(&mut self) -> Identity {
+        self.next_matching(|f| match f {
+            ServerFrame::Joined(me) => Some(me.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Reads until the server closes the socket; returns the close code.
+    async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let message = timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("closed in time");
+            match message {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// A browser that joined as a guest named `name` and kept it with `password`: its new token, and the
+/// socket it joined on.
+async fn member(addr: SocketAddr, name: &str, password: &str) -> (String, Client) {
+    let token = browser(addr).await;
+    let mut socket = connect_as(addr, &token, "").await;
+    socket.join(name).await;
+    let kept = post(
+        addr,
+        "/account/claim",
+        Some(&token),
+        None,
+        &form(&[("password", password)]),
+    )
+    .await;
+    assert_eq!(status(&kept), 303, "{kept}");
+    let renewed = session_token(&kept).expect("keeping a name renews the session's token");
+    assert_ne!(renewed, token);
+    (renewed, socket)
+}
+
+#[tokio::test]
+async fn a_guest_keeps_their_name_and_nobody_else_can_join_under_it() {
+    let addr = start(memory()).await;
+    let token = browser(addr).await;
+    let mut ann = connect_as(addr, &token, "").await;
+    ann.send(&ClientFrame::Join { name: "Ann".into() }).await;
+    let guest = ann.identity().await;
+    assert_eq!((guest.kind, guest.via), (UserKind::Guest, Via::Guest));
+    let id = Uuid::new_v4();
+    ann.send(&ClientFrame::Send {
+        id,
+        text: "written as a guest".into(),
+    })
+    .await;
+    ack(&mut ann, id).await;
+
+    // Too short: refused, with the reason in the page, and still a guest.
+    let short = post(addr, "/account/claim", Some(&token), None, "password=short").await;
+    assert_eq!(status(&short), 400);
+    assert_eq!(
+        boot_of(&short).form_error.as_deref(),
+        Some("Use a password of at least 8 characters.")
+    );
+
+    let kept = post(
+        addr,
+        "/account/claim",
+        Some(&token),
+        None,
+        &form(&[("password", "correct horse")]),
+    )
+    .await;
+    assert_eq!(status(&kept), 303, "{kept}");
+    let renewed = session_token(&kept).unwrap();
+    // The open socket hears who it is now: the same user, a member, and (the first one) the admin.
+    let now = ann.identity().await;
+    assert_eq!(
+        now.user_id, guest.user_id,
+        "the same user, so the history stays theirs"
+    );
+    assert_eq!(
+        (now.kind, now.via, now.admin),
+        (UserKind::Member, Via::Password, true)
+    );
+
+    // The old token is worth nothing now; the new one is the member's.
+    let stale = get_as(addr, "/", &token).await;
+    assert!(
+        session_token(&stale).is_some(),
+        "a stranger's page issues a new session"
+    );
+    assert_eq!(boot_of(&stale).me, None);
+    let page = get_as(addr, "/", &renewed).await;
+    let me = boot_of(&page).me.expect("the member's page knows them");
+    assert_eq!((me.name.as_str(), me.kind), ("Ann", UserKind::Member));
+    let history = boot_of(&page).events;
+    let written = history.iter().find(|e| e.id == id).unwrap();
+    assert_eq!(written.user_id, guest.user_id);
+
+    // Nobody else may join under it, however it is written, online or not.
+    for alike in ["Ann", "ann", "ＡＮＮ", " Ａnn "] {
+        let mut other = connect(addr, "").await;
+        other.send(&ClientFrame::Join { name: alike.into() }).await;
+        let (message, _) = other.expect_error(ErrorCode::NameOwned).await;
+        assert_eq!(message, "That name belongs to a member. Sign in to use it.");
+    }
+    drop(ann);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = browser(addr).await;
+    let posted = post(addr, "/join", Some(&other), None, "name=ann").await;
+    assert_eq!(status(&posted), 409);
+    assert_eq!(
+        boot_of(&posted).form_error.as_deref(),
+        Some("That name belongs to a member. Sign in to use it.")
+    );
+    // And the stranger's page says nothing about the member beyond what the room shows.
+    assert!(!posted.contains(&renewed));
+}
+
+#[tokio::test]
+async fn signing_in_elsewhere_then_out_closes_that_browsers_tabs_only() {
+    let mut config = memory();
+    config.session.leave_grace = Duration::from_millis(100);
+    let addr = start(config).await;
+    let (_ann_token, mut ann) = member(addr, "Ann", "correct horse").await;
+    ann.identity().await;
+
+    // Bad sign-ins, each with its own clear answer, and the same answer for a wrong password and an
+    // unknown name (so the form tells no one which names are members).
+    let phone = browser(addr).await;
+    let attempt = |name: &str, password: &str| form(&[("name", name), ("password", password)]);
+    let wrong = post(
+        addr,
+        "/login",
+        Some(&phone),
+        None,
+        &attempt("Ann", "wrong horse"),
+    )
+    .await;
+    assert_eq!(status(&wrong), 401);
+    let unknown = post(
+        addr,
+        "/login",
+        Some(&phone),
+        None,
+        &attempt("Nobody", "wrong horse"),
+    )
+    .await;
+    assert_eq!(status(&unknown), 401);
+    let error = |page: &str| match boot_of(page).page {
+        crate::ui::state::Page::SignIn { error, .. } => error,
+        other => panic!("the sign-in page, not {other:?}"),
+    };
+    assert_eq!(
+        error(&wrong).as_deref(),
+        Some(super::super::identity::http::WRONG_CREDENTIALS)
+    );
+    assert_eq!(error(&wrong), error(&unknown));
+    let blank = post(addr, "/login", Some(&phone), None, &attempt("Ann", "")).await;
+    assert_eq!(
+        (status(&blank), error(&blank).as_deref()),
+        (400, Some("Enter your password."))
+    );
+    let huge = "x".repeat(2048);
+    let long = post(addr, "/login", Some(&phone), None, &attempt("Ann", &huge)).await;
+    assert_eq!(status(&long), 400);
+    assert!(error(&long).unwrap().contains("too long"));
+
+    // The right password, from another browser: a new session acting for the member.
+    let signed_in = post(
+        addr,
+        "/login",
+        Some(&phone),
+        None,
+        &attempt("ann", "correct horse"),
+    )
+    .await;
+    assert_eq!(status(&signed_in), 303, "{signed_in}");
+    let phone_token = session_token(&signed_in).unwrap();
+    assert_ne!(phone_token, phone, "sign-in issues a new token");
+    let mut tab1 = connect_as(addr, &phone_token, "").await;
+    let me = tab1.identity().await;
+    assert_eq!(
+        (me.name.as_str(), me.kind, me.via),
+        ("Ann", UserKind::Member, Via::Password)
+    );
+    let mut tab2 = connect_as(addr, &phone_token, "").await;
+    tab2.identity().await;
+
+    // A sign-out from another site is refused and changes nothing.
+    let forged = post(
+        addr,
+        "/logout",
+        Some(&phone_token),
+        Some("https://evil.example"),
+        "",
+    )
+    .await;
+    assert_eq!(status(&forged), 403);
+    assert!(boot_of(&get_as(addr, "/", &phone_token).await).me.is_some());
+
+    // Signing out closes both tabs of that browser at once, and only them.
+    let out = post(addr, "/logout", Some(&phone_token), None, "").await;
+    assert_eq!(status(&out), 303);
+    assert!(header(&out, "set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        tab1.close_code().await,
+        Some(crate::server::session::CLOSE_SIGNED_OUT)
+    );
+    assert_eq!(
+        tab2.close_code().await,
+        Some(crate::server::session::CLOSE_SIGNED_OUT)
+    );
+    assert_eq!(boot_of(&get_as(addr, "/", &phone_token).await).me, None);
+    ann.send(&say("still here")).await;
+    let event = ann
+        .next_matching(|f| match f {
+            ServerFrame::Event(e) if e.kind == EventKind::Message => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(event.text, "still here");
+}
+
+#[tokio::test]
+async fn a_cross_site_sign_in_is_refused() {
+    let addr = start(memory()).await;
+    let (_, _ann) = member(addr, "Ann", "correct horse").await;
+    let form = form(&[("name", "Ann"), ("password", "correct horse")]);
+    let forged = post(addr, "/login", None, Some("https://evil.example"), &form).await;
+    assert_eq!(status(&forged), 403);
+    assert!(session_token(&forged).is_none());
+    let null = post(addr, "/login", None, Some("null"), &form).await;
+    assert_eq!(status(&null), 403);
+}
+
+#[tokio::test]
+async fn invented_or_forged_cookies_are_not_sessions() {
+    let addr = start(memory()).await;
+    for invented in [
+        Uuid::new_v4().to_string(),
+        crate::server::identity::new_token(),
+        "<script>".to_owned(),
+    ] {
+        let page = get_as(addr, "/", &invented).await;
+        let issued = session_token(&page).expect("a new session replaces it");
+        assert_ne!(issued, invented);
+        assert_eq!(boot_of(&page).me, None);
+        // Joining on a socket that carries it binds nothing to it: the next socket is a stranger's.
+        let mut socket = connect_as(addr, &invented, "").await;
+        let name = format!("Inv{}", &Uuid::new_v4().simple().to_string()[..6]);
+        socket.join(&name).await;
+        let mut again = connect_as(addr, &invented, "").await;
+        again
+            .next_matching(|f| match f {
+                ServerFrame::Joined(_) => panic!("an invented token is nobody's session"),
+                ServerFrame::Presence { .. } => Some(()),
+                _ => None,
+            })
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn the_eleventh_sign_in_attempt_waits_and_says_how_long() {
+    let mut config = memory();
+    config.signin_attempts = 3;
+    let addr = start(config).await;
+    let (_, _ann) = member(addr, "Ann", "correct horse").await;
+    let attempt = form(&[("name", "Ann"), ("password", "guess guess")]);
+    for _ in 0..3 {
+        assert_eq!(
+            status(&post(addr, "/login", None, None, &attempt).await),
+            401
+        );
+    }
+    let limited = post(addr, "/login", None, None, &attempt).await;
+    assert_eq!(status(&limited), 429);
+    let wait: u64 = header(&limited, "retry-after").unwrap().parse().unwrap();
+    assert!(wait > 0 && wait <= 300, "{wait}");
+    let crate::ui::state::Page::SignIn { error, .. } = boot_of(&limited).page else {
+        panic!("the sign-in page")
+    };
+    let error = error.unwrap();
+    assert!(
+        error.starts_with("Too many sign-in attempts. Try again in"),
+        "{error}"
+    );
+    // Even the right password waits: the limit counts attempts, not failures.
+    let right = form(&[("name", "Ann"), ("password", "correct horse")]);
+    assert_eq!(status(&post(addr, "/login", None, None, &right).await), 429);
+}
+
+#[tokio::test]
+async fn two_browsers_claiming_one_guest_name_at_the_same_instant_one_wins() {
+    let addr = start(memory()).await;
+    for round in 0..5 {
+        let name = format!("Zed{round}");
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(connect(addr, "").await);
+        }
+        let joins = clients.into_iter().enumerate().map(|(i, mut client)| {
+            // The same name as people read it, written two ways.
+            let name = if i == 0 {
+                name.clone()
+            } else {
+                name.to_uppercase()
+            };
+            tokio::spawn(async move {
+                client.send(&ClientFrame::Join { name }).await;
+                client
+                    .next_matching(|f| match f {
+                        ServerFrame::Joined(_) => Some(true),
+                        ServerFrame::Error {
+                            code: ErrorCode::NameTaken,
+                            ..
+                        } => Some(false),
+                        _ => None,
+                    })
+                    .await
+            })
+        });
+        let mut won = 0;
+        for join in joins.collect::<Vec<_>>() {
+            won += usize::from(join.await.unwrap());
+        }
+        assert_eq!(won, 1, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_member_lists_their_sessions_and_ends_one_elsewhere() {
+    let addr = start(memory()).await;
+    let (laptop, _ann) = member(addr, "Ann", "correct horse").await;
+    let signed_in = post(
+        addr,
+        "/login",
+        None,
+        None,
+        &form(&[("name", "Ann"), ("password", "correct horse")]),
+    )
+    .await;
+    let phone = session_token(&signed_in).unwrap();
+    let mut phone_socket = connect_as(addr, &phone, "").await;
+    phone_socket.identity().await;
+
+    let listed = get_as(addr, "/account/sessions", &laptop).await;
+    assert_eq!(status(&listed), 200);
+    let body = listed.split("\r\n\r\n").nth(1).unwrap();
+    let sessions: Vec<crate::server::identity::http::SessionEntry> =
+        serde_json::from_str(body).unwrap();
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(sessions.iter().filter(|s| s.current).count(), 1);
+    let other = sessions.iter().find(|s| !s.current).unwrap().id;
+
+    // A guest (the third person) can neither list nor end them, and learns nothing from trying.
+    let guest = browser(addr).await;
+    let peek = get_as(addr, "/account/sessions", &guest).await;
+    assert_eq!(status(&peek), 401);
+    assert!(!peek.contains(&other.to_string()));
+    let (_, _bo) = member(addr, "Bo", "battery staple").await;
+    let bo = session_token(
+        &post(
+            addr,
+            "/login",
+            None,
+            None,
+            &form(&[("name", "Bo"), ("password", "battery staple")]),
+        )
+        .await,
+    )
+    .unwrap();
+    let theirs = post(
+        addr,
+        &format!("/account/sessions/{other}/end"),
+        Some(&bo),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&theirs), 404, "someone else's session is not found");
+
+    let ended = post(
+        addr,
+        &format!("/account/sessions/{other}/end"),
+        Some(&laptop),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&ended), 303);
+    assert_eq!(
+        phone_socket.close_code().await,
+        Some(crate::server::session::CLOSE_SIGNED_OUT)
+    );
+    assert_eq!(boot_of(&get_as(addr, "/", &phone).await).me, None);
+    assert!(boot_of(&get_as(addr, "/", &laptop).await).me.is_some());
+}
+
+#[tokio::test]
+async fn a_burst_over_the_limit_waits_its_turn_and_arrives_in_order() {
+    let mut config = memory();
+    config.session.messages_per_second = std::num::NonZeroU32::new(20).unwrap();
+    config.session.burst = std::num::NonZeroU32::new(5).unwrap();
+    let addr = start(config).await;
+    let token = browser(addr).await;
+    let mut tab = connect_as(addr, &token, "").await;
+    tab.join("Quick").await;
+    let mut watcher = joined(addr, "Watcher").await;
+
+    let ids: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
+    let text = |i: usize| format!("burst {i}");
+    // Typed quickly but not all at once: the allowance refills between some of them, which is what
+    // would let a later message overtake a refused one.
+    for (i, id) in ids.iter().enumerate() {
+        tab.send(&ClientFrame::Send {
+            id: *id,
+            text: text(i),
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(12)).await;
+    }
+    // As a client does: on "rate_limited", wait what it says, then send everything not yet stored,
+    // in order.
+    let mut stored = std::collections::HashSet::new();
+    let mut rounds = 0;
+    while stored.len() < ids.len() {
+        rounds += 1;
+        assert!(rounds < 100, "the burst gets through");
+        let mut wait = None;
+        let outstanding = ids.len() - stored.len();
+        for _ in 0..outstanding {
+            match tab
+                .next_matching(|f| match f {
+                    ServerFrame::Ack { id, .. } => Some(Ok(*id)),
+                    ServerFrame::Error {
+                        code: ErrorCode::RateLimited,
+                        id: Some(id),
+                        retry_after_ms,
+                        ..
+                    } => Some(Err((*id, *retry_after_ms))),
+                    _ => None,
+                })
+                .await
+            {
+                Ok(id) => {
+                    stored.insert(id);
+                }
+                Err((_, retry)) => {
+                    let retry = retry.expect("rate_limited says when to try again");
+                    wait = Some(wait.map_or(retry, |w: u64| w.max(retry)));
+                }
+            }
+        }
+        if let Some(wait) = wait {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            for (i, id) in ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !stored.contains(*id))
+            {
+                tab.send(&ClientFrame::Send {
+                    id: *id,
+                    text: text(i),
+                })
+                .await;
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    while seen.len() < ids.len() {
+        let event = watcher.next_event().await;
+        if event.kind == EventKind::Message && event.text.starts_with("burst ") {
+            seen.push(event.text);
+        }
+    }
+    let expected: Vec<String> = (0..ids.len()).map(text).collect();
+    assert_eq!(
+        seen, expected,
+        "in the order written, none lost, none twice"
+    );
+}
+
+#[tokio::test]
+async fn more_sockets_do_not_buy_a_faster_rate() {
+    let mut config = memory();
+    config.session.messages_per_second = std::num::NonZeroU32::new(1).unwrap();
+    config.session.burst = std::num::NonZeroU32::new(2).unwrap();
+    let addr = start(config).await;
+    let token = browser(addr).await;
+    let mut first = connect_as(addr, &token, "").await;
+    first.join("Twin").await;
+    let mut second = connect_as(addr, &token, "").await;
+    second.identity().await;
+    for _ in 0..2 {
+        let (id, frame) = {
+            let id = Uuid::new_v4();
+            (
+                id,
+                ClientFrame::Send {
+                    id,
+                    text: "ok".into(),
+                },
+            )
+        };
+        first.send(&frame).await;
+        ack(&mut first, id).await;
+    }
+    second.send(&say("one more, from another socket")).await;
+    let (message, _) = second.expect_error(ErrorCode::RateLimited).await;
+    assert!(message.contains("too fast"), "{message}");
+
+    // Per client address too: many users from one address share its allowance.
+    let mut config = memory();
+    config.session.address_per_second = std::num::NonZeroU32::new(1).unwrap();
+    config.session.address_burst = std::num::NonZeroU32::new(3).unwrap();
+    let addr = start(config).await;
+    let mut sent = 0;
+    let mut refused = false;
+    for i in 0..4 {
+        let mut user = joined(addr, &format!("Crowd{i}")).await;
+        let id = Uuid::new_v4();
+        user.send(&ClientFrame::Send {
+            id,
+            text: "hi".into(),
+        })
+        .await;
+        match user
+            .next_matching(|f| match f {
+                ServerFrame::Ack { .. } => Some(true),
+                ServerFrame::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                } => Some(false),
+                _ => None,
+            })
+            .await
+        {
+            true => sent += 1,
+            false => refused = true,
+        }
+    }
+    assert_eq!((sent, refused), (3, true));
+}

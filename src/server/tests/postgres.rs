@@ -639,3 +639,101 @@ async fn concurrent_appends_commit_in_sequence_order_so_readers_never_skip() {
     assert_eq!(seen.len() as u64, total);
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn postgres_keeps_the_identity_contract() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::open(&db.url).await.unwrap();
+    crate::server::store::identity::check_contract(&store).await;
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_postgres_database_from_before_accounts_keeps_its_history_names_and_sessions() {
+    use crate::server::store::IdentityStore;
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let old = tempfile::tempdir().unwrap();
+    std::fs::write(
+        old.path().join("0001_events_sessions_presence.sql"),
+        include_str!("../store/migrations/postgres/0001_events_sessions_presence.sql"),
+    )
+    .unwrap();
+    let pool = db.pool().await;
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    for (seq, kind, name, text) in [
+        (1i64, "join", "Ann", ""),
+        (2, "message", "Ann", "hello from before"),
+        (3, "message", "Bo", "hi"),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (room, seq, id, at, kind, name, text) VALUES ('general', $1, $2, $3, $4, $5, $6)",
+        )
+        .bind(seq)
+        .bind(Uuid::new_v4().to_string())
+        .bind(seq * 1000)
+        .bind(kind)
+        .bind(name)
+        .bind(text)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO rooms (room, last_seq) VALUES ('general', 3)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let token = "11111111-1111-4111-8111-111111111111";
+    sqlx::query("INSERT INTO sessions (token, name, updated_at) VALUES ($1, 'Ann', 5)")
+        .bind(token)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = PgStore::open(&db.url).await.unwrap();
+    let events = store.since("general", 0, 10).await.unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0].user_id, events[1].user_id);
+    assert_ne!(events[1].user_id, events[2].user_id);
+    assert!(events.iter().all(|e| !e.user_id.is_nil()));
+    let session = store
+        .session(&crate::server::identity::token_hash(token))
+        .await
+        .unwrap()
+        .expect("the joined session survives");
+    assert_eq!(session.user.unwrap().id, events[0].user_id);
+    let unkeyed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE name_key = ''")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(unkeyed, 0);
+    // New events continue the sequence.
+    let next = store
+        .append(
+            "general",
+            vec![crate::server::store::NewEvent {
+                id: Uuid::new_v4(),
+                kind: EventKind::Message,
+                name: "Ann".into(),
+                user_id: events[0].user_id,
+                user_kind: crate::protocol::UserKind::Guest,
+                text: "after the upgrade".into(),
+            }],
+            9,
+        )
+        .await
+        .unwrap();
+    assert_eq!(next[0].event.seq, 4);
+    store.close().await;
+    db.drop_now().await;
+}
