@@ -26,9 +26,10 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 {boot.map(|json| view! {
                     <script type="application/json" id=crate::ui::state::BOOTSTRAP_ID inner_html=json></script>
                 })}
-                // Without JavaScript nobody can join, but the history must stay readable.
+                // Without JavaScript the forms still work (the server handles them); only the live
+                // connection's status means nothing.
                 <noscript>
-                    <style>".backdrop, .composer, .people { display: none; }"</style>
+                    <style>".status, .load-older, .typing { display: none; }"</style>
                 </noscript>
             </head>
             <body>

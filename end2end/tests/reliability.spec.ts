@@ -193,7 +193,7 @@ test("the status shows when the server goes away and recovers by itself", async 
   }
 });
 
-test("without JavaScript the page still shows the history", async ({ browser }) => {
+test("without JavaScript the page shows the history, and a name and a message can be posted", async ({ browser }) => {
   const writer = await ChatPage.open(browser);
   await writer.join(unique("Scribe"));
   const text = unique("readable without js ");
@@ -205,7 +205,19 @@ test("without JavaScript the page still shows the history", async ({ browser }) 
   await page.goto("/");
   const reader = new ChatPage(page);
   await expect(reader.message(text)).toBeVisible();
+  // The name dialog is a form the server handles: it joins without any script.
+  const name = unique("NoJs");
+  await reader.nameField.fill(name);
+  await reader.nameField.press("Enter");
   await expect(reader.dialog).toBeHidden();
+  await expect(page).toHaveURL(/\/$/);
+  await expect(page.locator(".whoami-name")).toHaveText(name);
+  // So is the composer.
+  const reply = unique("posted without js ");
+  await reader.composer.fill(reply);
+  await reader.sendButton.click();
+  await expect(reader.message(reply)).toBeVisible();
+  await expect(writer.message(reply)).toBeVisible();
   await context.close();
   await writer.close();
 });

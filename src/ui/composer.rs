@@ -79,9 +79,12 @@ pub fn Composer() -> impl IntoView {
     };
 
     view! {
-        <form class="composer" on:submit=move |ev| { ev.prevent_default(); submit(); }>
+        // A real form: without JavaScript (or before the WASM), the server stores the message and renders
+        // the page again; hydrated, the message goes over the socket.
+        <form class="composer" method="post" action="/messages" on:submit=move |ev| { ev.prevent_default(); submit(); }>
             <textarea
                 node_ref=field
+                name="text"
                 rows="1"
                 placeholder="Write a message..."
                 aria-label="Message"

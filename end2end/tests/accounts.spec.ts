@@ -1,0 +1,188 @@
+import { expect, test, type Page } from "@playwright/test";
+import { ChatPage, unique } from "./fixtures/chat";
+import { OwnServer } from "./fixtures/server";
+
+/** Opens the people panel and keeps the name with `password`; the page comes back as the member's. */
+async function keepName(chat: ChatPage, password: string): Promise<void> {
+  await chat.page.locator(".people summary").click();
+  await chat.page.getByLabel("Keep this name: choose a password").fill(password);
+  await chat.page.getByRole("button", { name: "Keep this name" }).click();
+  await expect(chat.page.locator(".whoami .mark").first()).toHaveText("member");
+  await expect(chat.status).toHaveAttribute("data-status", "connected");
+}
+
+async function signIn(page: Page, name: string, password: string): Promise<void> {
+  await page.getByLabel("Name").fill(name);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+}
+
+test("a kept name is the member's: another browser cannot join under it, and signs in with the password", async ({ browser }) => {
+  const name = unique("Kim");
+  const owner = await ChatPage.open(browser);
+  await owner.join(name);
+  const before = unique("said as a guest ");
+  await owner.say(before);
+  await expect(owner.message(before)).toBeVisible();
+
+  // A password too short is refused where it was typed.
+  await owner.page.locator(".people summary").click();
+  await owner.page.getByLabel("Keep this name: choose a password").fill("short");
+  // The browser's own minlength check stops it first; the server's check is covered by the unit tests.
+  await expect(owner.page.getByLabel("Keep this name: choose a password")).toHaveJSProperty("validity.tooShort", true);
+
+  await owner.page.locator(".people summary").click();
+  await keepName(owner, "correct horse battery");
+  await expect(owner.page.locator(".whoami-name")).toHaveText(name);
+  // Messages written as a guest are still theirs.
+  await expect(owner.message(before)).toHaveClass(/mine/);
+
+  // A third person, and a second browser trying the same name as people read it.
+  const thief = await ChatPage.open(browser);
+  await thief.join(name.toUpperCase()).catch(() => {});
+  await expect(thief.nameError).toHaveText("That name belongs to a member. Sign in to use it.");
+  await expect(thief.dialog).toBeVisible();
+  await thief.page.getByRole("link", { name: "Sign in" }).click();
+  await expect(thief.page).toHaveURL(/\/login$/);
+  await signIn(thief.page, name.toLowerCase(), "wrong password!");
+  await expect(thief.page.locator("#sign-in-error")).toHaveText("That name and password do not match a member.");
+  await signIn(thief.page, name.toLowerCase(), "correct horse battery");
+  await expect(thief.page).toHaveURL(/\/$/);
+  await expect(thief.status).toHaveAttribute("data-status", "connected");
+  await expect(thief.dialog).toBeHidden();
+  await expect(thief.page.locator(".whoami-name")).toHaveText(name);
+  await expect(thief.message(before)).toHaveClass(/mine/);
+
+  // The member mark shows on their messages for everyone.
+  const after = unique("said as a member ");
+  await owner.say(after);
+  const watcher = await ChatPage.open(browser);
+  await watcher.join(unique("Watcher"));
+  await expect(watcher.message(after).locator(".mark")).toHaveText("member");
+  await expect(watcher.message(after)).not.toHaveClass(/mine/);
+  await expect(watcher.page.locator(".whoami .mark")).toHaveText("guest");
+  await Promise.all([owner.close(), thief.close(), watcher.close()]);
+});
+
+test("signing out closes the socket and brings back the name dialog in every tab of that browser", async ({ browser }) => {
+  const name = unique("Lea");
+  const first = await ChatPage.open(browser);
+  await first.join(name);
+  await keepName(first, "correct horse battery");
+  // A second tab of the same browser is the member at once.
+  const second = new ChatPage(await first.page.context().newPage());
+  await second.goto("/");
+  await expect(second.dialog).toBeHidden();
+  await expect(second.page.locator(".whoami-name")).toHaveText(name);
+  // Someone in another browser, who must notice nothing but the leave.
+  const other = await ChatPage.open(browser);
+  await other.join(unique("Other"));
+
+  await first.page.locator(".people summary").click();
+  await first.page.getByRole("button", { name: "Sign out" }).click();
+  await expect(first.dialog).toBeVisible();
+  // The other tab was told by the server (its socket closed) and shows the dialog without a reload.
+  await expect(second.dialog).toBeVisible();
+  await expect(second.status).toHaveAttribute("data-status", "connected");
+  await expect(other.dialog).toBeHidden();
+  await expect(other.status).toHaveAttribute("data-status", "connected");
+  // Signed out for good: the name is still the member's.
+  await second.nameField.fill(name);
+  await second.nameField.press("Enter");
+  await expect(second.nameError).toHaveText("That name belongs to a member. Sign in to use it.");
+  await Promise.all([first.close(), other.close()]);
+});
+
+test("the sign-in form works with JavaScript disabled", async ({ browser }) => {
+  const name = unique("Noa");
+  const owner = await ChatPage.open(browser);
+  await owner.join(name);
+  await keepName(owner, "correct horse battery");
+
+  const context = await browser.newContext({ javaScriptEnabled: false });
+  const page = await context.newPage();
+  await page.goto("/login");
+  await signIn(page, name, "not the password");
+  await expect(page.locator("#sign-in-error")).toHaveText("That name and password do not match a member.");
+  await expect(page.getByLabel("Name")).toHaveValue(name);
+  await signIn(page, name, "correct horse battery");
+  await expect(page).toHaveURL(/\/$/);
+  await expect(page.locator(".whoami-name")).toHaveText(name);
+  await expect(page.getByRole("dialog", { name: "Welcome!" })).toBeHidden();
+  await context.close();
+  await owner.close();
+});
+
+test("a name typed before the WASM arrives joins, and the name stays out of the URL", async ({ browser }) => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // A slow phone: the bundle arrives 8 s late.
+  let release = () => {};
+  const held = new Promise<void>((r) => (release = r));
+  await page.route(/\/pkg\/.*\.wasm$/, async (route) => {
+    await held;
+    await route.continue();
+  });
+  const chat = new ChatPage(page);
+  await page.goto("/");
+  const name = unique("Early");
+  await chat.nameField.fill(name);
+  await chat.nameField.press("Enter");
+  await expect(chat.dialog).toBeHidden();
+  await expect(page).toHaveURL(/\/$/);
+  expect(page.url()).not.toContain(name);
+  await expect(page.locator(".whoami-name")).toHaveText(name);
+  // Once the WASM arrives the page is live and still joined, with the join line.
+  release();
+  await expect(chat.status).toHaveAttribute("data-status", "connected");
+  await expect(chat.dialog).toBeHidden();
+  await expect(chat.systemLine(`${name} has joined the chat.`)).toBeVisible();
+  const text = unique("after the late bundle ");
+  await chat.say(text);
+  await expect(chat.message(text)).toBeVisible();
+  await context.close();
+});
+
+test("while the name dialog is open the chat behind it cannot be reached", async ({ browser }) => {
+  const chat = await ChatPage.open(browser);
+  await expect(chat.dialog).toBeVisible();
+  await expect(chat.page.locator(".chat-main")).toHaveAttribute("inert", "");
+  // Keyboard focus never reaches the composer or anything else behind the dialog.
+  for (let i = 0; i < 8; i++) {
+    await chat.page.keyboard.press("Tab");
+    const behind = await chat.page.evaluate(() => !!document.activeElement?.closest(".chat-main"));
+    expect(behind).toBe(false);
+  }
+  await chat.page.locator("textarea[name=text]").focus().catch(() => {});
+  expect(await chat.page.evaluate(() => document.activeElement?.tagName)).not.toBe("TEXTAREA");
+  await chat.join(unique("Ina"));
+  await expect(chat.page.locator(".chat-main")).not.toHaveAttribute("inert", /.*/);
+  await chat.close();
+});
+
+test("a burst of 40 messages from one tab arrives complete and in order, sending slowly", async ({ browser }) => {
+  // Tight limits (Playwright types slower than a person in a hurry): 2 a second, bursts of 5.
+  const server = new OwnServer(3107, { CONFAB_RATE_PER_SECOND: "2", CONFAB_RATE_BURST: "5" });
+  await server.start();
+  try {
+    const chat = await ChatPage.open(browser, undefined, server.url);
+    await chat.join(unique("Burst"));
+    const watcher = await ChatPage.open(browser, undefined, server.url);
+    await watcher.join(unique("Counter"));
+    const tag = unique("b");
+    for (let i = 0; i < 40; i++) {
+      await chat.composer.fill(`${tag} ${i}`);
+      await chat.composer.press("Enter");
+    }
+    await expect(chat.page.locator(".slow")).toBeVisible();
+    await expect(watcher.message(`${tag} 39`)).toBeVisible({ timeout: 25_000 });
+    const texts = await watcher.page.locator("li.message .text").allTextContents();
+    expect(texts.filter((t) => t.startsWith(`${tag} `))).toEqual(Array.from({ length: 40 }, (_, i) => `${tag} ${i}`));
+    await expect(chat.page.locator("li.pending")).toHaveCount(0);
+    await expect(chat.page.locator(".failed")).toHaveCount(0);
+    await expect(chat.page.locator(".slow")).toBeHidden();
+    await Promise.all([chat.close(), watcher.close()]);
+  } finally {
+    await server.stop();
+  }
+});
