@@ -137,10 +137,12 @@ pub enum ClientFrame {
     History { before: u64 },
     /// Leave the chat: this browser forgets its name, and the others see a leave line.
     Leave,
+    /// Delete message `id`: one's own, or (an admin) anyone's. It disappears for everyone, from history too.
+    Delete { id: Uuid },
 }
 
 /// The `type` values [`ClientFrame`] accepts, used to tell an unknown type from a malformed known one.
-pub const CLIENT_FRAME_TYPES: [&str; 5] = ["join", "send", "typing", "history", "leave"];
+pub const CLIENT_FRAME_TYPES: [&str; 6] = ["join", "send", "typing", "history", "leave", "delete"];
 
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -218,6 +220,9 @@ pub struct ChatEvent {
     /// The message text; empty for join lines.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
+    /// For a `delete`: the id of the message it deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +231,10 @@ pub enum EventKind {
     Message,
     Join,
     Leave,
+    /// Message `target` was deleted (by its author or an admin): clients remove it.
+    Delete,
+    /// What a deleted message becomes in the history: its place in the sequence, without its text.
+    Deleted,
     /// A kind a newer server stores; shown as nothing by older clients.
     #[serde(other)]
     Unknown,
@@ -237,8 +246,18 @@ impl ChatEvent {
         match self.kind {
             EventKind::Join => Some(format!("{} has joined the chat.", self.name)),
             EventKind::Leave => Some(format!("{} has left the chat.", self.name)),
-            EventKind::Message | EventKind::Unknown => None,
+            EventKind::Message | EventKind::Delete | EventKind::Deleted | EventKind::Unknown => {
+                None
+            }
         }
+    }
+
+    /// Whether the event is a row of the list (a message or a system line), not bookkeeping.
+    pub fn is_shown(&self) -> bool {
+        matches!(
+            self.kind,
+            EventKind::Message | EventKind::Join | EventKind::Leave
+        )
     }
 }
 
@@ -274,6 +293,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The server could not store the event; nothing was stored and the message may be sent again.
     Unavailable,
+    /// What the frame names does not exist (or is not this user's to see).
+    NotFound,
+    /// This user may not do that (delete someone else's message without being an admin).
+    NotAllowed,
     /// A code a newer server sends; treat it by its message.
     #[serde(other)]
     Other,
@@ -471,6 +494,7 @@ mod tests {
                 id,
                 text: "hi\nthere".into(),
             },
+            ClientFrame::Delete { id },
         ] {
             let json = serde_json::to_string(&frame).unwrap();
             assert_eq!(parse_client_frame(&json).unwrap(), frame);
@@ -496,12 +520,14 @@ mod tests {
             user_id: Uuid::new_v4(),
             user_kind: UserKind::Member,
             text: "<script>".into(),
+            target: None,
         };
         let frames = [
             ServerFrame::Event(event.clone()),
             ServerFrame::Event(ChatEvent {
                 kind: EventKind::Join,
                 text: String::new(),
+                target: None,
                 ..event.clone()
             }),
             ServerFrame::Joined(Identity {
@@ -553,6 +579,7 @@ mod tests {
             user_id: id,
             user_kind: UserKind::Guest,
             text: String::new(),
+            target: None,
         }))
         .unwrap();
         assert_eq!(join["type"], "event");
@@ -648,6 +675,7 @@ mod tests {
             user_id: Uuid::nil(),
             user_kind: UserKind::Guest,
             text: String::new(),
+            target: None,
         };
         assert_eq!(
             event.system_line().as_deref(),

@@ -186,3 +186,49 @@ test("a burst of 40 messages from one tab arrives complete and in order, sending
     await server.stop();
   }
 });
+
+test("an admin deletes a message and it disappears in another browser; an author deletes their own", async ({ browser }) => {
+  // A server of its own, so the first member (the admin) is this test's.
+  const server = new OwnServer(3108);
+  await server.start();
+  try {
+    const admin = await ChatPage.open(browser, undefined, server.url);
+    await admin.join(unique("Boss"));
+    await keepName(admin, "correct horse battery");
+    await expect(admin.page.locator(".whoami .mark[data-kind=admin]")).toBeVisible();
+    const writer = await ChatPage.open(browser, undefined, server.url);
+    await writer.join(unique("Wri"));
+    const third = await ChatPage.open(browser, undefined, server.url);
+    await third.join(unique("Thi"));
+
+    const rude = unique("rude words ");
+    const regret = unique("regretted ");
+    await writer.say(rude);
+    await writer.say(regret);
+    await expect(third.message(rude)).toBeVisible();
+    // The third person may delete neither: no button is offered.
+    await expect(third.message(rude).getByRole("button", { name: "Delete" })).toHaveCount(0);
+
+    admin.page.once("dialog", (d) => d.accept());
+    await admin.message(rude).hover();
+    await admin.message(rude).getByRole("button", { name: "Delete" }).click();
+    await expect(third.message(rude)).toHaveCount(0);
+    await expect(writer.message(rude)).toHaveCount(0);
+
+    writer.page.once("dialog", (d) => d.accept());
+    await writer.message(regret).hover();
+    await writer.message(regret).getByRole("button", { name: "Delete" }).click();
+    await expect(third.message(regret)).toHaveCount(0);
+    await expect(admin.message(regret)).toHaveCount(0);
+
+    // Gone from the history: a fresh page does not carry either.
+    await third.page.reload();
+    await expect(third.status).toHaveAttribute("data-status", "connected");
+    const html = await third.page.content();
+    expect(html).not.toContain(rude);
+    expect(html).not.toContain(regret);
+    await Promise.all([admin.close(), writer.close(), third.close()]);
+  } finally {
+    await server.stop();
+  }
+});

@@ -438,6 +438,7 @@ impl Seat {
             user_id: self.user,
             user_kind: self.kind,
             text: String::new(),
+            target: None,
         }
     }
 }

@@ -206,6 +206,8 @@ pub fn router(state: AppState) -> Router {
             "/account/sessions/{id}/end",
             post(identity::http::end_session),
         )
+        .route("/admin/users/{id}/ban", post(identity::http::ban))
+        .route("/admin/users/{id}/admin", post(identity::http::make_admin))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::render))
         // The hashed bundle, served precompressed (brotli or gzip, as the browser accepts) when the

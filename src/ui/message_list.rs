@@ -4,6 +4,7 @@
 use super::message_row::{EventRow, PendingRow};
 use super::state::Chat;
 use super::when;
+use crate::protocol::ChatEvent;
 use leptos::html;
 use leptos::prelude::*;
 
@@ -111,7 +112,7 @@ pub fn MessageList() -> impl IntoView {
             )}
             {when(empty, || view! { <p class="empty">"No messages yet. Send your first message!"</p> })}
             <ol class="rows" aria-label="Messages">
-                <For each=move || chat.events.get() key=|event| event.seq let(event)>
+                <For each=move || chat.events.get().into_iter().filter(ChatEvent::is_shown) key=|event| event.seq let(event)>
                     <EventRow event/>
                 </For>
                 <For each=move || chat.pending.get() key=|p| (p.id, p.failed.clone()) let(pending)>

@@ -1,6 +1,7 @@
 //! One row of the list: a chat message with its avatar, or a system line such as a join.
 
 use super::state::{Chat, Pending};
+use super::when;
 use crate::avatar;
 use crate::protocol::ChatEvent;
 use leptos::prelude::*;
@@ -33,6 +34,9 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
                 .with(|me| me.as_ref().is_some_and(|me| me.user_id == author))
     };
     let member = !event.user_kind.is_guest();
+    let admin = move || chat.me.with(|me| me.as_ref().is_some_and(|me| me.admin));
+    let id = event.id;
+    let author_name = event.name.clone();
     Either::Right(view! {
         <li class="message" class:mine=mine data-seq=event.seq>
             <Avatar name=event.name.clone()/>
@@ -41,11 +45,62 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
                     <span class="name">{event.name}</span>
                     {member.then(|| view! { <span class="mark" data-kind="member" title="Member">"member"</span> })}
                     <LocalTime at=event.at/>
+                    {when(
+                        move || mine() || admin(),
+                        move || view! {
+                            <button type="button" class="link row-action" title="Delete this message for everyone"
+                                on:click=move |_| {
+                                    if confirmed("Delete this message for everyone?") {
+                                        chat.delete(id);
+                                    }
+                                }>
+                                "Delete"
+                            </button>
+                        },
+                    )}
+                    {when(
+                        move || admin() && !mine(),
+                        move || {
+                            let author_name = author_name.clone();
+                            view! { <AdminActions author member name=author_name/> }
+                        },
+                    )}
                 </div>
                 <div class="text">{event.text}</div>
             </div>
         </li>
     })
+}
+
+/// Ban the author, or make a member an admin: forms an admin's page posts (each asks first).
+#[component]
+fn AdminActions(author: uuid::Uuid, member: bool, name: String) -> impl IntoView {
+    let ban_question = format!("Ban {name}? Their sessions end and the name stays locked.");
+    let admin_question = format!("Make {name} an admin?");
+    let ask = move |question: String| {
+        move |ev: leptos::ev::SubmitEvent| {
+            if !confirmed(&question) {
+                ev.prevent_default();
+            }
+        }
+    };
+    view! {
+        <form class="row-action" method="post" action=format!("/admin/users/{author}/ban") on:submit=ask(ban_question)>
+            <button type="submit" class="link">"Ban"</button>
+        </form>
+        {member.then(|| view! {
+            <form class="row-action" method="post" action=format!("/admin/users/{author}/admin") on:submit=ask(admin_question)>
+                <button type="submit" class="link">"Make admin"</button>
+            </form>
+        })}
+    }
+}
+
+/// Asks the reader to confirm (in the browser; the server never gets here).
+fn confirmed(question: &str) -> bool {
+    web_sys::window()
+        .and_then(|w| w.confirm_with_message(question).ok())
+        .unwrap_or(false)
 }
 
 /// One of our messages on its way, or refused with a reason and a retry button.

@@ -280,6 +280,15 @@ impl Chat {
         true
     }
 
+    /// Deletes message `id` (ours, or anyone's for an admin); it disappears once the server says so.
+    pub fn delete(&self, id: Uuid) {
+        if !self.transmit(&ClientFrame::Delete { id }) {
+            self.notice.set(Some(
+                "Not connected: try deleting again in a moment.".to_owned(),
+            ));
+        }
+    }
+
     /// Tells the room we are typing (the caller throttles).
     pub fn typing(&self) {
         if self.joined.get_untracked() {
@@ -414,7 +423,13 @@ impl Chat {
                 .online
                 .update(|online| online.retain(|n| *n != event.name)),
             EventKind::Message => self.clear_typing(Some(&event.name)),
-            EventKind::Unknown => {}
+            EventKind::Delete => {
+                if let Some(target) = event.target {
+                    self.events
+                        .update(|events| events.retain(|e| e.id != target));
+                }
+            }
+            EventKind::Deleted | EventKind::Unknown => {}
         }
         let id = event.id;
         self.events.update(|events| events.push(event));
@@ -570,6 +585,7 @@ mod tests {
             user_id: Uuid::nil(),
             user_kind: UserKind::Guest,
             text: format!("m{seq}"),
+            target: None,
         }
     }
 

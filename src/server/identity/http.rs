@@ -186,6 +186,13 @@ pub async fn sign_in(
     let Some(user) = user.filter(|_| matches) else {
         return refuse(StatusCode::UNAUTHORIZED, WRONG_CREDENTIALS.into()).await;
     };
+    if user.banned {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This account has been banned.".into(),
+        )
+        .await;
+    }
     // A new session for the member: whatever this browser was before (a guest, someone else) ends, and
     // a token anyone saw before signing in is worth nothing after.
     if let Some(old) = &browser.session {
@@ -378,6 +385,7 @@ pub async fn post_message(
         user_id: user.id,
         user_kind: user.kind,
         text,
+        target: None,
     };
     match state
         .hub
@@ -486,6 +494,106 @@ pub async fn claim(
         .signal_session(session, SessionSignal::Changed)
         .await;
     back_to_chat(Some(session_cookie(&token, browser.secure)))
+}
+
+/// The admin behind a request, if it is one.
+fn admin(browser: &Browser) -> Option<Uuid> {
+    let user = browser.session.as_ref()?.user.as_ref()?;
+    (user.admin && !user.banned).then_some(user.id)
+}
+
+/// What an admin may do to another user.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminAction {
+    Ban,
+    MakeAdmin,
+}
+
+/// `POST /admin/users/{id}/ban` and `POST /admin/users/{id}/admin`: an admin bans a user (their sessions
+/// end, their sockets close, their name stays locked) or makes a member an admin. Anyone else gets 403
+/// and learns nothing about the user.
+pub async fn admin_action(
+    state: AppState,
+    headers: HeaderMap,
+    browser: Browser,
+    target: Uuid,
+    action: AdminAction,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let Some(by) = admin(&browser) else {
+        return (StatusCode::FORBIDDEN, "Only an admin can do that.").into_response();
+    };
+    if by == target {
+        return (
+            StatusCode::CONFLICT,
+            "An admin cannot do that to themselves.",
+        )
+            .into_response();
+    }
+    let store = &state.accounts.store;
+    let done = match action {
+        AdminAction::Ban => match store.ban(target).await {
+            Ok(Some(sessions)) => {
+                for session in sessions {
+                    state
+                        .hub
+                        .signal_session(session, SessionSignal::Ended)
+                        .await;
+                }
+                // Also connections without a session (a bot's, a cookie-less client's).
+                state.hub.signal_session(target, SessionSignal::Ended).await;
+                tracing::info!(user = %target, "banned");
+                true
+            }
+            Ok(None) => false,
+            Err(err) => {
+                tracing::error!(error = %err, "banning failed");
+                return super::unavailable();
+            }
+        },
+        AdminAction::MakeAdmin => match store.set_admin(target, true).await {
+            Ok(true) => {
+                state
+                    .hub
+                    .signal_session(target, SessionSignal::Changed)
+                    .await;
+                tracing::info!(user = %target, "made an admin");
+                true
+            }
+            Ok(false) => false,
+            Err(err) => {
+                tracing::error!(error = %err, "making an admin failed");
+                return super::unavailable();
+            }
+        },
+    };
+    if done {
+        back_to_chat(None)
+    } else {
+        (StatusCode::NOT_FOUND, "No such member.").into_response()
+    }
+}
+
+/// `POST /admin/users/{id}/ban`.
+pub async fn ban(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    browser: Browser,
+    Path(id): Path<Uuid>,
+) -> Response {
+    admin_action(state, headers, browser, id, AdminAction::Ban).await
+}
+
+/// `POST /admin/users/{id}/admin`.
+pub async fn make_admin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    browser: Browser,
+    Path(id): Path<Uuid>,
+) -> Response {
+    admin_action(state, headers, browser, id, AdminAction::MakeAdmin).await
 }
 
 /// One session in a member's list.

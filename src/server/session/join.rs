@@ -26,6 +26,8 @@ enum Seated {
 
 /// The sentence for a name that belongs to a member.
 pub const NAME_OWNED: &str = "That name belongs to a member. Sign in to use it.";
+/// The sentence for the name of a banned user.
+pub const NAME_LOCKED: &str = "That name is not available.";
 
 fn seat_of(user: &User) -> Seat {
     Seat {
@@ -72,10 +74,13 @@ where
         }
         match self.ctx.identity.owner_of(&key).await {
             Ok(None) => {}
-            Ok(Some(_)) => {
-                return self
-                    .send_error(ErrorCode::NameOwned, NAME_OWNED, None)
-                    .await
+            Ok(Some(owner)) => {
+                let message = if owner.banned {
+                    NAME_LOCKED
+                } else {
+                    NAME_OWNED
+                };
+                return self.send_error(ErrorCode::NameOwned, message, None).await;
             }
             Err(err) => {
                 tracing::error!(error = %err, "looking up a name's owner failed");
@@ -87,6 +92,7 @@ where
             name,
             kind: UserKind::Guest,
             admin: false,
+            banned: false,
         };
         let seat = seat_of(&guest);
         let announce = match self.take_seat(&seat).await {
@@ -109,11 +115,23 @@ where
         }
         tracing::info!(name = %guest.name, "joined");
         let identity = identity_of(&guest, Via::Guest);
-        self.me = Some(Me {
+        self.set_me(Me {
             identity: identity.clone(),
             seat,
         });
         self.send_frame(&ServerFrame::Joined(identity)).await
+    }
+
+    /// This connection speaks for `me` now; it hears of changes to them (a promotion, a ban) from here on.
+    fn set_me(&mut self, me: Me) {
+        let same_user = self
+            .me
+            .as_ref()
+            .is_some_and(|old| old.identity.user_id == me.identity.user_id);
+        if !same_user || self.user_watch.is_none() {
+            self.user_watch = Some(self.hub.watch_session(me.identity.user_id));
+        }
+        self.me = Some(me);
     }
 
     /// Stores a new guest and makes this browser's session act for them.
@@ -186,7 +204,7 @@ where
                     self.announce(&seat).await;
                 }
                 let identity = identity_of(&user, via);
-                self.me = Some(Me {
+                self.set_me(Me {
                     identity: identity.clone(),
                     seat,
                 });
@@ -232,7 +250,7 @@ where
                 let seat = seat_of(&user);
                 self.presence().update(&seat);
                 let identity = identity_of(&user, via);
-                self.me = Some(Me {
+                self.set_me(Me {
                     identity: identity.clone(),
                     seat,
                 });

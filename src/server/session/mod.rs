@@ -4,6 +4,7 @@
 //! client that stops reading stalls only its own task; its broadcast receiver then lags, and it catches
 //! up from the store, so it never silently misses an event.
 
+mod delete;
 mod history;
 mod join;
 mod leave;
@@ -131,6 +132,8 @@ struct Session<'a, S> {
     ip: IpAddr,
     /// Who this connection speaks for, once joined.
     me: Option<Me>,
+    /// Signals for the user `me` is (a ban, a promotion), wherever they come from.
+    user_watch: Option<SessionWatch>,
     last_typing: Option<Instant>,
     /// The highest sequence number written to this socket; live frames at or below it are duplicates.
     last_seq: u64,
@@ -188,6 +191,7 @@ where
         browser: visitor.session.as_ref().map(|s| s.id),
         ip: visitor.ip,
         me: None,
+        user_watch: None,
         last_typing: None,
         last_seq: 0,
         hold: None,
@@ -254,6 +258,19 @@ where
                 };
                 if sent.is_err() {
                     break End::Socket;
+                }
+            }
+            Some(signal) = next_signal(&mut session.user_watch) => {
+                match signal {
+                    SessionSignal::Ended => {
+                        session.signed_out().await;
+                        break End::Closed;
+                    }
+                    SessionSignal::Changed => {
+                        if session.reload_identity().await.is_err() {
+                            break End::Socket;
+                        }
+                    }
                 }
             }
             Some(signal) = next_signal(&mut signals) => {
@@ -436,6 +453,7 @@ where
             }
             ClientFrame::History { before } => self.on_history(before).await,
             ClientFrame::Leave => self.on_leave().await,
+            ClientFrame::Delete { id } => self.on_delete(id).await,
         }
     }
 

@@ -66,6 +66,7 @@ where
             user_id: me.identity.user_id,
             user_kind: me.identity.kind,
             text,
+            target: None,
         };
         match self.hub.submit(self.room, event).await {
             Ok(receipt) => {

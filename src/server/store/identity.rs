@@ -16,6 +16,8 @@ pub struct User {
     pub name: String,
     pub kind: UserKind,
     pub admin: bool,
+    /// Banned by an admin: no sessions, and the name stays locked.
+    pub banned: bool,
 }
 
 /// A browser session found by its token.
@@ -124,6 +126,16 @@ pub trait IdentityStore: Send + Sync + 'static {
 
     /// Makes the member with this name key an admin (`CONFAB_ADMIN`); false when there is none.
     async fn grant_admin(&self, name_key: &str) -> Result<bool, StoreError>;
+
+    /// The user with this id.
+    async fn user(&self, id: Uuid) -> Result<Option<User>, StoreError>;
+
+    /// Makes member `id` an admin (or not); false when there is no such member.
+    async fn set_admin(&self, id: Uuid, admin: bool) -> Result<bool, StoreError>;
+
+    /// Bans user `id`: every session of theirs ends (their ids are returned, so their sockets can be
+    /// closed), and their name stays locked. `None` when there is no such user.
+    async fn ban(&self, id: Uuid) -> Result<Option<Vec<Uuid>>, StoreError>;
 }
 
 /// What a `users.kind` column holds.
@@ -181,12 +193,16 @@ where
         admin: row
             .try_get::<Option<bool>, _>("user_admin")?
             .unwrap_or(false),
+        banned: row
+            .try_get::<Option<bool>, _>("user_banned")?
+            .unwrap_or(false),
     }))
 }
 
 /// The user columns [`user_from_row`] reads, from `users AS u`.
 pub(super) const USER_COLUMNS: &str =
-    "u.id AS user_id, u.name AS user_name, u.kind AS user_kind, u.admin AS user_admin";
+    "u.id AS user_id, u.name AS user_name, u.kind AS user_kind, u.admin AS user_admin, \
+     u.banned AS user_banned";
 
 /// Implements [`IdentityStore`] for a SQL store with a `pool` field. The SQL is written once, with `$N`
 /// parameters that SQLite and PostgreSQL both read, so the two backends cannot drift apart.
@@ -348,6 +364,7 @@ macro_rules! sql_identity_store {
                     name: name.to_owned(),
                     kind: $crate::protocol::UserKind::Guest,
                     admin: false,
+                    banned: false,
                 })
             }
 
@@ -357,7 +374,8 @@ macro_rules! sql_identity_store {
             ) -> Result<Option<$crate::server::store::User>, $crate::server::store::StoreError>
             {
                 let sql = format!(
-                    "SELECT {} FROM users u WHERE u.name_key = $1 AND u.kind <> 'guest'",
+                    "SELECT {} FROM users u WHERE u.name_key = $1 AND (u.kind <> 'guest' OR u.banned) \
+                     ORDER BY u.kind <> 'guest' DESC LIMIT 1",
                     $crate::server::store::identity::USER_COLUMNS
                 );
                 let row = sqlx::query(&sql)
@@ -406,7 +424,7 @@ macro_rules! sql_identity_store {
                 let updated = sqlx::query(
                     "UPDATE users SET kind = 'member', name_key = $1, password_hash = $2, \
                      admin = ($3 OR NOT EXISTS (SELECT 1 FROM users WHERE admin = TRUE)) \
-                     WHERE id = $4 AND kind = 'guest'",
+                     WHERE id = $4 AND kind = 'guest' AND NOT banned",
                 )
                 .bind(name_key)
                 .bind(password_hash)
@@ -445,6 +463,68 @@ macro_rules! sql_identity_store {
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn user(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<Option<$crate::server::store::User>, $crate::server::store::StoreError>
+            {
+                let sql = format!(
+                    "SELECT {} FROM users u WHERE u.id = $1",
+                    $crate::server::store::identity::USER_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) => $crate::server::store::identity::user_from_row(&row),
+                    None => Ok(None),
+                }
+            }
+
+            async fn set_admin(
+                &self,
+                id: uuid::Uuid,
+                admin: bool,
+            ) -> Result<bool, $crate::server::store::StoreError> {
+                let done = sqlx::query(
+                    "UPDATE users SET admin = $1 WHERE id = $2 AND kind = 'member' AND NOT banned",
+                )
+                .bind(admin)
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn ban(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<Option<Vec<uuid::Uuid>>, $crate::server::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let banned =
+                    sqlx::query("UPDATE users SET banned = TRUE, admin = FALSE WHERE id = $1")
+                        .bind(id.to_string())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                if banned == 0 {
+                    return Ok(None);
+                }
+                let ended: Vec<String> =
+                    sqlx::query_scalar("DELETE FROM sessions WHERE user_id = $1 RETURNING id")
+                        .bind(id.to_string())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(Some(
+                    ended
+                        .iter()
+                        .filter_map(|id| uuid::Uuid::try_parse(id).ok())
+                        .collect(),
+                ))
             }
         }
 
@@ -640,4 +720,33 @@ pub(crate) async fn check_contract(store: &dyn IdentityStore) {
     assert!(!store.end_session(second).await.unwrap());
     assert!(store.session("hash-4").await.unwrap().is_none());
     assert_eq!(store.sessions_of(ann).await.unwrap().len(), 1);
+
+    // Admins are made and unmade; only members can be.
+    assert!(store.set_admin(ann, false).await.unwrap());
+    assert!(!store.user(ann).await.unwrap().unwrap().admin);
+    assert!(
+        !store.set_admin(other, true).await.unwrap(),
+        "a guest cannot be an admin"
+    );
+    assert_eq!(store.user(Uuid::new_v4()).await.unwrap(), None);
+
+    // A ban ends every session of the user and locks the name, also a guest's.
+    assert_eq!(store.ban(bo).await.unwrap(), Some(vec![]));
+    let bo_now = store.user(bo).await.unwrap().unwrap();
+    assert!(bo_now.banned && !bo_now.admin);
+    assert_eq!(store.ban(ann).await.unwrap(), Some(vec![session]));
+    assert!(store.session("hash-3").await.unwrap().is_none());
+    let guest_ban = Uuid::new_v4();
+    store
+        .create_guest(guest_ban, "Cy", &name_key("Cy"), 40)
+        .await
+        .unwrap();
+    store.ban(guest_ban).await.unwrap();
+    let locked = store
+        .owner_of(&name_key("cy"))
+        .await
+        .unwrap()
+        .expect("a banned guest's name is locked");
+    assert!(locked.banned);
+    assert_eq!(store.ban(Uuid::new_v4()).await.unwrap(), None);
 }

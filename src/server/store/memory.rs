@@ -6,7 +6,7 @@ use super::{
     Appended, EventStore, IdentityError, IdentityStore, NewEvent, SessionInfo, SessionRecord,
     StoreError, User,
 };
-use crate::protocol::{ChatEvent, UserKind, Via};
+use crate::protocol::{ChatEvent, EventKind, UserKind, Via};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -59,9 +59,18 @@ impl State {
     }
 
     fn owner_of(&self, name_key: &str) -> Option<&MemUser> {
-        self.users
-            .values()
-            .find(|u| u.name_key == name_key && u.user.kind != UserKind::Guest)
+        let mut holders = self.users.values().filter(|u| {
+            u.name_key == name_key && (u.user.kind != UserKind::Guest || u.user.banned)
+        });
+        let first = holders.next()?;
+        // A member (or bot) before a banned guest of the same name, as the SQL stores order them.
+        Some(holders.fold(first, |best, u| {
+            if best.user.kind == UserKind::Guest && u.user.kind != UserKind::Guest {
+                u
+            } else {
+                best
+            }
+        }))
     }
 }
 
@@ -161,6 +170,42 @@ impl EventStore for MemoryStore {
             .range(end.saturating_sub(limit)..end)
             .cloned()
             .collect())
+    }
+
+    async fn find(&self, room: &str, id: Uuid) -> Result<Option<ChatEvent>, StoreError> {
+        Ok(self.find_mut(room, id, |event| event.clone()))
+    }
+
+    async fn redact(&self, room: &str, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self
+            .find_mut(room, id, |event| {
+                let message = event.kind == EventKind::Message;
+                if message {
+                    event.kind = EventKind::Deleted;
+                    event.text.clear();
+                }
+                message
+            })
+            .unwrap_or(false))
+    }
+}
+
+impl MemoryStore {
+    /// The retained event of `room` with this id.
+    fn find_mut<T>(
+        &self,
+        room: &str,
+        id: Uuid,
+        then: impl FnOnce(&mut ChatEvent) -> T,
+    ) -> Option<T> {
+        let mut state = self.lock();
+        let log = state.rooms.get_mut(room)?;
+        let seq = *log.ids.get(&id)?;
+        let first = log.events.front()?.seq;
+        let event = log
+            .events
+            .get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+        Some(then(event))
     }
 }
 
@@ -272,6 +317,7 @@ impl IdentityStore for MemoryStore {
             name: name.to_owned(),
             kind: UserKind::Guest,
             admin: false,
+            banned: false,
         };
         let stored = MemUser {
             user: user.clone(),
@@ -306,7 +352,7 @@ impl IdentityStore for MemoryStore {
         if !state
             .users
             .get(&user)
-            .is_some_and(|u| u.user.kind == UserKind::Guest)
+            .is_some_and(|u| u.user.kind == UserKind::Guest && !u.user.banned)
         {
             return Err(IdentityError::NoSuchUser);
         }
@@ -333,6 +379,36 @@ impl IdentityStore for MemoryStore {
             .values_mut()
             .find(|u| u.name_key == name_key && u.user.kind == UserKind::Member);
         Ok(member.map(|u| u.user.admin = true).is_some())
+    }
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        Ok(self.lock().users.get(&id).map(|u| u.user.clone()))
+    }
+
+    async fn set_admin(&self, id: Uuid, admin: bool) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let member = state
+            .users
+            .get_mut(&id)
+            .filter(|u| u.user.kind == UserKind::Member && !u.user.banned);
+        Ok(member.map(|u| u.user.admin = admin).is_some())
+    }
+
+    async fn ban(&self, id: Uuid) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let mut state = self.lock();
+        let Some(user) = state.users.get_mut(&id) else {
+            return Ok(None);
+        };
+        user.user.banned = true;
+        user.user.admin = false;
+        let ended = state
+            .sessions
+            .values()
+            .filter(|s| s.user == Some(id))
+            .map(|s| s.id)
+            .collect();
+        state.sessions.retain(|_, s| s.user != Some(id));
+        Ok(Some(ended))
     }
 }
 

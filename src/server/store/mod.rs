@@ -29,6 +29,8 @@ pub struct NewEvent {
     pub user_id: Uuid,
     pub user_kind: UserKind,
     pub text: String,
+    /// For a `delete`: the message it deletes.
+    pub target: Option<Uuid>,
 }
 
 impl NewEvent {
@@ -44,6 +46,7 @@ impl NewEvent {
             user_id: self.user_id,
             user_kind: self.user_kind,
             text: self.text,
+            target: self.target,
         }
     }
 }
@@ -97,12 +100,19 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ChatEvent>, StoreError>;
 
+    /// The event of `room` with this id, if the store has it.
+    async fn find(&self, room: &str, id: Uuid) -> Result<Option<ChatEvent>, StoreError>;
+
+    /// Deletes message `id` from the history: it keeps its place (and sequence number) as a `deleted`
+    /// event with no text. Returns whether there was such a message.
+    async fn redact(&self, room: &str, id: Uuid) -> Result<bool, StoreError>;
+
     /// Flushes and closes; called once on shutdown.
     async fn close(&self) {}
 }
 
 /// Columns of an event row, in the order [`event_from_row`] reads them.
-const EVENT_COLUMNS: &str = "seq, id, at, kind, name, user_id, user_kind, text";
+const EVENT_COLUMNS: &str = "seq, id, at, kind, name, user_id, user_kind, text, target";
 
 fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
@@ -113,6 +123,8 @@ fn kind_name(kind: EventKind) -> &'static str {
         EventKind::Message => "message",
         EventKind::Join => "join",
         EventKind::Leave => "leave",
+        EventKind::Delete => "delete",
+        EventKind::Deleted => "deleted",
         // Never stored by this version; kept as such if a newer one wrote it.
         EventKind::Unknown => "unknown",
     }
@@ -151,6 +163,7 @@ where
     R: Row,
     &'static str: ColumnIndex<R>,
     &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    Option<&'r str>: Decode<'r, R::Database> + Type<R::Database>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
@@ -159,6 +172,8 @@ where
         "message" => EventKind::Message,
         "join" => EventKind::Join,
         "leave" => EventKind::Leave,
+        "delete" => EventKind::Delete,
+        "deleted" => EventKind::Deleted,
         // A kind a newer version wrote (a rolling deploy): passed on, and shown as nothing.
         _ => EventKind::Unknown,
     };
@@ -173,8 +188,15 @@ where
         user_id: Uuid::from_str(user_id).unwrap_or_default(),
         user_kind: identity::kind_from_column(row.try_get::<&str, _>("user_kind")?),
         text: row.try_get("text")?,
+        target: row
+            .try_get::<Option<&str>, _>("target")?
+            .and_then(|t| Uuid::from_str(t).ok()),
     })
 }
+
+/// `UPDATE` that turns a message into its tombstone; `$1` the room, `$2` the id. Shared by the SQL stores.
+const REDACT: &str =
+    "UPDATE events SET kind = 'deleted', text = '' WHERE room = $1 AND id = $2 AND kind = 'message'";
 
 /// A message from "Ann" with a fresh id, for the stores' tests.
 #[cfg(test)]
@@ -186,5 +208,6 @@ fn test_message(text: &str) -> NewEvent {
         user_id: Uuid::nil(),
         user_kind: UserKind::Guest,
         text: text.into(),
+        target: None,
     }
 }

@@ -112,9 +112,9 @@ impl EventStore for PgStore {
         }
         if !fresh.seq.is_empty() {
             sqlx::query(
-                "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text) \
+                "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text, target) \
                  SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
-                 $7::text[], $8::text[], $9::text[])",
+                 $7::text[], $8::text[], $9::text[], $10::text[])",
             )
             .bind(room)
             .bind(&fresh.seq)
@@ -125,6 +125,7 @@ impl EventStore for PgStore {
             .bind(&fresh.user_id)
             .bind(&fresh.user_kind)
             .bind(&fresh.text)
+            .bind(&fresh.target)
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE rooms SET last_seq = $2 WHERE room = $1")
@@ -167,6 +168,26 @@ impl EventStore for PgStore {
         self.query_events(&sql, room, before, limit).await
     }
 
+    async fn find(&self, room: &str, id: Uuid) -> Result<Option<ChatEvent>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room = $1 AND id = $2"
+        ))
+        .bind(room)
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| event_from_row(room, &row)).transpose()
+    }
+
+    async fn redact(&self, room: &str, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(super::REDACT)
+            .bind(room)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -185,6 +206,7 @@ struct FreshRows {
     user_id: Vec<String>,
     user_kind: Vec<&'static str>,
     text: Vec<String>,
+    target: Vec<Option<String>>,
 }
 
 impl FreshRows {
@@ -197,5 +219,6 @@ impl FreshRows {
         self.user_id.push(event.user_id.to_string());
         self.user_kind.push(event.user_kind.as_str());
         self.text.push(event.text.clone());
+        self.target.push(event.target.map(|t| t.to_string()));
     }
 }

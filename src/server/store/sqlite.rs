@@ -22,10 +22,11 @@ use uuid::Uuid;
 /// prefers the primary key's `room = ?` to the `(room, id)` index and reads every event of the room, so
 /// each append took longer as the history grew (24 ms per batch at 160,000 events); `INDEXED BY` keeps
 /// it a few index seeks.
-const KNOWN_IDS: &str = "SELECT seq, id, at, kind, name, user_id, user_kind, text FROM events \
+const KNOWN_IDS: &str =
+    "SELECT seq, id, at, kind, name, user_id, user_kind, text, target FROM events \
      INDEXED BY events_room_id WHERE room = ";
 
-/// Rows per statement: nine parameters each stays well under SQLite's 32,766.
+/// Rows per statement: ten parameters each stays well under SQLite's 32,766.
 const MAX_ROWS_PER_STATEMENT: usize = 1_000;
 
 pub struct SqliteStore {
@@ -150,7 +151,7 @@ impl EventStore for SqliteStore {
             .collect();
         for rows in fresh.chunks(MAX_ROWS_PER_STATEMENT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text) ",
+                "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text, target) ",
             );
             insert.push_values(rows, |mut row, event| {
                 row.push_bind(room)
@@ -161,7 +162,8 @@ impl EventStore for SqliteStore {
                     .push_bind(event.name.as_str())
                     .push_bind(event.user_id.to_string())
                     .push_bind(event.user_kind.as_str())
-                    .push_bind(event.text.as_str());
+                    .push_bind(event.text.as_str())
+                    .push_bind(event.target.map(|t| t.to_string()));
             });
             insert.build().execute(&mut *tx).await?;
         }
@@ -192,6 +194,24 @@ impl EventStore for SqliteStore {
              ORDER BY seq"
         );
         self.query_events(&sql, room, before, limit).await
+    }
+
+    async fn find(&self, room: &str, id: Uuid) -> Result<Option<ChatEvent>, StoreError> {
+        let row = sqlx::query(&format!("{KNOWN_IDS} ? AND id = ?"))
+            .bind(room)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| event_from_row(room, &row)).transpose()
+    }
+
+    async fn redact(&self, room: &str, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(super::REDACT)
+            .bind(room)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn close(&self) {

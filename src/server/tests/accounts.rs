@@ -633,3 +633,230 @@ async fn more_sockets_do_not_buy_a_faster_rate() {
     }
     assert_eq!((sent, refused), (3, true));
 }
+
+/// Waits for the `delete` of `target` on `client`'s live stream.
+async fn delete_of(client: &mut Client, target: Uuid) -> ChatEvent {
+    client
+        .next_matching(|f| match f {
+            ServerFrame::Event(e) if e.kind == EventKind::Delete && e.target == Some(target) => {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn authors_and_admins_delete_messages_for_everyone_and_from_history() {
+    let addr = start(memory()).await;
+    let (admin_token, mut admin) = member(addr, "Ada", "correct horse").await;
+    admin.identity().await;
+    let mut bo = joined(addr, "Bo").await;
+    let mut third = joined(addr, "Cy").await;
+
+    let said = |text: &str| (Uuid::new_v4(), text.to_owned());
+    let (own, own_text) = said("Bo takes this back");
+    bo.send(&ClientFrame::Send {
+        id: own,
+        text: own_text.clone(),
+    })
+    .await;
+    ack(&mut bo, own).await;
+    let (kept, kept_text) = said("Bo keeps this one");
+    bo.send(&ClientFrame::Send {
+        id: kept,
+        text: kept_text.clone(),
+    })
+    .await;
+    ack(&mut bo, kept).await;
+
+    // Someone else's message: refused, and it stays.
+    third.send(&ClientFrame::Delete { id: kept }).await;
+    let (message, _) = third.expect_error(ErrorCode::NotAllowed).await;
+    assert_eq!(message, "Only its author or an admin can delete a message.");
+    third
+        .send(&ClientFrame::Delete { id: Uuid::new_v4() })
+        .await;
+    third.expect_error(ErrorCode::NotFound).await;
+
+    // The author deletes their own; everyone is told, live.
+    bo.send(&ClientFrame::Delete { id: own }).await;
+    for client in [&mut bo, &mut third, &mut admin] {
+        let delete = delete_of(client, own).await;
+        assert_eq!(delete.name, "Bo");
+        assert!(delete.text.is_empty());
+    }
+    // The admin deletes anyone's.
+    admin.send(&ClientFrame::Delete { id: kept }).await;
+    delete_of(&mut third, kept).await;
+
+    // Gone from the history too: a new page, a resume and a late reader show neither text.
+    let page = get_as(addr, "/", &admin_token).await;
+    for text in [&own_text, &kept_text] {
+        assert!(!page.contains(text.as_str()), "{text} is still in the page");
+    }
+    let boot = boot_of(&page);
+    let tombstone = boot.events.iter().find(|e| e.id == own).unwrap();
+    assert_eq!(
+        (tombstone.kind, tombstone.text.as_str()),
+        (EventKind::Deleted, "")
+    );
+    let mut late = connect(addr, "?after=0").await;
+    let mut replayed = Vec::new();
+    loop {
+        let frame = late.next().await;
+        match frame {
+            ServerFrame::Event(e) => replayed.push(e),
+            ServerFrame::Presence { .. } => break,
+            _ => {}
+        }
+    }
+    assert!(replayed
+        .iter()
+        .all(|e| e.text != own_text && e.text != kept_text));
+    assert!(replayed
+        .iter()
+        .any(|e| e.kind == EventKind::Delete && e.target == Some(own)));
+    // Deleting it again finds nothing.
+    admin.send(&ClientFrame::Delete { id: own }).await;
+    admin.expect_error(ErrorCode::NotFound).await;
+}
+
+#[tokio::test]
+async fn an_admin_bans_a_user_whose_sockets_close_and_whose_name_stays_locked() {
+    let mut config = memory();
+    config.session.leave_grace = Duration::from_millis(100);
+    let addr = start(config).await;
+    let (admin_token, mut admin) = member(addr, "Ada", "correct horse").await;
+    let ada = admin.identity().await;
+    assert!(ada.admin, "the first member is the admin");
+    let (bo_token, mut bo) = member(addr, "Bo", "battery staple").await;
+    let bo_id = bo.identity().await.user_id;
+    assert!(
+        !boot_of(&get_as(addr, "/", &bo_token).await)
+            .me
+            .unwrap()
+            .admin
+    );
+    let mut bo_tab = connect_as(addr, &bo_token, "").await;
+    bo_tab.identity().await;
+    let (cy_token, mut cy) = member(addr, "Cy", "cy password").await;
+    cy.identity().await;
+
+    // Not an admin: refused, whatever the target.
+    let forbidden = post(
+        addr,
+        &format!("/admin/users/{bo_id}/ban"),
+        Some(&cy_token),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&forbidden), 403);
+    let forbidden = post(
+        addr,
+        &format!("/admin/users/{}/ban", Uuid::new_v4()),
+        Some(&cy_token),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        status(&forbidden),
+        403,
+        "a stranger cannot even tell whether the user exists"
+    );
+    // Cross-site: refused.
+    let forged = post(
+        addr,
+        &format!("/admin/users/{bo_id}/ban"),
+        Some(&admin_token),
+        Some("https://evil.example"),
+        "",
+    )
+    .await;
+    assert_eq!(status(&forged), 403);
+
+    let banned = post(
+        addr,
+        &format!("/admin/users/{bo_id}/ban"),
+        Some(&admin_token),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&banned), 303, "{banned}");
+    assert_eq!(
+        bo.close_code().await,
+        Some(crate::server::session::CLOSE_SIGNED_OUT)
+    );
+    assert_eq!(
+        bo_tab.close_code().await,
+        Some(crate::server::session::CLOSE_SIGNED_OUT)
+    );
+    let leave = admin
+        .next_matching(|f| match f {
+            ServerFrame::Event(e) if e.kind == EventKind::Leave && e.name == "Bo" => {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(leave.user_id, bo_id);
+
+    // Reconnecting with the old cookie: a stranger, who cannot take the name back, nor sign in.
+    let mut back = connect_as(addr, &bo_token, "").await;
+    back.send(&ClientFrame::Join { name: "bo".into() }).await;
+    let (message, _) = back.expect_error(ErrorCode::NameOwned).await;
+    assert_eq!(message, "That name is not available.");
+    let signin = post(
+        addr,
+        "/login",
+        None,
+        None,
+        &form(&[("name", "Bo"), ("password", "battery staple")]),
+    )
+    .await;
+    assert_eq!(status(&signin), 403);
+    let crate::ui::state::Page::SignIn { error, .. } = boot_of(&signin).page else {
+        panic!("the sign-in page")
+    };
+    assert_eq!(error.as_deref(), Some("This account has been banned."));
+    // Cy, the third person, was not touched.
+    cy.send(&say("still here")).await;
+    cy.next_matching(|f| matches!(f, ServerFrame::Ack { .. }).then_some(()))
+        .await;
+}
+
+#[tokio::test]
+async fn an_admin_makes_another_member_an_admin_who_hears_it_at_once() {
+    let addr = start(memory()).await;
+    let (admin_token, mut admin) = member(addr, "Ada", "correct horse").await;
+    admin.identity().await;
+    let (_, mut bo) = member(addr, "Bo", "battery staple").await;
+    let bo_id = bo.identity().await.user_id;
+    let guest = joined(addr, "Guesty").await;
+    drop(guest);
+
+    let made = post(
+        addr,
+        &format!("/admin/users/{bo_id}/admin"),
+        Some(&admin_token),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&made), 303, "{made}");
+    let now = bo.identity().await;
+    assert!(now.admin);
+    // A guest cannot be made one.
+    let unknown = post(
+        addr,
+        &format!("/admin/users/{}/admin", Uuid::new_v4()),
+        Some(&admin_token),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&unknown), 404);
+}

@@ -599,6 +599,12 @@ impl EventStore for SlowDisk {
     ) -> Result<Vec<ChatEvent>, StoreError> {
         self.inner.before(room, before, limit).await
     }
+    async fn find(&self, room: &str, id: Uuid) -> Result<Option<ChatEvent>, StoreError> {
+        self.inner.find(room, id).await
+    }
+    async fn redact(&self, room: &str, id: Uuid) -> Result<bool, StoreError> {
+        self.inner.redact(room, id).await
+    }
 }
 
 #[tokio::test]

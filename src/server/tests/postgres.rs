@@ -616,6 +616,7 @@ async fn concurrent_appends_commit_in_sequence_order_so_readers_never_skip() {
                         user_id: Uuid::nil(),
                         user_kind: crate::protocol::UserKind::Guest,
                         text: format!("{t}-{i}"),
+                        target: None,
                     };
                     store.append(room, vec![event], 0).await.unwrap();
                 }
@@ -728,6 +729,7 @@ async fn a_postgres_database_from_before_accounts_keeps_its_history_names_and_se
                 user_id: events[0].user_id,
                 user_kind: crate::protocol::UserKind::Guest,
                 text: "after the upgrade".into(),
+                target: None,
             }],
             9,
         )

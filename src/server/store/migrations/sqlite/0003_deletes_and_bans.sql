@@ -1,0 +1,5 @@
+-- Deleting messages and banning users. A `delete` event names the message it deletes in `target`; the
+-- deleted message keeps its place in the sequence as kind 'deleted', with its text gone. A banned user's
+-- sessions are ended and their name stays locked.
+ALTER TABLE events ADD COLUMN target TEXT;
+ALTER TABLE users ADD COLUMN banned INTEGER NOT NULL DEFAULT 0;
