@@ -139,10 +139,15 @@ pub enum ClientFrame {
     Leave,
     /// Delete message `id`: one's own, or (an admin) anyone's. It disappears for everyone, from history too.
     Delete { id: Uuid },
+    /// Sign this connection in with a token signed by the app that embeds Confab (native clients; a
+    /// browser sends it as `Authorization: Bearer` or `/?token=`).
+    Auth { token: String },
 }
 
 /// The `type` values [`ClientFrame`] accepts, used to tell an unknown type from a malformed known one.
-pub const CLIENT_FRAME_TYPES: [&str; 6] = ["join", "send", "typing", "history", "leave", "delete"];
+pub const CLIENT_FRAME_TYPES: [&str; 7] = [
+    "join", "send", "typing", "history", "leave", "delete", "auth",
+];
 
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +302,10 @@ pub enum ErrorCode {
     NotFound,
     /// This user may not do that (delete someone else's message without being an admin).
     NotAllowed,
+    /// The sign-in token has expired; the connection closes with 4002. Get a fresh one.
+    TokenExpired,
+    /// The sign-in token is not valid (signature, algorithm, claims); the connection closes with 4003.
+    TokenInvalid,
     /// A code a newer server sends; treat it by its message.
     #[serde(other)]
     Other,

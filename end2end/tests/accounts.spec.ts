@@ -1,4 +1,5 @@
 import { expect, test, type Page } from "@playwright/test";
+import { createHmac } from "node:crypto";
 import { ChatPage, unique } from "./fixtures/chat";
 import { OwnServer } from "./fixtures/server";
 
@@ -39,7 +40,8 @@ test("a kept name is the member's: another browser cannot join under it, and sig
 
   // A third person, and a second browser trying the same name as people read it.
   const thief = await ChatPage.open(browser);
-  await thief.join(name.toUpperCase()).catch(() => {});
+  await thief.nameField.fill(name.toUpperCase());
+  await thief.nameField.press("Enter");
   await expect(thief.nameError).toHaveText("That name belongs to a member. Sign in to use it.");
   await expect(thief.dialog).toBeVisible();
   await thief.page.getByRole("link", { name: "Sign in" }).click();
@@ -228,6 +230,53 @@ test("an admin deletes a message and it disappears in another browser; an author
     expect(html).not.toContain(rude);
     expect(html).not.toContain(regret);
     await Promise.all([admin.close(), writer.close(), third.close()]);
+  } finally {
+    await server.stop();
+  }
+});
+
+/** An HS256 token, signed here as the embedding app would. */
+function appToken(secret: string, claims: Record<string, unknown>): string {
+  const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  const signature = createHmac("sha256", secret).update(body).digest("base64url");
+  return `${body}.${signature}`;
+}
+
+test("an app's signed token brings its user in signed in, and a bad one says why", async ({ browser }) => {
+  const secret = "the embedding app's secret, 32+ bytes";
+  const server = new OwnServer(3109, { CONFAB_JWT_SECRET: secret });
+  await server.start();
+  try {
+    const name = unique("App");
+    const exp = Math.floor(Date.now() / 1000) + 600;
+    const token = appToken(secret, { sub: `app-${name}`, name, exp });
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(`${server.url}/?token=${token}`);
+    // Sent on to a clean URL, signed in: no dialog, a "signed token" mark.
+    await expect(page).toHaveURL(`${server.url}/`);
+    const chat = new ChatPage(page);
+    await expect(chat.status).toHaveAttribute("data-status", "connected");
+    await expect(chat.dialog).toBeHidden();
+    await expect(page.locator(".whoami-name")).toHaveText(name);
+    await expect(page.locator(".whoami .mark").first()).toHaveText("signed token");
+    const text = unique("from the app ");
+    await chat.say(text);
+    // Someone else sees it, and a member mark.
+    const other = await ChatPage.open(browser, undefined, server.url);
+    await other.join(unique("Oth"));
+    await expect(other.message(text).locator(".mark")).toHaveText("member");
+
+    // An expired token: the page says so, and nobody is signed in.
+    const stale = appToken(secret, { sub: "x", name: "Late", exp: 1_000_000 });
+    const fresh = await browser.newContext();
+    const late = await fresh.newPage();
+    const response = await late.goto(`${server.url}/?token=${stale}`);
+    expect(response?.status()).toBe(401);
+    await expect(late.locator("#name-error")).toContainText("expired");
+    await expect(late.getByRole("dialog", { name: "Welcome!" })).toBeVisible();
+    await Promise.all([context.close(), fresh.close(), other.close()]);
   } finally {
     await server.stop();
   }

@@ -34,6 +34,9 @@ const OUTBOX_KEY: &str = "confab.outbox";
 
 /// The close code of a socket whose browser session ended (see `server::session::CLOSE_SIGNED_OUT`).
 const CLOSE_SIGNED_OUT: u16 = 4001;
+/// The close codes after a refused sign-in token (expired, invalid): the error frame before said why.
+const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+const CLOSE_TOKEN_INVALID: u16 = 4003;
 
 /// This page's connection as the chat state sees it.
 struct Browser;
@@ -209,7 +212,10 @@ fn open(chat: Chat) {
             return;
         }
         CONNECTION.set(None);
-        if ev.code() == CLOSE_SIGNED_OUT {
+        if matches!(
+            ev.code(),
+            CLOSE_SIGNED_OUT | CLOSE_TOKEN_EXPIRED | CLOSE_TOKEN_INVALID
+        ) {
             // Signed out (here, in another tab, or from another device): this tab is nobody now, and
             // reconnects as a reader, with the name dialog.
             chat.forget_identity();

@@ -38,6 +38,10 @@ pub struct Config {
     pub client_ip_header: Option<axum::http::HeaderName>,
     /// `CONFAB_SIGNIN_ATTEMPTS`: sign-in attempts per name and per client address per 5 minutes.
     pub signin_attempts: u32,
+    /// `CONFAB_JWT_SECRET`: HS256 tokens signed with this secret sign people in.
+    pub jwt_secret: Option<String>,
+    /// `CONFAB_JWT_PUBLIC_KEY`: RS256 or EdDSA tokens verified with this PEM key (text or a path).
+    pub jwt_public_key: Option<String>,
 }
 
 impl Default for Config {
@@ -51,6 +55,8 @@ impl Default for Config {
             admin: None,
             client_ip_header: None,
             signin_attempts: super::identity::limits::ATTEMPTS,
+            jwt_secret: None,
+            jwt_public_key: None,
         }
     }
 }
@@ -134,6 +140,13 @@ impl Config {
                 .map_err(|err| format!("CONFAB_ADMIN is not a valid name: {}", err.message()))?;
             config.admin = Some(name);
         }
+        config.jwt_secret = get("CONFAB_JWT_SECRET").filter(|v| !v.is_empty());
+        config.jwt_public_key = get("CONFAB_JWT_PUBLIC_KEY").filter(|v| !v.trim().is_empty());
+        // Checked now, so a bad key stops the start with its reason.
+        super::identity::token::TokenVerifier::from_config(
+            config.jwt_secret.as_deref(),
+            config.jwt_public_key.as_deref(),
+        )?;
         if let Some(raw) = get("CONFAB_CLIENT_IP_HEADER").filter(|raw| !raw.trim().is_empty()) {
             let header = axum::http::HeaderName::from_str(raw.trim()).map_err(|_| {
                 format!("CONFAB_CLIENT_IP_HEADER must be a header name, not {raw:?}")
@@ -219,6 +232,9 @@ mod tests {
             .unwrap_err()
             .contains("CONFAB_CLIENT_IP_HEADER"));
         assert!(from(&[("CONFAB_SIGNIN_ATTEMPTS", "0")]).is_err());
+        assert!(from(&[("CONFAB_JWT_SECRET", "too short")])
+            .unwrap_err()
+            .contains("CONFAB_JWT_SECRET"));
     }
 
     #[test]

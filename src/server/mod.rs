@@ -101,8 +101,13 @@ impl AppState {
             )),
             client_ip: identity::ClientIpSource(config.client_ip_header.clone()),
             admin_key,
+            tokens: identity::token::TokenVerifier::from_config(
+                config.jwt_secret.as_deref(),
+                config.jwt_public_key.as_deref(),
+            )?
+            .map(Arc::new),
         };
-        let sessions = session::Context::new(hub.clone(), stores.identity, config.session.clone());
+        let sessions = session::Context::new(hub.clone(), accounts.clone(), config.session.clone());
         Ok(Self {
             leptos_options,
             hub,
@@ -226,8 +231,12 @@ async fn page(
     State(state): State<AppState>,
     axum::Extension(pages): axum::Extension<Pages>,
     axum::Extension(nonce): axum::Extension<web::CspNonce>,
+    Query(query): Query<PageQuery>,
     mut browser: Browser,
 ) -> Response {
+    if let Some(token) = query.token.filter(|t| !t.is_empty()) {
+        return identity::http::token_sign_in(&state, &pages, nonce, &browser, &token).await;
+    }
     let cookie = match browser.ensure_session(state.accounts.store.as_ref()).await {
         Ok((_, cookie)) => cookie,
         Err(err) => {
@@ -322,6 +331,12 @@ pub async fn serve(
 }
 
 #[derive(Debug, Deserialize)]
+struct PageQuery {
+    /// A sign-in token from an embedding app (see `identity::token`).
+    token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 struct WsQuery {
     /// Resume: send every event after this sequence number instead of the recent page.
     after: Option<u64>,
@@ -343,10 +358,21 @@ async fn websocket(
             .into_response();
     }
     let start = query.after.map_or(Start::Recent, Start::After);
+    // A native client or bot may sign in with a token in the handshake (never in the URL).
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let token = match bearer {
+        Some(raw) => Some(sessions.accounts.token_user(&raw).await),
+        None => None,
+    };
     let visitor = Visitor {
         session: browser.session,
         ip: browser.ip,
         unknown: browser.unknown,
+        token,
     };
     upgrade
         // tungstenite's defaults keep 128 KiB of read buffer per connection; chat frames are small.

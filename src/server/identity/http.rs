@@ -193,29 +193,61 @@ pub async fn sign_in(
         )
         .await;
     }
-    // A new session for the member: whatever this browser was before (a guest, someone else) ends, and
-    // a token anyone saw before signing in is worth nothing after.
+    tracing::info!(name = %user.name, "signed in");
+    signed_in(&state, &browser, user.id, Via::Password).await
+}
+
+/// Signs this browser in as `user` with a new session: whatever it was before (a guest, someone else)
+/// ends, and a token anyone saw before signing in is worth nothing after. Back to the chat.
+async fn signed_in(state: &AppState, browser: &Browser, user: Uuid, via: Via) -> Response {
     if let Some(old) = &browser.session {
-        end(&state, old.id).await;
+        end(state, old.id).await;
     }
     let token = new_token();
     let id = Uuid::new_v4();
-    let store = accounts.store.as_ref();
+    let store = state.accounts.store.as_ref();
     let at = now_ms();
     let created = async {
         store
             .create_session(id, &token_hash(&token), &browser.device, at)
             .await?;
-        store
-            .bind_session(id, Some(user.id), Via::Password, at)
-            .await
+        store.bind_session(id, Some(user), via, at).await
     };
     if let Err(err) = created.await {
         tracing::error!(error = %err, "starting a session failed");
         return super::unavailable();
     }
-    tracing::info!(name = %user.name, "signed in");
     back_to_chat(Some(session_cookie(&token, browser.secure)))
+}
+
+/// `GET /?token=…`: an embedding app sends its user in signed in. The token is exchanged for a session
+/// and the browser sent on to a clean `/`, so the token stays out of its history; a bad one gets the
+/// page with the reason, and a 401.
+pub async fn token_sign_in(
+    state: &AppState,
+    pages: &Pages,
+    nonce: web::CspNonce,
+    browser: &Browser,
+    token: &str,
+) -> Response {
+    match state.accounts.token_user(token).await {
+        Ok(user) => {
+            tracing::info!(name = %user.name, "signed in with a token");
+            signed_in(state, browser, user.id, Via::Token).await
+        }
+        Err(err) => {
+            let message = err.message();
+            chat_with_error(
+                state,
+                pages,
+                nonce,
+                browser,
+                StatusCode::UNAUTHORIZED,
+                &message,
+            )
+            .await
+        }
+    }
 }
 
 /// Ends session `id` and closes its sockets, on every instance.

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod limits;
 pub mod password;
+pub mod token;
 
 use super::store::{IdentityStore, SessionRecord, StoreError};
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
@@ -107,6 +108,45 @@ pub struct Accounts {
     pub client_ip: ClientIpSource,
     /// `CONFAB_ADMIN`: the member of this name (key) is an admin, also when they claim it later.
     pub admin_key: Option<String>,
+    /// Tokens of an embedding app, when one is configured.
+    pub tokens: Option<Arc<token::TokenVerifier>>,
+}
+
+impl Accounts {
+    /// The user a signed token speaks for: checked, then made or updated in the store.
+    pub async fn token_user(&self, raw: &str) -> Result<super::store::User, token::TokenError> {
+        use super::store::IdentityError;
+        let Some(verifier) = &self.tokens else {
+            return Err(token::TokenError::Invalid(
+                "this server accepts no sign-in tokens".into(),
+            ));
+        };
+        let claims = verifier.verify(raw)?;
+        let key = super::names::name_key(&claims.name);
+        let user = self
+            .store
+            .external_user(
+                &claims.sub,
+                &claims.name,
+                &key,
+                claims.admin,
+                super::hub::now_ms(),
+            )
+            .await
+            .map_err(|err| match err {
+                IdentityError::NameOwned => {
+                    token::TokenError::Invalid("its name belongs to another member".into())
+                }
+                other => {
+                    tracing::error!(error = %other, "storing a token's user failed");
+                    token::TokenError::Invalid("the server could not store its user".into())
+                }
+            })?;
+        if user.banned {
+            return Err(token::TokenError::Invalid("its user is banned".into()));
+        }
+        Ok(user)
+    }
 }
 
 /// The browser behind a request: its session (if the cookie names a live one) and where it comes from.

@@ -152,19 +152,14 @@ where
         Ok(())
     }
 
-    /// After the history: the user this browser's session acts for, seated again, then who is here.
-    pub(super) async fn resume_identity(
-        &mut self,
-        session: Option<SessionRecord>,
-    ) -> Result<(), End> {
-        if let Some(SessionRecord {
-            id,
-            user: Some(user),
-            via,
-        }) = session
-        {
-            if let Err(err) = self.ctx.identity.touch_session(id, now_ms()).await {
-                tracing::warn!(error = %err, "noting a session's use failed");
+    /// After the history: the user this connection speaks for (its browser session's, or its token's),
+    /// seated again, then who is here.
+    pub(super) async fn resume_identity(&mut self, who: Option<(User, Via)>) -> Result<(), End> {
+        if let Some((user, via)) = who {
+            if let Some(id) = self.browser {
+                if let Err(err) = self.ctx.identity.touch_session(id, now_ms()).await {
+                    tracing::warn!(error = %err, "noting a session's use failed");
+                }
             }
             self.seat_user(user, via).await?;
         }
@@ -179,8 +174,8 @@ where
         self.send_frame(&ServerFrame::Presence { online }).await
     }
 
-    /// Seats `user` (this browser's own) and tells the client who it is.
-    async fn seat_user(&mut self, user: User, via: Via) -> Result<(), End> {
+    /// Seats `user` (this browser's own, or a token's) and tells the client who it is.
+    pub(super) async fn seat_user(&mut self, user: User, via: Via) -> Result<(), End> {
         let seat = seat_of(&user);
         if user.kind == UserKind::Guest {
             // A member may have kept this name while the guest was away.

@@ -4,6 +4,7 @@
 //! client that stops reading stalls only its own task; its broadcast receiver then lags, and it catches
 //! up from the store, so it never silently misses an event.
 
+mod auth;
 mod delete;
 mod history;
 mod join;
@@ -36,6 +37,10 @@ use uuid::Uuid;
 /// The close code a connection gets when its browser session ended (signed out, or ended from another
 /// device, or banned): the client forgets who it was and shows the name dialog.
 pub const CLOSE_SIGNED_OUT: u16 = 4001;
+/// The close code after a sign-in token that has expired: get a fresh one and connect again.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+/// The close code after a sign-in token that is not valid.
+pub const CLOSE_TOKEN_INVALID: u16 = 4003;
 
 /// Settings of a connection that tests may shorten.
 #[derive(Debug, Clone)]
@@ -82,16 +87,23 @@ pub enum Start {
 pub struct Context {
     pub hub: Hub,
     pub identity: Arc<dyn IdentityStore>,
+    /// For sign-in tokens.
+    pub accounts: crate::server::identity::Accounts,
     pub limits: Arc<MessageLimits>,
     pub config: SessionConfig,
 }
 
 impl Context {
-    pub fn new(hub: Hub, identity: Arc<dyn IdentityStore>, config: SessionConfig) -> Self {
+    pub fn new(
+        hub: Hub,
+        accounts: crate::server::identity::Accounts,
+        config: SessionConfig,
+    ) -> Self {
         Self {
             limits: Arc::new(MessageLimits::new(&config)),
             hub,
-            identity,
+            identity: accounts.store.clone(),
+            accounts,
             config,
         }
     }
@@ -106,6 +118,9 @@ pub struct Visitor {
     /// The session store could not be read: the connection says "unavailable" and closes, and the
     /// client comes back after its backoff.
     pub unknown: bool,
+    /// The user an `Authorization: Bearer` token speaks for, or why it was refused.
+    pub token:
+        Option<Result<crate::server::store::User, crate::server::identity::token::TokenError>>,
 }
 
 /// The connection's user, once joined, and the seat they hold in the room.
@@ -206,9 +221,18 @@ where
         session.close_unavailable().await;
         return;
     }
-    if session.replay(start).await.is_err()
-        || session.resume_identity(visitor.session).await.is_err()
-    {
+    let who = match visitor.token {
+        Some(Ok(user)) => Some((user, crate::protocol::Via::Token)),
+        Some(Err(err)) => {
+            session.refuse_token(&err).await;
+            return;
+        }
+        None => visitor.session.and_then(|s| {
+            let via = s.via;
+            s.user.map(|user| (user, via))
+        }),
+    };
+    if session.replay(start).await.is_err() || session.resume_identity(who).await.is_err() {
         session.release_seat(false);
         return;
     }
@@ -454,6 +478,7 @@ where
             ClientFrame::History { before } => self.on_history(before).await,
             ClientFrame::Leave => self.on_leave().await,
             ClientFrame::Delete { id } => self.on_delete(id).await,
+            ClientFrame::Auth { token } => self.on_auth(&token).await,
         }
     }
 

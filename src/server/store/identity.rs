@@ -133,6 +133,17 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// Makes member `id` an admin (or not); false when there is no such member.
     async fn set_admin(&self, id: Uuid, admin: bool) -> Result<bool, StoreError>;
 
+    /// The member an embedding app knows as `external_id` (a token's `sub`), made on first sight and
+    /// renamed (and made admin or not) as the app says. `NameOwned` when someone else has the name.
+    async fn external_user(
+        &self,
+        external_id: &str,
+        name: &str,
+        name_key: &str,
+        admin: bool,
+        at: i64,
+    ) -> Result<User, IdentityError>;
+
     /// Bans user `id`: every session of theirs ends (their ids are returned, so their sockets can be
     /// closed), and their name stays locked. `None` when there is no such user.
     async fn ban(&self, id: Uuid) -> Result<Option<Vec<Uuid>>, StoreError>;
@@ -499,6 +510,69 @@ macro_rules! sql_identity_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn external_user(
+                &self,
+                external_id: &str,
+                name: &str,
+                name_key: &str,
+                admin: bool,
+                at: i64,
+            ) -> Result<$crate::server::store::User, $crate::server::store::IdentityError> {
+                use $crate::server::store::IdentityError;
+                let sql = format!(
+                    "SELECT {} FROM users u WHERE u.external_id = $1",
+                    $crate::server::store::identity::USER_COLUMNS
+                );
+                let known = sqlx::query(&sql)
+                    .bind(external_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let known = match known {
+                    Some(row) => $crate::server::store::identity::user_from_row(&row)?,
+                    None => None,
+                };
+                let written = match &known {
+                    Some(user) => {
+                        sqlx::query(
+                            "UPDATE users SET name = $1, name_key = $2, admin = $3 WHERE id = $4",
+                        )
+                        .bind(name)
+                        .bind(name_key)
+                        .bind(admin && !user.banned)
+                        .bind(user.id.to_string())
+                        .execute(&self.pool)
+                        .await
+                    }
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO users (id, name, name_key, kind, admin, created_at, external_id) \
+                             VALUES ($1, $2, $3, 'member', $4, $5, $6)",
+                        )
+                        .bind(uuid::Uuid::new_v4().to_string())
+                        .bind(name)
+                        .bind(name_key)
+                        .bind(admin)
+                        .bind(at)
+                        .bind(external_id)
+                        .execute(&self.pool)
+                        .await
+                    }
+                };
+                match written {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+                        return Err(IdentityError::NameOwned)
+                    }
+                    Err(err) => return Err(err.into()),
+                }
+                let row = sqlx::query(&sql)
+                    .bind(external_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+                $crate::server::store::identity::user_from_row(&row)?
+                    .ok_or(IdentityError::NoSuchUser)
+            }
+
             async fn ban(
                 &self,
                 id: uuid::Uuid,
@@ -749,4 +823,39 @@ pub(crate) async fn check_contract(store: &dyn IdentityStore) {
         .expect("a banned guest's name is locked");
     assert!(locked.banned);
     assert_eq!(store.ban(Uuid::new_v4()).await.unwrap(), None);
+
+    // Users an embedding app vouches for: made once, renamed as the app says, never taking a name.
+    let ext = store
+        .external_user("app-7", "Dee", &name_key("Dee"), true, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        (ext.kind, ext.admin, ext.name.as_str()),
+        (UserKind::Member, true, "Dee")
+    );
+    let again = store
+        .external_user("app-7", "Dee Dee", &name_key("Dee Dee"), false, 51)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.id, again.name.as_str(), again.admin),
+        (ext.id, "Dee Dee", false)
+    );
+    assert_eq!(
+        store
+            .owner_of(&name_key("dee dee"))
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(ext.id)
+    );
+    assert!(
+        matches!(
+            store
+                .external_user("app-8", "ANN", &name_key("ANN"), false, 52)
+                .await,
+            Err(IdentityError::NameOwned)
+        ),
+        "a member's name is not an app user's to take"
+    );
 }

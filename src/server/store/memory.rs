@@ -40,6 +40,7 @@ struct MemUser {
     user: User,
     name_key: String,
     password_hash: Option<String>,
+    external_id: Option<String>,
 }
 
 impl State {
@@ -323,6 +324,7 @@ impl IdentityStore for MemoryStore {
             user: user.clone(),
             name_key: name_key.to_owned(),
             password_hash: None,
+            external_id: None,
         };
         self.lock().users.insert(id, stored);
         Ok(user)
@@ -392,6 +394,45 @@ impl IdentityStore for MemoryStore {
             .get_mut(&id)
             .filter(|u| u.user.kind == UserKind::Member && !u.user.banned);
         Ok(member.map(|u| u.user.admin = admin).is_some())
+    }
+
+    async fn external_user(
+        &self,
+        external_id: &str,
+        name: &str,
+        name_key: &str,
+        admin: bool,
+        _at: i64,
+    ) -> Result<User, IdentityError> {
+        let mut state = self.lock();
+        let known = state
+            .users
+            .values()
+            .find(|u| u.external_id.as_deref() == Some(external_id))
+            .map(|u| u.user.id);
+        if state
+            .owner_of(name_key)
+            .is_some_and(|owner| Some(owner.user.id) != known)
+        {
+            return Err(IdentityError::NameOwned);
+        }
+        let id = known.unwrap_or_else(Uuid::new_v4);
+        let stored = state.users.entry(id).or_insert_with(|| MemUser {
+            user: User {
+                id,
+                name: String::new(),
+                kind: UserKind::Member,
+                admin: false,
+                banned: false,
+            },
+            name_key: String::new(),
+            password_hash: None,
+            external_id: Some(external_id.to_owned()),
+        });
+        stored.user.name = name.to_owned();
+        stored.user.admin = admin && !stored.user.banned;
+        stored.name_key = name_key.to_owned();
+        Ok(stored.user.clone())
     }
 
     async fn ban(&self, id: Uuid) -> Result<Option<Vec<Uuid>>, StoreError> {

@@ -860,3 +860,167 @@ async fn an_admin_makes_another_member_an_admin_who_hears_it_at_once() {
     .await;
     assert_eq!(status(&unknown), 404);
 }
+
+const APP_SECRET: &str = "the embedding app's secret, 32+ bytes";
+
+fn app_token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(APP_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn in_an_hour() -> u64 {
+    jsonwebtoken::get_current_timestamp() + 3600
+}
+
+/// Connects with `Authorization: Bearer <token>`.
+async fn connect_with_bearer(addr: SocketAddr, token: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let socket = connect_async(request).await.expect("websocket connects").0;
+    Client {
+        socket,
+        backlog: VecDeque::new(),
+    }
+}
+
+#[tokio::test]
+async fn an_embedding_apps_signed_tokens_sign_people_in_and_bad_ones_are_told_apart() {
+    let mut config = memory();
+    config.jwt_secret = Some(APP_SECRET.into());
+    let addr = start(config).await;
+    let (_, _ann) = member(addr, "Ann", "correct horse").await;
+    let mut third = joined(addr, "Cy").await;
+
+    // In the page's URL: exchanged for a session, and the browser sent on to a clean URL.
+    let token =
+        app_token(serde_json::json!({"sub": "app-user-1", "name": "Dana", "exp": in_an_hour()}));
+    let browser_token = browser(addr).await;
+    let page = get_as(addr, &format!("/?token={token}"), &browser_token).await;
+    assert_eq!(status(&page), 303, "{page}");
+    assert_eq!(header(&page, "location"), Some("/"));
+    let session = session_token(&page).expect("a new session");
+    let me = boot_of(&get_as(addr, "/", &session).await).me.unwrap();
+    assert_eq!(
+        (me.name.as_str(), me.kind, me.via),
+        ("Dana", UserKind::Member, Via::Token)
+    );
+    let mut dana = connect_as(addr, &session, "").await;
+    assert_eq!(dana.identity().await.user_id, me.user_id);
+    // The same app user again, by a Bearer header: the same user.
+    let mut native = connect_with_bearer(addr, &token).await;
+    let again = native.identity().await;
+    assert_eq!((again.user_id, again.via), (me.user_id, Via::Token));
+    // And by a first frame.
+    let mut framed = connect(addr, "").await;
+    framed
+        .send(&ClientFrame::Auth {
+            token: token.clone(),
+        })
+        .await;
+    assert_eq!(framed.identity().await.user_id, me.user_id);
+    // The name is the app user's now: a guest cannot take it.
+    let mut guest = connect(addr, "").await;
+    guest
+        .send(&ClientFrame::Join {
+            name: "dana".into(),
+        })
+        .await;
+    guest.expect_error(ErrorCode::NameOwned).await;
+
+    // Expired: its own code, and its own close code.
+    let expired = app_token(serde_json::json!({"sub": "u2", "name": "Eve", "exp": 1_000_000}));
+    let mut late = connect_with_bearer(addr, &expired).await;
+    let (message, _) = late.expect_error(ErrorCode::TokenExpired).await;
+    assert!(message.contains("expired"));
+    assert_eq!(
+        late.close_code().await,
+        Some(crate::server::session::CLOSE_TOKEN_EXPIRED)
+    );
+    let page = get_as(addr, &format!("/?token={expired}"), &browser_token).await;
+    assert_eq!(status(&page), 401);
+    assert!(boot_of(&page).form_error.unwrap().contains("expired"));
+
+    // Invalid, each way: forged, another algorithm, alg none, no sub, a bad name, a member's name.
+    use base64::Engine;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "u3", "name": "Mallory", "exp": in_an_hour()}),
+        &jsonwebtoken::EncodingKey::from_secret(b"not the app's secret at all, really"),
+    )
+    .unwrap();
+    let other_alg = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+        &serde_json::json!({"sub": "u3", "name": "Mallory", "exp": in_an_hour()}),
+        &jsonwebtoken::EncodingKey::from_secret(APP_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let none = format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(serde_json::json!({"sub": "u3", "name": "Mallory", "exp": in_an_hour()}))
+    );
+    let no_sub = app_token(serde_json::json!({"name": "Mallory", "exp": in_an_hour()}));
+    let bad_name =
+        app_token(serde_json::json!({"sub": "u4", "name": "\u{202E}evil", "exp": in_an_hour()}));
+    let members_name =
+        app_token(serde_json::json!({"sub": "u5", "name": "ANN", "exp": in_an_hour()}));
+    for bad in [
+        &forged,
+        &other_alg,
+        &none,
+        &no_sub,
+        &bad_name,
+        &members_name,
+    ] {
+        let mut client = connect_with_bearer(addr, bad).await;
+        let (message, _) = client.expect_error(ErrorCode::TokenInvalid).await;
+        assert!(
+            !message.contains(bad.as_str()),
+            "the error never repeats the token"
+        );
+        assert_eq!(
+            client.close_code().await,
+            Some(crate::server::session::CLOSE_TOKEN_INVALID)
+        );
+        let mut framed = connect(addr, "").await;
+        framed
+            .send(&ClientFrame::Auth {
+                token: bad.to_string(),
+            })
+            .await;
+        framed.expect_error(ErrorCode::TokenInvalid).await;
+        assert_eq!(
+            framed.close_code().await,
+            Some(crate::server::session::CLOSE_TOKEN_INVALID)
+        );
+    }
+
+    // The third person saw Dana join, and nothing of the tokens.
+    let line = third
+        .next_matching(|f| match f {
+            ServerFrame::Event(e) if e.kind == EventKind::Join && e.name == "Dana" => {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(line.user_kind, UserKind::Member);
+}
+
+#[tokio::test]
+async fn without_a_configured_key_every_token_is_refused() {
+    let addr = start(memory()).await;
+    let token = app_token(serde_json::json!({"sub": "x", "name": "Xi", "exp": in_an_hour()}));
+    let mut client = connect_with_bearer(addr, &token).await;
+    client.expect_error(ErrorCode::TokenInvalid).await;
+}
