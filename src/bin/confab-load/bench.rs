@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// The CI smoke version: a few hundred clients for seconds; fails on any loss or duplicate.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f), comma-separated.
+    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// First port to serve on; each scenario's server takes the next.
@@ -59,6 +59,8 @@ impl Server {
             .env("CONFAB_RATE_BURST", "100000")
             .env("CONFAB_RATE_PER_ADDRESS", "100000")
             .env("CONFAB_RATE_ADDRESS_BURST", "100000")
+            // Scenario (g) signs a hundred members in from one address at once.
+            .env("CONFAB_SIGNIN_ATTEMPTS", "100000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -215,6 +217,72 @@ async fn latency(
         run: Some(report),
         floor: None,
         detail: None,
+    })
+}
+
+/// (g): the (a) load twice on one server, without and then with 100 concurrent sign-ins during it.
+async fn sign_in_storm(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome, String> {
+    use crate::signins;
+    let members = if quick { 10 } else { 100 };
+    let server = Server::start(args, port)?;
+    let made = signins::make_members(port, members).await;
+    if let Err(err) = made {
+        server.stop();
+        return Err(format!("scenario (g): making members: {err}"));
+    }
+    let load = Load {
+        clients: if quick { 300 } else { 1_000 },
+        senders: 10,
+        rate: if quick { 20.0 } else { 100.0 },
+        duration: Duration::from_secs(if quick { 4 } else { 15 }),
+    };
+    let quiet = run::run(run_args(&server, &load)).await;
+    // The sign-ins start a few seconds into the measured window (after the warm-up and ramp).
+    let storm = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(if quick { 3 } else { 8 })).await;
+        signins::sign_in_all(port, members).await
+    });
+    let busy = run::run(run_args(&server, &load)).await;
+    let times = storm.await.map_err(|e| e.to_string());
+    server.stop();
+    let (quiet, busy) = (quiet?, busy?);
+    let times = times??;
+    println!(
+        "
+(g) without sign-ins
+{}",
+        quiet.table()
+    );
+    println!(
+        "
+(g) with {members} sign-ins
+{}",
+        busy.table()
+    );
+    let ratio = busy.latency_ms.p99 / quiet.latency_ms.p99.max(0.001);
+    let clean = |r: &Report| r.lost == 0 && r.duplicated == 0 && r.connects_failed == 0;
+    Ok(Outcome {
+        id: "g",
+        title: format!(
+            "{} clients, 10 senders, {} msg/s, with {members} concurrent sign-ins",
+            load.clients, load.rate
+        ),
+        target: "chat p99 with sign-ins beside it without; 0 lost",
+        result: format!(
+            "chat p99 {:.1} ms with / {:.1} ms without ({ratio:.2}×); sign-ins p50 {:.0} ms, p99 {:.0} ms; {} lost",
+            busy.latency_ms.p99,
+            quiet.latency_ms.p99,
+            signins::quantile(&times, 0.5),
+            signins::quantile(&times, 0.99),
+            busy.lost + quiet.lost,
+        ),
+        met: Some(clean(&quiet) && clean(&busy)),
+        detail: Some(serde_json::json!({
+            "without": quiet,
+            "sign_in_ms": {"p50": signins::quantile(&times, 0.5), "p99": signins::quantile(&times, 0.99), "max": signins::quantile(&times, 1.0)},
+        })),
+        run: Some(busy),
+        floor: None,
     })
 }
 
@@ -472,6 +540,9 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
             )
             .await?,
         );
+    }
+    if wanted("g") {
+        outcomes.push(sign_in_storm(&args, next_port(), quick).await?);
     }
     if wanted("c") {
         outcomes.push(idle_memory(&args, next_port(), if quick { 300 } else { 10_000 }).await?);

@@ -12,6 +12,7 @@ mod bench;
 mod floor;
 mod proc;
 mod run;
+mod signins;
 
 use clap::{Parser, Subcommand};
 
