@@ -51,6 +51,34 @@ test("two server processes on one database: each side sees the other's people an
     await impostor.nameField.fill(annName);
     await impostor.nameField.press("Enter");
     await expect(impostor.nameError).toHaveText("That name is taken");
+
+    // Accounts too: Ann keeps her name through A; on B a guest cannot have it, and her password
+    // signs her in there; signing out through B ends her tab on A.
+    await ann.page.locator(".people summary").click();
+    await ann.page.getByLabel("Keep this name: choose a password").fill("correct horse battery");
+    await ann.page.getByRole("button", { name: "Keep this name" }).click();
+    await expect(ann.page.locator(".whoami .mark").first()).toHaveText("member");
+    await impostor.page.reload();
+    await impostor.nameField.fill(annName.toLowerCase());
+    await impostor.nameField.press("Enter");
+    await expect(impostor.nameError).toHaveText("That name belongs to a member. Sign in to use it.");
+    await impostor.page.goto(`${b.url}/login`);
+    await impostor.page.getByLabel("Name").fill(annName);
+    await impostor.page.getByLabel("Password").fill("correct horse battery");
+    await impostor.page.getByRole("button", { name: "Sign in" }).click();
+    await expect(impostor.page.locator(".whoami-name")).toHaveText(annName);
+    await expect(impostor.status).toHaveAttribute("data-status", "connected");
+    // A second tab of Ann's first browser, served by B (cookies do not tell ports apart): signed in.
+    const annOnB = new ChatPage(await ann.page.context().newPage());
+    await annOnB.goto(`${b.url}/`);
+    await expect(annOnB.page.locator(".whoami-name")).toHaveText(annName);
+    // Signing out there, through B, ends her tab on A at once; the other browser signed in as Ann stays.
+    await annOnB.page.locator(".people summary").click();
+    await annOnB.page.getByRole("button", { name: "Sign out" }).click();
+    await expect(annOnB.dialog).toBeVisible();
+    await expect(ann.dialog).toBeVisible();
+    await expect(impostor.dialog).toBeHidden();
+    await expect(impostor.page.locator(".whoami-name")).toHaveText(annName);
     await impostor.close();
     await ann.close();
     await bob.close();

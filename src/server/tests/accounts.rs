@@ -6,7 +6,7 @@ use crate::protocol::{Identity, UserKind, Via};
 use crate::ui::state::Bootstrap;
 
 /// A raw HTTP/1.1 form POST; returns the whole response.
-async fn post(
+pub(super) async fn post(
     addr: SocketAddr,
     path: &str,
     token: Option<&str>,
@@ -33,7 +33,7 @@ async fn post(
     String::from_utf8_lossy(&response).into_owned()
 }
 
-fn status(response: &str) -> u16 {
+pub(super) fn status(response: &str) -> u16 {
     response
         .split(' ')
         .nth(1)
@@ -42,7 +42,7 @@ fn status(response: &str) -> u16 {
 }
 
 /// A GET with the session cookie `token`.
-async fn get_as(addr: SocketAddr, path: &str, token: &str) -> String {
+pub(super) async fn get_as(addr: SocketAddr, path: &str, token: &str) -> String {
     get(
         addr,
         path,
@@ -55,7 +55,7 @@ async fn get_as(addr: SocketAddr, path: &str, token: &str) -> String {
 }
 
 /// The state a rendered page carries.
-fn boot_of(page: &str) -> Bootstrap {
+pub(super) fn boot_of(page: &str) -> Bootstrap {
     let json = page
         .split_once(&format!("id=\"{}\">", crate::ui::state::BOOTSTRAP_ID))
         .and_then(|(_, rest)| rest.split_once("</script>"))
@@ -64,7 +64,7 @@ fn boot_of(page: &str) -> Bootstrap {
     serde_json::from_str(json).unwrap()
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(super) fn form(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -85,7 +85,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 impl Client {
     /// The identity of the next `joined` frame.
-    async fn identity(&mut self) -> Identity {
+    pub(super) async fn identity(&mut self) -> Identity {
         self.next_matching(|f| match f {
             ServerFrame::Joined(me) => Some(me.clone()),
             _ => None,
@@ -94,7 +94,7 @@ impl Client {
     }
 
     /// Reads until the server closes the socket; returns the close code.
-    async fn close_code(&mut self) -> Option<u16> {
+    pub(super) async fn close_code(&mut self) -> Option<u16> {
         loop {
             let message = timeout(PATIENCE, self.socket.next())
                 .await
@@ -110,7 +110,7 @@ impl Client {
 
 /// A browser that joined as a guest named `name` and kept it with `password`: its new token, and the
 /// socket it joined on.
-async fn member(addr: SocketAddr, name: &str, password: &str) -> (String, Client) {
+pub(super) async fn member(addr: SocketAddr, name: &str, password: &str) -> (String, Client) {
     let token = browser(addr).await;
     let mut socket = connect_as(addr, &token, "").await;
     socket.join(name).await;

@@ -739,3 +739,53 @@ async fn a_postgres_database_from_before_accounts_keeps_its_history_names_and_se
     store.close().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_span_instances_and_a_sign_out_on_one_closes_tabs_on_the_other() {
+    use super::accounts::{boot_of, form, get_as, member, post, status};
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let a = Server::start(db.config()).await;
+    let b = Server::start(db.config()).await;
+    // A name kept through instance A...
+    let (token, mut on_a) = member(a.addr, "Ann", "correct horse").await;
+    assert_eq!(
+        on_a.identity().await.kind,
+        crate::protocol::UserKind::Member
+    );
+    // ...is the member's on B too, for any guest there, however it is written.
+    let mut guest = connect(b.addr, "").await;
+    guest
+        .send(&ClientFrame::Join {
+            name: "ＡＮＮ".into(),
+        })
+        .await;
+    guest.expect_error(ErrorCode::NameOwned).await;
+    // The session works on B, and a sign-in on B is checked against the same store.
+    let mut on_b = connect_as(b.addr, &token, "").await;
+    assert_eq!(on_b.identity().await.name, "Ann");
+    let signed_in = post(
+        b.addr,
+        "/login",
+        None,
+        None,
+        &form(&[("name", "ann"), ("password", "correct horse")]),
+    )
+    .await;
+    assert_eq!(status(&signed_in), 303);
+
+    // Signing out through A closes this browser's tab on B as well.
+    let out = post(a.addr, "/logout", Some(&token), None, "").await;
+    assert_eq!(status(&out), 303);
+    assert_eq!(
+        on_b.close_code().await,
+        Some(crate::server::session::CLOSE_SIGNED_OUT)
+    );
+    assert_eq!(
+        on_a.close_code().await,
+        Some(crate::server::session::CLOSE_SIGNED_OUT)
+    );
+    assert_eq!(boot_of(&get_as(b.addr, "/", &token).await).me, None);
+    db.drop_now().await;
+}
