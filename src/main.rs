@@ -3,7 +3,12 @@
 #[cfg(feature = "ssr")]
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match confab::server::run_from_env().await {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let done = match confab::server::command(&args).await {
+        Some(done) => done,
+        None => confab::server::run_from_env().await,
+    };
+    match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("confab: {err}");

@@ -61,6 +61,19 @@ pub fn validate_password(password: &str) -> Result<(), PasswordError> {
     Ok(())
 }
 
+/// Who may come in (`CONFAB_ACCESS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Guests welcome: type a name and chat.
+    #[default]
+    Open,
+    /// Guests may read; posting takes a member (keep your name, or sign in).
+    Members,
+    /// New people need an invite link an admin made; members sign in as usual.
+    Invite,
+}
+
 /// What kind of account wrote an event or holds a connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -302,6 +315,10 @@ pub enum ErrorCode {
     NotFound,
     /// This user may not do that (delete someone else's message without being an admin).
     NotAllowed,
+    /// `CONFAB_ACCESS=members`: a guest may read but not post.
+    MembersOnly,
+    /// `CONFAB_ACCESS=invite`: a new person needs an invite link first; the connection closes with 4004.
+    InviteRequired,
     /// The sign-in token has expired; the connection closes with 4002. Get a fresh one.
     TokenExpired,
     /// The sign-in token is not valid (signature, algorithm, claims); the connection closes with 4003.

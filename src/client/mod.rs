@@ -37,6 +37,8 @@ const CLOSE_SIGNED_OUT: u16 = 4001;
 /// The close codes after a refused sign-in token (expired, invalid): the error frame before said why.
 const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 const CLOSE_TOKEN_INVALID: u16 = 4003;
+/// The close code of an invite-only chat to a stranger: nothing to reconnect to until an invite is used.
+const CLOSE_INVITE_REQUIRED: u16 = 4004;
 
 /// This page's connection as the chat state sees it.
 struct Browser;
@@ -212,6 +214,11 @@ fn open(chat: Chat) {
             return;
         }
         CONNECTION.set(None);
+        if ev.code() == CLOSE_INVITE_REQUIRED {
+            chat.forget_identity();
+            chat.on_close(is_online());
+            return;
+        }
         if matches!(
             ev.code(),
             CLOSE_SIGNED_OUT | CLOSE_TOKEN_EXPIRED | CLOSE_TOKEN_INVALID

@@ -132,6 +132,18 @@ impl Config {
         if let Some(raw) = get("CONFAB_RATE_ADDRESS_BURST") {
             config.session.address_burst = nonzero("CONFAB_RATE_ADDRESS_BURST", &raw)?;
         }
+        if let Some(raw) = get("CONFAB_ACCESS") {
+            config.session.access = match raw.trim() {
+                "" | "open" => crate::protocol::Access::Open,
+                "members" => crate::protocol::Access::Members,
+                "invite" => crate::protocol::Access::Invite,
+                other => {
+                    return Err(format!(
+                        "CONFAB_ACCESS must be \"open\", \"members\" or \"invite\", not {other:?}"
+                    ))
+                }
+            };
+        }
         if let Some(raw) = get("CONFAB_SIGNIN_ATTEMPTS") {
             config.signin_attempts = nonzero("CONFAB_SIGNIN_ATTEMPTS", &raw)?.get();
         }
@@ -249,6 +261,13 @@ mod tests {
         assert_eq!(config.client_ip_header.unwrap().as_str(), "fly-client-ip");
         assert_eq!(config.session.address_per_second.get(), 7);
         assert_eq!(from(&[]).unwrap().signin_attempts, 10);
+        assert_eq!(
+            from(&[("CONFAB_ACCESS", "invite")]).unwrap().session.access,
+            crate::protocol::Access::Invite
+        );
+        assert!(from(&[("CONFAB_ACCESS", "closed")])
+            .unwrap_err()
+            .contains("CONFAB_ACCESS"));
     }
 
     #[test]

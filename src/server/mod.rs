@@ -206,6 +206,14 @@ pub fn router(state: AppState) -> Router {
         .route("/join", post(identity::http::join))
         .route("/messages", post(identity::http::post_message))
         .route("/account/claim", post(identity::http::claim))
+        .route("/account/link", post(identity::http::own_signin_link))
+        .route(
+            "/admin/users/{id}/link",
+            post(identity::http::signin_link_for),
+        )
+        .route("/admin/invites", post(identity::http::create_invite))
+        .route("/join/{code}", get(identity::http::use_invite))
+        .route("/link/{token}", get(identity::http::use_signin_link))
         .route("/account/sessions", get(identity::http::sessions))
         .route(
             "/account/sessions/{id}/end",
@@ -244,7 +252,7 @@ async fn page(
             return identity::unavailable();
         }
     };
-    match bootstrap(state.hub.store(), &browser, None).await {
+    match bootstrap(&state, &browser, None, None).await {
         Ok(boot) => identity::with_cookie(pages.render(nonce, boot).await, cookie),
         Err(err) => {
             tracing::error!(error = %err, "reading the page's history failed");
@@ -253,23 +261,42 @@ async fn page(
     }
 }
 
-/// What the chat page starts from: the newest page of the room's history, and who this browser is.
+/// What the chat page starts from: the newest page of the room's history, and who this browser is. An
+/// invite-only chat shows a stranger nothing but how to get in.
 pub async fn bootstrap(
-    store: &dyn EventStore,
+    state: &AppState,
     browser: &Browser,
     form_error: Option<String>,
+    flash: Option<crate::ui::state::Flash>,
 ) -> Result<Bootstrap, store::StoreError> {
-    use crate::protocol::{GENERAL_ROOM, HISTORY_PAGE};
+    use crate::protocol::{Access, GENERAL_ROOM, HISTORY_PAGE};
     let me = browser
         .session
         .as_ref()
         .and_then(identity::http::identity_of_session);
-    let events = store.before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE).await?;
+    let access = state.sessions.config.access;
+    if access == Access::Invite && !identity::http::admitted(browser) {
+        return Ok(Bootstrap {
+            page: Page::Chat,
+            me,
+            form_error: form_error.or_else(|| Some(session::INVITE_REQUIRED.to_owned())),
+            access,
+            complete: true,
+            ..Bootstrap::default()
+        });
+    }
+    let events = state
+        .hub
+        .store()
+        .before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE)
+        .await?;
     let complete = crate::protocol::reaches_first_event(&events);
     Ok(Bootstrap {
         page: Page::Chat,
         me,
         form_error,
+        access,
+        flash,
         events,
         complete,
     })
@@ -393,6 +420,44 @@ async fn websocket(
             .await
         })
         .into_response()
+}
+
+/// The server binary's commands besides serving: `confab invite [USES] [HOURS]` prints an invite link
+/// (the way into an invite-only chat before it has an admin; on Fly.io,
+/// `fly ssh console -C "confab invite"`). `None` when the arguments ask for the server itself.
+pub async fn command(args: &[String]) -> Option<Result<(), String>> {
+    match args.first().map(String::as_str) {
+        None => None,
+        Some("invite") => Some(print_invite(&args[1..]).await),
+        Some(other) => Some(Err(format!(
+            "unknown command {other:?}; the commands are: (none) to serve, `invite [USES] [HOURS]`"
+        ))),
+    }
+}
+
+async fn print_invite(args: &[String]) -> Result<(), String> {
+    let number = |i: usize, default: u32, what: &str| -> Result<u32, String> {
+        args.get(i)
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|_| format!("{what} must be a whole number, not {raw:?}"))
+            })
+            .unwrap_or(Ok(default))
+    };
+    let uses = number(0, 1, "USES")?;
+    let hours = number(1, 24, "HOURS")?;
+    if !(1..=1000).contains(&uses) || !(1..=720).contains(&hours) {
+        return Err("an invite works 1 to 1000 times and lasts 1 to 720 hours".into());
+    }
+    let config = Config::from_env()?;
+    let stores = open_store(&config).await?;
+    let (code, _) = identity::make_invite(stores.identity.as_ref(), uuid::Uuid::nil(), uses, hours)
+        .await
+        .map_err(|e| format!("cannot store the invite: {e}"))?;
+    println!("/join/{code}");
+    eprintln!("An invite for {uses} (for {hours} hours): open this path on the chat's address.");
+    stores.events.close().await;
+    Ok(())
 }
 
 /// Runs the server as configured by the environment until SIGINT or SIGTERM. Start-up failures come back

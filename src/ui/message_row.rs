@@ -92,6 +92,9 @@ fn AdminActions(author: uuid::Uuid, member: bool, name: String) -> impl IntoView
             <form class="row-action" method="post" action=format!("/admin/users/{author}/admin") on:submit=ask(admin_question)>
                 <button type="submit" class="link">"Make admin"</button>
             </form>
+            <form class="row-action" method="post" action=format!("/admin/users/{author}/link")>
+                <button type="submit" class="link" title="A one-time link that signs them in (a forgotten password)">"Sign-in link"</button>
+            </form>
         })}
     }
 }

@@ -83,6 +83,12 @@ fn ChatView(boot: Bootstrap) -> impl IntoView {
                 <MessageList/>
                 <TypingLine/>
                 {when(
+                    move || chat.access == crate::protocol::Access::Members && chat.joined.get() && !chat.is_member(),
+                    || view! {
+                        <p class="slow">"Only members post here: keep your name (in the people list) or sign in."</p>
+                    },
+                )}
+                {when(
                     move || chat.sending_slowly.get(),
                     || view! {
                         <p class="slow" role="status">"Sending slowly: your messages go out in order as the chat allows."</p>

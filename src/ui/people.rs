@@ -3,7 +3,7 @@
 
 use super::state::Chat;
 use super::when;
-use crate::protocol::{UserKind, Via};
+use crate::protocol::{Access, UserKind, Via};
 use leptos::prelude::*;
 
 /// How this browser is signed in, in words: "guest", "member" or "signed token".
@@ -53,13 +53,60 @@ fn KeepName() -> impl IntoView {
     }
 }
 
+/// A link a form just made (an invite, a sign-in link): the address to copy, and its QR code.
+#[component]
+fn FlashLink() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    move || {
+        chat.flash.get().map(|flash| {
+            view! {
+                <div class="flash" role="status">
+                    <p><strong>{flash.title}</strong></p>
+                    <input class="flash-url" type="text" readonly value=flash.url.clone()
+                        aria-label="Link to copy" on:focus=move |ev| {
+                            use wasm_bindgen::JsCast;
+                            if let Some(input) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok()) {
+                                input.select();
+                            }
+                        }/>
+                    {flash.qr.map(|qr| view! { <img class="qr" src=qr alt="QR code of the link" width="200" height="200"/> })}
+                    <p class="hint">{flash.note}</p>
+                </div>
+            }
+        })
+    }
+}
+
+/// What a member can make: a sign-in link for another device; an admin of an invite-only chat, invites.
+#[component]
+fn MemberTools() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let admin = move || chat.me.with(|me| me.as_ref().is_some_and(|me| me.admin));
+    view! {
+        <form class="tool" method="post" action="/account/link">
+            <button type="submit" class="link">"Sign in on another device"</button>
+        </form>
+        {when(
+            move || admin() && chat.access == Access::Invite,
+            || view! {
+                <form class="tool invite" method="post" action="/admin/invites">
+                    <label>"Invite link for " <input name="uses" type="number" min="1" max="1000" value="1"/> " people, for "
+                        <input name="hours" type="number" min="1" max="720" value="24"/> " hours"</label>
+                    <button type="submit" class="link">"Make an invite link"</button>
+                </form>
+            },
+        )}
+    }
+}
+
 /// "3 online", which opens into the list of names and what you can do: keep your name, leave, sign out.
 #[component]
 pub fn People() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let count = move || chat.online.with(Vec::len);
     // Open when the server refused a form posted from the panel, so its reason shows.
-    let open = chat.form_error.get_untracked().is_some() && chat.joined.get_untracked();
+    let open = (chat.form_error.get_untracked().is_some() || chat.flash.get_untracked().is_some())
+        && chat.joined.get_untracked();
     view! {
         <details class="people" open=open>
             <summary>{move || format!("{} online", count())}</summary>
@@ -76,7 +123,9 @@ pub fn People() -> impl IntoView {
                             "You are " <strong>{move || chat.name.get().unwrap_or_default()}</strong>
                             " (" {move || signed_in_as(chat)} ")."
                         </p>
+                        <FlashLink/>
                         {when(move || !chat.is_member(), || view! { <KeepName/> })}
+                        {when(move || chat.is_member(), || view! { <MemberTools/> })}
                         {when(
                             move || !chat.is_member(),
                             move || view! {

@@ -24,6 +24,18 @@ pub enum Page {
     SignIn { name: String, error: Option<String> },
 }
 
+/// A link a form just made, shown once in the people panel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flash {
+    /// What it is, in words ("Invite link", "Sign-in link for Ann").
+    pub title: String,
+    pub url: String,
+    /// How long it lasts and how often it works, in words.
+    pub note: String,
+    /// A QR code of `url`, as an SVG data URI for an `<img>` (made on the server).
+    pub qr: Option<String>,
+}
+
 /// What the server renders the page from, and what hydration starts from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bootstrap {
@@ -34,6 +46,12 @@ pub struct Bootstrap {
     /// Why a form the page posted was refused (keeping a name, joining), shown where it was posted.
     #[serde(default)]
     pub form_error: Option<String>,
+    /// Who may come in.
+    #[serde(default)]
+    pub access: crate::protocol::Access,
+    /// Something a form just made, to show once: an invite link, a sign-in link.
+    #[serde(default)]
+    pub flash: Option<Flash>,
     /// The newest page of events, oldest first.
     pub events: Vec<ChatEvent>,
     /// True when `events` reaches back to the room's first event.
@@ -157,6 +175,10 @@ pub struct Chat {
     pub form_error: RwSignal<Option<String>>,
     /// The server is holding our messages back for their rate: the outbox goes again by itself.
     pub sending_slowly: RwSignal<bool>,
+    /// Who may come in (from the server's render).
+    pub access: crate::protocol::Access,
+    /// A link a form just made (shown once).
+    pub flash: RwSignal<Option<Flash>>,
     /// Whether the server accepted `name`; the name dialog shows until it has.
     pub joined: RwSignal<bool>,
     /// Why the last join was refused, shown under the name field.
@@ -193,6 +215,8 @@ impl Chat {
             me: RwSignal::new(boot.me),
             form_error: RwSignal::new(boot.form_error),
             sending_slowly: RwSignal::new(false),
+            access: boot.access,
+            flash: RwSignal::new(boot.flash),
             joined: RwSignal::new(joined),
             join_error: RwSignal::new(None),
             status: RwSignal::new(Status::Connecting),

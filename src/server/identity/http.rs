@@ -20,7 +20,7 @@ use crate::server::hub::now_ms;
 use crate::server::names::name_key;
 use crate::server::store::{IdentityError, NewEvent, SessionRecord};
 use crate::server::{bootstrap, web, AppState, Pages};
-use crate::ui::state::{Bootstrap, Page};
+use crate::ui::state::{Bootstrap, Flash, Page};
 use axum::extract::{Path, State};
 use axum::http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -69,7 +69,7 @@ async fn chat_with_error(
     status: StatusCode,
     error: &str,
 ) -> Response {
-    match bootstrap(state.hub.store(), browser, Some(error.to_owned())).await {
+    match bootstrap(state, browser, Some(error.to_owned()), None).await {
         Ok(boot) => (status, pages.render(nonce, boot).await).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "reading the page's history failed");
@@ -304,6 +304,18 @@ pub async fn join(
             return super::unavailable();
         }
     };
+    if state.sessions.config.access == crate::protocol::Access::Invite && !admitted(&browser) {
+        let error = crate::server::session::INVITE_REQUIRED;
+        let page = chat_with_error(
+            &state,
+            &pages,
+            nonce,
+            &browser,
+            StatusCode::FORBIDDEN,
+            error,
+        );
+        return with_cookie(page.await, cookie);
+    }
     let name = match validate_name(&form.name) {
         Ok(name) => name,
         Err(err) => {
@@ -395,6 +407,12 @@ pub async fn post_message(
         )
         .await;
     };
+    let members_only = state.sessions.config.access == crate::protocol::Access::Members;
+    if members_only && user.kind == UserKind::Guest {
+        let error = crate::server::session::MEMBERS_ONLY;
+        let status = StatusCode::FORBIDDEN;
+        return chat_with_error(&state, &pages, nonce, &browser, status, error).await;
+    }
     let text = match validate_text(&form.text) {
         Ok(text) => text,
         Err(err) => {
@@ -526,6 +544,285 @@ pub async fn claim(
         .signal_session(session, SessionSignal::Changed)
         .await;
     back_to_chat(Some(session_cookie(&token, browser.secure)))
+}
+
+/// Whether this browser may see an invite-only chat: it came in through an invite, or is someone.
+pub fn admitted(browser: &Browser) -> bool {
+    browser
+        .session
+        .as_ref()
+        .is_some_and(|s| s.admitted || s.user.is_some())
+}
+
+/// This site's own origin, as the browser reached it (for links shown to be copied elsewhere).
+fn origin(headers: &HeaderMap, browser: &Browser) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = if browser.secure { "https" } else { "http" };
+    format!("{scheme}://{host}")
+}
+
+/// A QR code of `url`, as a data URI an `<img>` shows (never markup put into the page).
+fn qr_code(url: &str) -> Option<String> {
+    use base64::Engine;
+    let code = qrcode::QrCode::new(url.as_bytes()).ok()?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(200, 200)
+        .quiet_zone(true)
+        .build();
+    Some(format!(
+        "data:image/svg+xml;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(svg)
+    ))
+}
+
+/// The chat page with a link a form just made.
+async fn chat_with_flash(
+    state: &AppState,
+    pages: &Pages,
+    nonce: web::CspNonce,
+    browser: &Browser,
+    flash: Flash,
+) -> Response {
+    match bootstrap(state, browser, None, Some(flash)).await {
+        Ok(boot) => pages.render(nonce, boot).await,
+        Err(err) => {
+            tracing::error!(error = %err, "reading the page's history failed");
+            super::unavailable()
+        }
+    }
+}
+
+/// "until 14:05 UTC on 2026-12-02", for a link's expiry.
+fn until(at_ms: i64) -> String {
+    let secs = at_ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "until {:02}:{:02} UTC on {year:04}-{month:02}-{day:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InviteForm {
+    /// Hours the link works for (1 to 720; 24 when absent).
+    hours: Option<u32>,
+    /// How many people may use it (1 to 1,000; 1 when absent).
+    uses: Option<u32>,
+}
+
+/// `POST /admin/invites`: an admin makes an invite link, with an expiry and a number of uses. The page
+/// shows it once, with a QR code; the store keeps only the hash of its code.
+pub async fn create_invite(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    headers: HeaderMap,
+    browser: Browser,
+    Form(form): Form<InviteForm>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let Some(by) = admin(&browser) else {
+        return (StatusCode::FORBIDDEN, "Only an admin can do that.").into_response();
+    };
+    let hours = form.hours.unwrap_or(24);
+    let uses = form.uses.unwrap_or(1);
+    if !(1..=720).contains(&hours) || !(1..=1000).contains(&uses) {
+        let error = "An invite lasts 1 to 720 hours and works 1 to 1000 times.";
+        let status = StatusCode::BAD_REQUEST;
+        return chat_with_error(&state, &pages, nonce, &browser, status, error).await;
+    }
+    let (code, expires_at) =
+        match super::make_invite(state.accounts.store.as_ref(), by, uses, hours).await {
+            Ok(made) => made,
+            Err(err) => {
+                tracing::error!(error = %err, "storing an invite failed");
+                return super::unavailable();
+            }
+        };
+    let url = format!("{}/join/{code}", origin(&headers, &browser));
+    let times = if uses == 1 {
+        "once".to_owned()
+    } else {
+        format!("{uses} times")
+    };
+    let flash = Flash {
+        title: "Invite link".into(),
+        note: format!("Works {times}, {}.", until(expires_at)),
+        qr: qr_code(&url),
+        url,
+    };
+    chat_with_flash(&state, &pages, nonce, &browser, flash).await
+}
+
+/// `GET /join/{code}`: an invite link. A good one lets this browser in (it may then join with a name);
+/// a used-up or expired one says so.
+pub async fn use_invite(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    mut browser: Browser,
+    Path(code): Path<String>,
+) -> Response {
+    let store = state.accounts.store.clone();
+    let (session, cookie) = match browser.ensure_session(store.as_ref()).await {
+        Ok(session) => session,
+        Err(err) => {
+            tracing::error!(error = %err, "starting a session failed");
+            return super::unavailable();
+        }
+    };
+    if admitted(&browser) {
+        return back_to_chat(cookie);
+    }
+    match store.use_invite(&token_hash(&code), now_ms()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let error = "This invite link has expired or been used up. Ask for a new one.";
+            let page = chat_with_error(&state, &pages, nonce, &browser, StatusCode::GONE, error);
+            return with_cookie(page.await, cookie);
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "using an invite failed");
+            return super::unavailable();
+        }
+    }
+    if let Err(err) = store.admit_session(session.id).await {
+        tracing::error!(error = %err, "admitting a session failed");
+        return super::unavailable();
+    }
+    back_to_chat(cookie)
+}
+
+/// How long a sign-in link works.
+pub const SIGNIN_LINK_MINUTES: i64 = 15;
+
+/// A one-time sign-in link for member `user`, shown once with its QR code.
+async fn signin_link(
+    state: &AppState,
+    pages: &Pages,
+    nonce: web::CspNonce,
+    headers: &HeaderMap,
+    browser: &Browser,
+    user: &crate::server::store::User,
+) -> Response {
+    let token = new_token();
+    let expires_at = now_ms() + SIGNIN_LINK_MINUTES * 60_000;
+    if let Err(err) = state
+        .accounts
+        .store
+        .create_signin_link(&token_hash(&token), user.id, expires_at)
+        .await
+    {
+        tracing::error!(error = %err, "storing a sign-in link failed");
+        return super::unavailable();
+    }
+    let url = format!("{}/link/{token}", origin(headers, browser));
+    let flash = Flash {
+        title: format!("Sign-in link for {}", user.name),
+        note: format!(
+            "Works once, for {SIGNIN_LINK_MINUTES} minutes ({}). Open it on the other device, or scan the code.",
+            until(expires_at)
+        ),
+        qr: qr_code(&url),
+        url,
+    };
+    chat_with_flash(state, pages, nonce, browser, flash).await
+}
+
+/// `POST /account/link`: a member makes a sign-in link for themselves, to move to another device.
+pub async fn own_signin_link(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    headers: HeaderMap,
+    browser: Browser,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    let Some(user) = browser
+        .session
+        .as_ref()
+        .and_then(|s| s.user.clone())
+        .filter(|u| u.kind == UserKind::Member)
+    else {
+        return (StatusCode::UNAUTHORIZED, "Sign in as a member first.").into_response();
+    };
+    signin_link(&state, &pages, nonce, &headers, &browser, &user).await
+}
+
+/// `POST /admin/users/{id}/link`: an admin makes a sign-in link for any member (a forgotten password).
+pub async fn signin_link_for(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    headers: HeaderMap,
+    browser: Browser,
+    Path(id): Path<Uuid>,
+) -> Response {
+    if let Some(refused) = cross_site(&headers) {
+        return refused;
+    }
+    if admin(&browser).is_none() {
+        return (StatusCode::FORBIDDEN, "Only an admin can do that.").into_response();
+    }
+    let user = match state.accounts.store.user(id).await {
+        Ok(user) => user.filter(|u| u.kind == UserKind::Member && !u.banned),
+        Err(err) => {
+            tracing::error!(error = %err, "reading a user failed");
+            return super::unavailable();
+        }
+    };
+    let Some(user) = user else {
+        return (StatusCode::NOT_FOUND, "No such member.").into_response();
+    };
+    signin_link(&state, &pages, nonce, &headers, &browser, &user).await
+}
+
+/// `GET /link/{token}`: a one-time sign-in link. Used once, it signs this browser in as its member with a
+/// new session; used again, or late, it says so.
+pub async fn use_signin_link(
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<web::CspNonce>,
+    browser: Browser,
+    Path(token): Path<String>,
+) -> Response {
+    let used = state
+        .accounts
+        .store
+        .use_signin_link(&token_hash(&token), now_ms())
+        .await;
+    let user = match used {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            let error = "This sign-in link has been used or has expired. Make a new one.";
+            return chat_with_error(&state, &pages, nonce, &browser, StatusCode::GONE, error).await;
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "using a sign-in link failed");
+            return super::unavailable();
+        }
+    };
+    tracing::info!(user = %user, "signed in with a one-time link");
+    signed_in(&state, &browser, user, Via::Password).await
 }
 
 /// The admin behind a request, if it is one.

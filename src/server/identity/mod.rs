@@ -177,6 +177,7 @@ impl Browser {
             id,
             user: None,
             via: crate::protocol::Via::Guest,
+            admitted: false,
         });
         Ok(session_cookie(&token, self.secure))
     }
@@ -198,6 +199,23 @@ impl Browser {
         let session = self.session.clone().expect("just ensured");
         Ok((session, cookie))
     }
+}
+
+/// Makes an invite link's code, good for `uses` people within `hours`; the store keeps only its hash.
+/// Returns the code and when it expires (ms since the epoch).
+pub async fn make_invite(
+    store: &dyn IdentityStore,
+    by: Uuid,
+    uses: u32,
+    hours: u32,
+) -> Result<(String, i64), StoreError> {
+    let code = new_token();
+    let now = super::hub::now_ms();
+    let expires_at = now + i64::from(hours) * 3_600_000;
+    store
+        .create_invite(&token_hash(&code), by, uses, expires_at, now)
+        .await?;
+    Ok((code, expires_at))
 }
 
 /// The answer when the identity store cannot be read: a plain page, since nothing can be decided.

@@ -41,6 +41,14 @@ pub const CLOSE_SIGNED_OUT: u16 = 4001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 /// The close code after a sign-in token that is not valid.
 pub const CLOSE_TOKEN_INVALID: u16 = 4003;
+/// The close code for a stranger at an invite-only chat (`CONFAB_ACCESS=invite`).
+pub const CLOSE_INVITE_REQUIRED: u16 = 4004;
+/// The sentence for a stranger at an invite-only chat.
+pub const INVITE_REQUIRED: &str =
+    "This chat is invite-only: open your invite link to join, or sign in if you have kept a name.";
+/// The sentence for a guest posting where only members may.
+pub const MEMBERS_ONLY: &str =
+    "Only members can post here: keep your name (in the people list) or sign in.";
 
 /// Settings of a connection that tests may shorten.
 #[derive(Debug, Clone)]
@@ -58,6 +66,8 @@ pub struct SessionConfig {
     pub address_per_second: NonZeroU32,
     /// The burst allowed to one client address.
     pub address_burst: NonZeroU32,
+    /// Who may come in (`CONFAB_ACCESS`).
+    pub access: crate::protocol::Access,
 }
 
 impl Default for SessionConfig {
@@ -69,6 +79,7 @@ impl Default for SessionConfig {
             burst: NonZeroU32::new(20).unwrap(),
             address_per_second: NonZeroU32::new(50).unwrap(),
             address_burst: NonZeroU32::new(100).unwrap(),
+            access: crate::protocol::Access::Open,
         }
     }
 }
@@ -219,6 +230,23 @@ where
     };
     if visitor.unknown {
         session.close_unavailable().await;
+        return;
+    }
+    // An invite-only chat shows nothing to a stranger: not its history, not who is here.
+    let known = visitor.token.is_some()
+        || visitor
+            .session
+            .as_ref()
+            .is_some_and(|s| s.admitted || s.user.is_some());
+    if ctx.config.access == crate::protocol::Access::Invite && !known {
+        let _ = session
+            .send_error(ErrorCode::InviteRequired, INVITE_REQUIRED, None)
+            .await;
+        let close = CloseFrame {
+            code: CLOSE_INVITE_REQUIRED,
+            reason: Utf8Bytes::from_static("invite required"),
+        };
+        let _ = session.socket.send(Message::Close(Some(close))).await;
         return;
     }
     let who = match visitor.token {

@@ -28,6 +28,13 @@ where
                 )
                 .await;
         };
+        if self.ctx.config.access == crate::protocol::Access::Members
+            && me.identity.kind == crate::protocol::UserKind::Guest
+        {
+            return self
+                .send_error(ErrorCode::MembersOnly, super::MEMBERS_ONLY, Some(id))
+                .await;
+        }
         let text = match validate_text(raw) {
             Ok(text) => text,
             Err(err) => return self.send_error(err.code(), err.message(), Some(id)).await,

@@ -28,6 +28,8 @@ pub struct SessionRecord {
     /// Who the session acts for; `None` until its browser joins or signs in.
     pub user: Option<User>,
     pub via: Via,
+    /// The browser came in through an invite link (what `CONFAB_ACCESS=invite` asks of new people).
+    pub admitted: bool,
 }
 
 /// One of a member's sessions, for their "active sessions" list.
@@ -143,6 +145,34 @@ pub trait IdentityStore: Send + Sync + 'static {
         admin: bool,
         at: i64,
     ) -> Result<User, IdentityError>;
+
+    /// Records an invite link (by the hash of its code) good for `uses` uses until `expires_at`.
+    async fn create_invite(
+        &self,
+        code_hash: &str,
+        created_by: Uuid,
+        uses: u32,
+        expires_at: i64,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Spends one use of the invite, if it has one left and has not expired; whether it did.
+    async fn use_invite(&self, code_hash: &str, now: i64) -> Result<bool, StoreError>;
+
+    /// Marks a session as having come in through an invite.
+    async fn admit_session(&self, id: Uuid) -> Result<(), StoreError>;
+
+    /// Records a one-time sign-in link for member `user`, valid until `expires_at`.
+    async fn create_signin_link(
+        &self,
+        token_hash: &str,
+        user: Uuid,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Uses up a sign-in link: the member it signs in, if it is unused and unexpired.
+    async fn use_signin_link(&self, token_hash: &str, now: i64)
+        -> Result<Option<Uuid>, StoreError>;
 
     /// Bans user `id`: every session of theirs ends (their ids are returned, so their sockets can be
     /// closed), and their name stays locked. `None` when there is no such user.
@@ -573,6 +603,89 @@ macro_rules! sql_identity_store {
                     .ok_or(IdentityError::NoSuchUser)
             }
 
+            async fn create_invite(
+                &self,
+                code_hash: &str,
+                created_by: uuid::Uuid,
+                uses: u32,
+                expires_at: i64,
+                at: i64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO invites (code_hash, created_by, uses_left, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(code_hash)
+                .bind(created_by.to_string())
+                .bind(i64::from(uses))
+                .bind(expires_at)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn use_invite(
+                &self,
+                code_hash: &str,
+                now: i64,
+            ) -> Result<bool, $crate::server::store::StoreError> {
+                // One statement: two browsers using the last use at once cannot both get it.
+                let done = sqlx::query(
+                    "UPDATE invites SET uses_left = uses_left - 1 \
+                     WHERE code_hash = $1 AND uses_left > 0 AND expires_at > $2",
+                )
+                .bind(code_hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn admit_session(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query("UPDATE sessions SET admitted = TRUE WHERE id = $1")
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn create_signin_link(
+                &self,
+                token_hash: &str,
+                user: uuid::Uuid,
+                expires_at: i64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO signin_links (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+                )
+                .bind(token_hash)
+                .bind(user.to_string())
+                .bind(expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn use_signin_link(
+                &self,
+                token_hash: &str,
+                now: i64,
+            ) -> Result<Option<uuid::Uuid>, $crate::server::store::StoreError> {
+                let user: Option<String> = sqlx::query_scalar(
+                    "UPDATE signin_links SET used_at = $2 \
+                     WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING user_id",
+                )
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(user.and_then(|u| uuid::Uuid::try_parse(&u).ok()))
+            }
+
             async fn ban(
                 &self,
                 id: uuid::Uuid,
@@ -614,7 +727,7 @@ macro_rules! sql_identity_store {
             > {
                 use sqlx::Row;
                 let sql = format!(
-                    "SELECT s.id AS session_id, s.via, {} FROM sessions s \
+                    "SELECT s.id AS session_id, s.via, s.admitted, {} FROM sessions s \
                      LEFT JOIN users u ON u.id = s.user_id WHERE {condition}",
                     $crate::server::store::identity::USER_COLUMNS
                 );
@@ -627,7 +740,9 @@ macro_rules! sql_identity_store {
                 };
                 let id: String = row.try_get("session_id")?;
                 let via: String = row.try_get("via")?;
+                let admitted: bool = row.try_get("admitted")?;
                 Ok(Some($crate::server::store::SessionRecord {
+                    admitted,
                     id: uuid::Uuid::try_parse(&id).map_err(|_| {
                         $crate::server::store::StoreError::Corrupt(format!("session id {id:?}"))
                     })?,
@@ -823,6 +938,54 @@ pub(crate) async fn check_contract(store: &dyn IdentityStore) {
         .expect("a banned guest's name is locked");
     assert!(locked.banned);
     assert_eq!(store.ban(Uuid::new_v4()).await.unwrap(), None);
+
+    // Invites: used up by their count, and dead after their expiry.
+    let admin = Uuid::new_v4();
+    store
+        .create_invite("inv-1", admin, 2, 1_000, 60)
+        .await
+        .unwrap();
+    assert!(store.use_invite("inv-1", 100).await.unwrap());
+    assert!(store.use_invite("inv-1", 100).await.unwrap());
+    assert!(
+        !store.use_invite("inv-1", 100).await.unwrap(),
+        "two uses only"
+    );
+    store
+        .create_invite("inv-2", admin, 5, 1_000, 60)
+        .await
+        .unwrap();
+    assert!(!store.use_invite("inv-2", 1_000).await.unwrap(), "expired");
+    assert!(!store.use_invite("nope", 100).await.unwrap());
+    let fresh = Uuid::new_v4();
+    store.create_session(fresh, "hash-9", "", 60).await.unwrap();
+    assert!(!store.session("hash-9").await.unwrap().unwrap().admitted);
+    store.admit_session(fresh).await.unwrap();
+    assert!(store.session("hash-9").await.unwrap().unwrap().admitted);
+
+    // Sign-in links: once, and only in time.
+    store
+        .create_signin_link("link-1", other, 500)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.use_signin_link("link-1", 100).await.unwrap(),
+        Some(other)
+    );
+    assert_eq!(
+        store.use_signin_link("link-1", 101).await.unwrap(),
+        None,
+        "used once"
+    );
+    store
+        .create_signin_link("link-2", other, 500)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.use_signin_link("link-2", 500).await.unwrap(),
+        None,
+        "expired"
+    );
 
     // Users an embedding app vouches for: made once, renamed as the app says, never taking a name.
     let ext = store

@@ -22,6 +22,10 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     rooms: HashMap<String, RoomLog>,
+    /// By code hash: uses left, expiry.
+    invites: HashMap<String, (u32, i64)>,
+    /// By token hash: the member, expiry, used.
+    links: HashMap<String, (Uuid, i64, bool)>,
     /// By token hash.
     sessions: HashMap<String, MemSession>,
     users: HashMap<Uuid, MemUser>,
@@ -31,6 +35,7 @@ struct MemSession {
     id: Uuid,
     user: Option<Uuid>,
     via: Via,
+    admitted: bool,
     device: String,
     created_at: i64,
     last_seen_at: i64,
@@ -56,6 +61,7 @@ impl State {
                 .and_then(|id| self.users.get(&id))
                 .map(|u| u.user.clone()),
             via: session.via,
+            admitted: session.admitted,
         }
     }
 
@@ -224,6 +230,7 @@ impl IdentityStore for MemoryStore {
             id,
             user: None,
             via: Via::Guest,
+            admitted: false,
             device: device.chars().take(MAX_DEVICE_CHARS).collect(),
             created_at: at,
             last_seen_at: at,
@@ -433,6 +440,67 @@ impl IdentityStore for MemoryStore {
         stored.user.admin = admin && !stored.user.banned;
         stored.name_key = name_key.to_owned();
         Ok(stored.user.clone())
+    }
+
+    async fn create_invite(
+        &self,
+        code_hash: &str,
+        _created_by: Uuid,
+        uses: u32,
+        expires_at: i64,
+        _at: i64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .invites
+            .insert(code_hash.to_owned(), (uses, expires_at));
+        Ok(())
+    }
+
+    async fn use_invite(&self, code_hash: &str, now: i64) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let Some((uses, expires_at)) = state.invites.get_mut(code_hash) else {
+            return Ok(false);
+        };
+        if *uses == 0 || *expires_at <= now {
+            return Ok(false);
+        }
+        *uses -= 1;
+        Ok(true)
+    }
+
+    async fn admit_session(&self, id: Uuid) -> Result<(), StoreError> {
+        if let Some(session) = self.lock().session_mut(id) {
+            session.admitted = true;
+        }
+        Ok(())
+    }
+
+    async fn create_signin_link(
+        &self,
+        token_hash: &str,
+        user: Uuid,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .links
+            .insert(token_hash.to_owned(), (user, expires_at, false));
+        Ok(())
+    }
+
+    async fn use_signin_link(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let mut state = self.lock();
+        let Some((user, expires_at, used)) = state.links.get_mut(token_hash) else {
+            return Ok(None);
+        };
+        if *used || *expires_at <= now {
+            return Ok(None);
+        }
+        *used = true;
+        Ok(Some(*user))
     }
 
     async fn ban(&self, id: Uuid) -> Result<Option<Vec<Uuid>>, StoreError> {

@@ -1024,3 +1024,224 @@ async fn without_a_configured_key_every_token_is_refused() {
     let mut client = connect_with_bearer(addr, &token).await;
     client.expect_error(ErrorCode::TokenInvalid).await;
 }
+
+/// The link a page's flash shows.
+fn flash_url(page: &str) -> String {
+    let flash = boot_of(page).flash.expect("the page shows the new link");
+    assert!(
+        flash
+            .qr
+            .as_deref()
+            .is_some_and(|qr| qr.starts_with("data:image/svg+xml;base64,")),
+        "with a QR code"
+    );
+    flash.url
+}
+
+/// The path of an absolute link on this server.
+fn path_of(url: &str) -> String {
+    format!("/{}", url.splitn(4, '/').nth(3).unwrap())
+}
+
+#[tokio::test]
+async fn a_one_time_sign_in_link_moves_a_member_to_another_device_once() {
+    let addr = start(memory()).await;
+    let (laptop, _ann) = member(addr, "Ann", "correct horse").await;
+    let made = post(addr, "/account/link", Some(&laptop), None, "").await;
+    assert_eq!(status(&made), 200, "{made}");
+    let url = flash_url(&made);
+    assert!(url.starts_with(&format!("http://{addr}/link/")), "{url}");
+    let link = path_of(&url);
+
+    // The phone opens it: signed in as Ann, with a session of its own.
+    let phone = browser(addr).await;
+    let used = get_as(addr, &link, &phone).await;
+    assert_eq!(status(&used), 303, "{used}");
+    let phone_session = session_token(&used).unwrap();
+    let me = boot_of(&get_as(addr, "/", &phone_session).await)
+        .me
+        .unwrap();
+    assert_eq!((me.name.as_str(), me.kind), ("Ann", UserKind::Member));
+    // Once only: a second browser, or the same one again, gets "used".
+    let thief = browser(addr).await;
+    let again = get_as(addr, &link, &thief).await;
+    assert_eq!(status(&again), 410);
+    assert!(boot_of(&again)
+        .form_error
+        .unwrap()
+        .contains("used or has expired"));
+    assert_eq!(boot_of(&get_as(addr, "/", &thief).await).me, None);
+    // A guest cannot make one.
+    let guest = browser(addr).await;
+    let refused = post(addr, "/account/link", Some(&guest), None, "").await;
+    assert_eq!(status(&refused), 401);
+}
+
+#[tokio::test]
+async fn an_admin_makes_a_sign_in_link_for_a_member_who_forgot_their_password() {
+    let addr = start(memory()).await;
+    let (admin, _ada) = member(addr, "Ada", "correct horse").await;
+    let (bo_token, mut bo) = member(addr, "Bo", "forgotten pass").await;
+    let bo_id = bo.identity().await.user_id;
+    // Bo cannot make one for the admin (only admins make links for others).
+    let refused = post(
+        addr,
+        &format!("/admin/users/{}/link", Uuid::new_v4()),
+        Some(&bo_token),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&refused), 403);
+    let made = post(
+        addr,
+        &format!("/admin/users/{bo_id}/link"),
+        Some(&admin),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&made), 200, "{made}");
+    let flash = boot_of(&made).flash.unwrap();
+    assert_eq!(flash.title, "Sign-in link for Bo");
+    let fresh = browser(addr).await;
+    let used = get_as(addr, &path_of(&flash.url), &fresh).await;
+    assert_eq!(status(&used), 303);
+    let me = boot_of(&get_as(addr, "/", &session_token(&used).unwrap()).await)
+        .me
+        .unwrap();
+    assert_eq!(me.user_id, bo_id);
+}
+
+#[tokio::test]
+async fn members_only_lets_guests_read_and_join_but_not_post() {
+    let mut config = memory();
+    config.session.access = crate::protocol::Access::Members;
+    let addr = start(config).await;
+    let (_, mut ann) = member(addr, "Ann", "correct horse").await;
+    ann.identity().await;
+    ann.send(&say("members only here")).await;
+    let mut guest = joined(addr, "Guest").await;
+    let event = guest
+        .next_matching(|f| match f {
+            ServerFrame::Event(e) if e.text == "members only here" => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(event.name, "Ann", "guests may read");
+    let id = Uuid::new_v4();
+    guest
+        .send(&ClientFrame::Send {
+            id,
+            text: "may I?".into(),
+        })
+        .await;
+    let (message, refused) = guest.expect_error(ErrorCode::MembersOnly).await;
+    assert_eq!(refused, Some(id));
+    assert!(message.contains("keep your name"), "{message}");
+    // Without JavaScript too.
+    let token = browser(addr).await;
+    assert_eq!(
+        status(&post(addr, "/join", Some(&token), None, "name=Formy").await),
+        303
+    );
+    let posted = post(addr, "/messages", Some(&token), None, "text=hello").await;
+    assert_eq!(status(&posted), 403);
+    assert!(boot_of(&posted)
+        .form_error
+        .unwrap()
+        .contains("Only members"));
+}
+
+#[tokio::test]
+async fn an_invite_only_chat_shows_strangers_nothing_until_they_use_an_invite() {
+    let mut config = memory();
+    config.session.access = crate::protocol::Access::Invite;
+    let store = Arc::new(MemoryStore::new(100));
+    let stores = Stores {
+        events: store.clone(),
+        identity: store.clone(),
+        backplane: Arc::new(Local),
+    };
+    let server = Server::start_with(config, Some(stores)).await;
+    let addr = server.addr;
+    // Runs until the test's runtime ends.
+    std::mem::forget(server);
+    let admin_browser = browser(addr).await;
+    let stranger_page = get_as(addr, "/", &admin_browser).await;
+    let boot = boot_of(&stranger_page);
+    assert!(boot.events.is_empty());
+    assert_eq!(boot.access, crate::protocol::Access::Invite);
+    assert!(boot.form_error.unwrap().contains("invite-only"));
+    let mut stranger = connect_as(addr, &admin_browser, "").await;
+    stranger.expect_error(ErrorCode::InviteRequired).await;
+    assert_eq!(
+        stranger.close_code().await,
+        Some(crate::server::session::CLOSE_INVITE_REQUIRED)
+    );
+    let posted = post(addr, "/join", Some(&admin_browser), None, "name=Sneaky").await;
+    assert_eq!(status(&posted), 403);
+    // A cookie-less client gets nothing either.
+    let mut bot = connect(addr, "").await;
+    bot.expect_error(ErrorCode::InviteRequired).await;
+
+    // The operator's invite (what `confab invite` prints) lets the first person in; they keep their
+    // name and are the admin.
+    let (code, _) = crate::server::identity::make_invite(store.as_ref(), Uuid::nil(), 1, 1)
+        .await
+        .unwrap();
+    let admitted = get_as(addr, &format!("/join/{code}"), &admin_browser).await;
+    assert_eq!(status(&admitted), 303, "{admitted}");
+    let mut ada = connect_as(addr, &admin_browser, "").await;
+    ada.join("Ada").await;
+    let kept = post(
+        addr,
+        "/account/claim",
+        Some(&admin_browser),
+        None,
+        "password=correct+horse",
+    )
+    .await;
+    let admin = session_token(&kept).unwrap();
+    assert!(ada.identity().await.admin);
+    // Used up: the next stranger with the same link is refused.
+    let late = browser(addr).await;
+    assert_eq!(
+        status(&get_as(addr, &format!("/join/{code}"), &late).await),
+        410
+    );
+
+    // The admin invites two people for an hour.
+    let made = post(addr, "/admin/invites", Some(&admin), None, "uses=2&hours=1").await;
+    assert_eq!(status(&made), 200, "{made}");
+    let link = path_of(&flash_url(&made));
+    assert!(boot_of(&made)
+        .flash
+        .unwrap()
+        .note
+        .starts_with("Works 2 times"));
+    for name in ["Bea", "Cid"] {
+        let newcomer = browser(addr).await;
+        assert_eq!(status(&get_as(addr, &link, &newcomer).await), 303);
+        let page = get_as(addr, "/", &newcomer).await;
+        assert!(
+            !boot_of(&page).events.is_empty(),
+            "admitted: the history shows"
+        );
+        let mut client = connect_as(addr, &newcomer, "").await;
+        client.join(name).await;
+    }
+    let third = browser(addr).await;
+    let refused = get_as(addr, &link, &third).await;
+    assert_eq!(status(&refused), 410);
+    assert!(boot_of(&refused).form_error.unwrap().contains("used up"));
+    assert!(boot_of(&refused).events.is_empty(), "still nothing to see");
+    // Bad invite requests: not an admin, or out of range.
+    let bea = browser(addr).await;
+    assert_eq!(
+        status(&post(addr, "/admin/invites", Some(&bea), None, "").await),
+        403
+    );
+    let wild = post(addr, "/admin/invites", Some(&admin), None, "uses=0&hours=1").await;
+    assert_eq!(status(&wild), 400);
+}
