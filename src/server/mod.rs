@@ -291,12 +291,29 @@ pub async fn bootstrap(
         .before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE)
         .await?;
     let complete = crate::protocol::reaches_first_event(&events);
+    let sessions = match (&browser.session, &me) {
+        (Some(session), Some(me)) if me.kind == crate::protocol::UserKind::Member => state
+            .accounts
+            .store
+            .sessions_of(me.user_id)
+            .await?
+            .into_iter()
+            .map(|s| crate::ui::state::Device {
+                current: s.id == session.id,
+                id: s.id,
+                device: s.device,
+                last_seen_at: s.last_seen_at,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(Bootstrap {
         page: Page::Chat,
         me,
         form_error,
         access,
         flash,
+        sessions,
         events,
         complete,
     })

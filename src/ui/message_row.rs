@@ -160,7 +160,7 @@ fn LocalTime(at: i64) -> impl IntoView {
 }
 
 /// RFC 3339 in UTC, for the `datetime` attribute.
-fn iso_utc(at: i64) -> String {
+pub(crate) fn iso_utc(at: i64) -> String {
     let secs = at.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

@@ -16,6 +16,37 @@ fn signed_in_as(chat: Chat) -> &'static str {
     })
 }
 
+/// A User-Agent in a few words: the browser and the system, as people name them.
+fn short_device(agent: &str) -> String {
+    let browser = ["Edg/", "Firefox/", "Chrome/", "Safari/"]
+        .iter()
+        .find(|b| agent.contains(*b))
+        .map(|b| match *b {
+            "Edg/" => "Edge",
+            "Firefox/" => "Firefox",
+            "Chrome/" => "Chrome",
+            _ => "Safari",
+        });
+    let system = [
+        ("Android", "Android"),
+        ("iPhone", "iPhone"),
+        ("iPad", "iPad"),
+        ("Mac OS X", "macOS"),
+        ("Windows", "Windows"),
+        ("Linux", "Linux"),
+    ]
+    .iter()
+    .find(|(needle, _)| agent.contains(needle))
+    .map(|(_, name)| *name);
+    match (browser, system) {
+        (Some(b), Some(s)) => format!("{b} on {s}"),
+        (Some(b), None) => b.to_owned(),
+        (None, Some(s)) => s.to_owned(),
+        (None, None) if agent.is_empty() => "Unknown device".to_owned(),
+        (None, None) => agent.chars().take(40).collect(),
+    }
+}
+
 /// The header's "who am I": the name, and a mark for how it is held.
 #[component]
 pub fn WhoAmI() -> impl IntoView {
@@ -82,7 +113,29 @@ fn FlashLink() -> impl IntoView {
 fn MemberTools() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let admin = move || chat.me.with(|me| me.as_ref().is_some_and(|me| me.admin));
+    let devices = chat.devices.get_value();
+    let device_list = (!devices.is_empty()).then(|| {
+        view! {
+            <details class="devices">
+                <summary>{format!("Your sessions ({})", devices.len())}</summary>
+                <ul aria-label="Your sessions">
+                    {devices.into_iter().map(|d| view! {
+                        <li>
+                            <span class="device">{short_device(&d.device)}</span>
+                            <span class="hint">
+                                {if d.current { "this browser".to_owned() } else { format!("last active {}", super::message_row::iso_utc(d.last_seen_at).replace('T', " ").trim_end_matches('Z').to_owned() + " UTC") }}
+                            </span>
+                            <form method="post" action=format!("/account/sessions/{}/end", d.id)>
+                                <button type="submit" class="link">{if d.current { "Sign out" } else { "End" }}</button>
+                            </form>
+                        </li>
+                    }).collect::<Vec<_>>()}
+                </ul>
+            </details>
+        }
+    });
     view! {
+        {device_list}
         <form class="tool" method="post" action="/account/link">
             <button type="submit" class="link">"Sign in on another device"</button>
         </form>
@@ -162,4 +215,17 @@ pub fn TypingLine() -> impl IntoView {
         })
     };
     view! { <div class="typing" aria-live="polite">{line}</div> }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn devices_read_as_people_name_them() {
+        let chromium_linux = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
+        assert_eq!(super::short_device(chromium_linux), "Chrome on Linux");
+        let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
+        assert_eq!(super::short_device(iphone), "Safari on iPhone");
+        assert_eq!(super::short_device(""), "Unknown device");
+        assert_eq!(super::short_device("curl/8.0"), "curl/8.0");
+    }
 }

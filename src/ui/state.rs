@@ -24,6 +24,18 @@ pub enum Page {
     SignIn { name: String, error: Option<String> },
 }
 
+/// One of a member's sessions, as their session list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: Uuid,
+    /// The browser's description of itself.
+    pub device: String,
+    /// When it was last used, in ms since the epoch.
+    pub last_seen_at: i64,
+    /// This browser.
+    pub current: bool,
+}
+
 /// A link a form just made, shown once in the people panel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flash {
@@ -52,6 +64,9 @@ pub struct Bootstrap {
     /// Something a form just made, to show once: an invite link, a sign-in link.
     #[serde(default)]
     pub flash: Option<Flash>,
+    /// A member's own sessions (their devices), to see and end.
+    #[serde(default)]
+    pub sessions: Vec<Device>,
     /// The newest page of events, oldest first.
     pub events: Vec<ChatEvent>,
     /// True when `events` reaches back to the room's first event.
@@ -179,6 +194,8 @@ pub struct Chat {
     pub access: crate::protocol::Access,
     /// A link a form just made (shown once).
     pub flash: RwSignal<Option<Flash>>,
+    /// Our sessions, if we are a member (from the server's render).
+    pub devices: StoredValue<Vec<Device>>,
     /// Whether the server accepted `name`; the name dialog shows until it has.
     pub joined: RwSignal<bool>,
     /// Why the last join was refused, shown under the name field.
@@ -217,6 +234,7 @@ impl Chat {
             sending_slowly: RwSignal::new(false),
             access: boot.access,
             flash: RwSignal::new(boot.flash),
+            devices: StoredValue::new(boot.sessions),
             joined: RwSignal::new(joined),
             join_error: RwSignal::new(None),
             status: RwSignal::new(Status::Connecting),

@@ -443,12 +443,19 @@ async fn a_member_lists_their_sessions_and_ends_one_elsewhere() {
     assert_eq!(sessions.len(), 2, "{sessions:?}");
     assert_eq!(sessions.iter().filter(|s| s.current).count(), 1);
     let other = sessions.iter().find(|s| !s.current).unwrap().id;
+    // The page lists them too, for the member only.
+    let page = boot_of(&get_as(addr, "/", &laptop).await);
+    assert_eq!(page.sessions.len(), 2);
+    assert!(page.sessions.iter().any(|d| d.id == other && !d.current));
 
     // A guest (the third person) can neither list nor end them, and learns nothing from trying.
     let guest = browser(addr).await;
     let peek = get_as(addr, "/account/sessions", &guest).await;
     assert_eq!(status(&peek), 401);
     assert!(!peek.contains(&other.to_string()));
+    let guest_page = get_as(addr, "/", &guest).await;
+    assert!(boot_of(&guest_page).sessions.is_empty());
+    assert!(!guest_page.contains(&other.to_string()));
     let (_, _bo) = member(addr, "Bo", "battery staple").await;
     let bo = session_token(
         &post(
