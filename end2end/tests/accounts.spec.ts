@@ -5,7 +5,7 @@ import { OwnServer } from "./fixtures/server";
 
 /** Opens the people panel and keeps the name with `password`; the page comes back as the member's. */
 async function keepName(chat: ChatPage, password: string): Promise<void> {
-  await chat.page.locator(".people summary").click();
+  await chat.page.locator(".people > summary").click();
   await chat.page.getByLabel("Keep this name: choose a password").fill(password);
   await chat.page.getByRole("button", { name: "Keep this name" }).click();
   await expect(chat.page.locator(".whoami .mark").first()).toHaveText("member");
@@ -27,12 +27,12 @@ test("a kept name is the member's: another browser cannot join under it, and sig
   await expect(owner.message(before)).toBeVisible();
 
   // A password too short is refused where it was typed.
-  await owner.page.locator(".people summary").click();
+  await owner.page.locator(".people > summary").click();
   await owner.page.getByLabel("Keep this name: choose a password").fill("short");
   // The browser's own minlength check stops it first; the server's check is covered by the unit tests.
   await expect(owner.page.getByLabel("Keep this name: choose a password")).toHaveJSProperty("validity.tooShort", true);
 
-  await owner.page.locator(".people summary").click();
+  await owner.page.locator(".people > summary").click();
   await keepName(owner, "correct horse battery");
   await expect(owner.page.locator(".whoami-name")).toHaveText(name);
   // Messages written as a guest are still theirs.
@@ -80,7 +80,7 @@ test("signing out closes the socket and brings back the name dialog in every tab
   const other = await ChatPage.open(browser);
   await other.join(unique("Other"));
 
-  await first.page.locator(".people summary").click();
+  await first.page.locator(".people > summary").click();
   await first.page.getByRole("button", { name: "Sign out" }).click();
   await expect(first.dialog).toBeVisible();
   // The other tab was told by the server (its socket closed) and shows the dialog without a reload.
@@ -280,4 +280,35 @@ test("an app's signed token brings its user in signed in, and a bad one says why
   } finally {
     await server.stop();
   }
+});
+
+test("a member moves to another device with a one-time sign-in link and its QR code", async ({ browser }) => {
+  const name = unique("Moe");
+  const laptop = await ChatPage.open(browser);
+  await laptop.join(name);
+  await keepName(laptop, "correct horse battery");
+  await laptop.page.locator(".people > summary").click();
+  await laptop.page.getByRole("button", { name: "Sign in on another device" }).click();
+  const url = await laptop.page.locator(".flash-url").inputValue();
+  expect(url).toMatch(/\/link\/[A-Za-z0-9_-]{43}$/);
+  await expect(laptop.page.locator(".flash img.qr")).toBeVisible();
+  await expect(laptop.page.locator(".flash")).toContainText("Works once, for 15 minutes");
+
+  const phone = await browser.newContext({ viewport: { width: 375, height: 720 } });
+  const page = await phone.newPage();
+  await page.goto(url);
+  const chat = new ChatPage(page);
+  await expect(chat.status).toHaveAttribute("data-status", "connected");
+  await expect(page.locator(".whoami-name")).toHaveText(name);
+  // The laptop lists both sessions now.
+  await laptop.page.reload();
+  await laptop.page.locator(".people > summary").click();
+  await expect(laptop.page.locator(".devices summary")).toHaveText("Your sessions (2)");
+  // Used once: a third browser gets nothing from it.
+  const third = await browser.newContext();
+  const late = await third.newPage();
+  const response = await late.goto(url);
+  expect(response?.status()).toBe(410);
+  await expect(late.locator("#name-error")).toContainText("used or has expired");
+  await Promise.all([laptop.close(), phone.close(), third.close()]);
 });

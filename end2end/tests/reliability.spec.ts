@@ -151,11 +151,11 @@ test("others see who is typing and who is online, and a leave line when someone 
   await ann.page.keyboard.press("Enter");
   await expect(bob.page.locator(".typing")).toHaveText("");
 
-  await bob.page.locator(".people summary").click();
+  await bob.page.locator(".people > summary").click();
   const list = bob.page.getByRole("list", { name: "Online now" });
   await expect(list.getByText(annName, { exact: true })).toBeVisible();
 
-  await ann.page.locator(".people summary").click();
+  await ann.page.locator(".people > summary").click();
   await ann.page.getByRole("button", { name: "Leave chat or change name" }).click();
   await expect(ann.dialog).toBeVisible();
   await expect(bob.systemLine(`${annName} has left the chat.`)).toBeVisible();

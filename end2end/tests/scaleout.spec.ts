@@ -54,7 +54,7 @@ test("two server processes on one database: each side sees the other's people an
 
     // Accounts too: Ann keeps her name through A; on B a guest cannot have it, and her password
     // signs her in there; signing out through B ends her tab on A.
-    await ann.page.locator(".people summary").click();
+    await ann.page.locator(".people > summary").click();
     await ann.page.getByLabel("Keep this name: choose a password").fill("correct horse battery");
     await ann.page.getByRole("button", { name: "Keep this name" }).click();
     await expect(ann.page.locator(".whoami .mark").first()).toHaveText("member");
@@ -73,7 +73,7 @@ test("two server processes on one database: each side sees the other's people an
     await annOnB.goto(`${b.url}/`);
     await expect(annOnB.page.locator(".whoami-name")).toHaveText(annName);
     // Signing out there, through B, ends her tab on A at once; the other browser signed in as Ann stays.
-    await annOnB.page.locator(".people summary").click();
+    await annOnB.page.locator(".people > summary").click();
     await annOnB.page.getByRole("button", { name: "Sign out" }).click();
     await expect(annOnB.dialog).toBeVisible();
     await expect(ann.dialog).toBeVisible();

@@ -125,9 +125,11 @@ fn MemberTools() -> impl IntoView {
                             <span class="hint">
                                 {if d.current { "this browser".to_owned() } else { format!("last active {}", super::message_row::iso_utc(d.last_seen_at).replace('T', " ").trim_end_matches('Z').to_owned() + " UTC") }}
                             </span>
-                            <form method="post" action=format!("/account/sessions/{}/end", d.id)>
-                                <button type="submit" class="link">{if d.current { "Sign out" } else { "End" }}</button>
-                            </form>
+                            {(!d.current).then(|| view! {
+                                <form method="post" action=format!("/account/sessions/{}/end", d.id)>
+                                    <button type="submit" class="link" title="Sign that device out">"End"</button>
+                                </form>
+                            })}
                         </li>
                     }).collect::<Vec<_>>()}
                 </ul>
