@@ -29,7 +29,7 @@ unit:
 e2e:
 	export CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}"; cd end2end && npx playwright test
 
-## The benchmark scenarios (a)–(f) against the release build; report in target/bench/ (README "Performance").
+## The benchmark scenarios (a)–(g) against the release build; report in target/bench/ (README "Performance").
 bench: setup-test build
 	cargo build --release --features load --bin confab-load
 	./target/release/confab-load bench --out target/bench
