@@ -1252,3 +1252,17 @@ async fn an_invite_only_chat_shows_strangers_nothing_until_they_use_an_invite() 
     let wild = post(addr, "/admin/invites", Some(&admin), None, "uses=0&hours=1").await;
     assert_eq!(status(&wild), 400);
 }
+
+#[tokio::test]
+async fn confab_admin_names_an_administrator_besides_the_first_member() {
+    let mut config = memory();
+    config.admin = Some("Bo".into());
+    let addr = start(config).await;
+    let (_, mut ann) = member(addr, "Ann", "correct horse").await;
+    assert!(ann.identity().await.admin, "the first member");
+    let (_, mut cy) = member(addr, "Cy", "cy password").await;
+    assert!(!cy.identity().await.admin);
+    // Bo is named by CONFAB_ADMIN: an admin as soon as the name is kept, however it is written.
+    let (_, mut bo) = member(addr, "bo", "battery staple").await;
+    assert!(bo.identity().await.admin);
+}
