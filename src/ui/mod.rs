@@ -2,7 +2,7 @@
 
 mod composer;
 mod message_list;
-mod message_row;
+pub(crate) mod message_row;
 mod name_dialog;
 mod people;
 mod sign_in;

@@ -598,23 +598,9 @@ async fn chat_with_flash(
 
 /// "until 14:05 UTC on 2026-12-02", for a link's expiry.
 fn until(at_ms: i64) -> String {
-    let secs = at_ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "until {:02}:{:02} UTC on {year:04}-{month:02}-{day:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    // From "2026-12-02T14:05:09Z".
+    let iso = crate::ui::message_row::iso_utc(at_ms);
+    format!("until {} UTC on {}", &iso[11..16], &iso[..10])
 }
 
 #[derive(Debug, Deserialize)]

@@ -312,30 +312,15 @@ where
                     break End::Socket;
                 }
             }
+            // The user's signals (a ban, a promotion) and the browser session's (a sign-out, a change).
             Some(signal) = next_signal(&mut session.user_watch) => {
-                match signal {
-                    SessionSignal::Ended => {
-                        session.signed_out().await;
-                        break End::Closed;
-                    }
-                    SessionSignal::Changed => {
-                        if session.reload_identity().await.is_err() {
-                            break End::Socket;
-                        }
-                    }
+                if let Err(end) = session.on_signal(signal).await {
+                    break end;
                 }
             }
             Some(signal) = next_signal(&mut signals) => {
-                match signal {
-                    SessionSignal::Ended => {
-                        session.signed_out().await;
-                        break End::Closed;
-                    }
-                    SessionSignal::Changed => {
-                        if session.reload_identity().await.is_err() {
-                            break End::Socket;
-                        }
-                    }
+                if let Err(end) = session.on_signal(signal).await {
+                    break end;
                 }
             }
             _ = &mut shutdown => {
@@ -392,6 +377,17 @@ where
         self.hub
             .presence(self.room)
             .expect("sessions run in rooms that exist")
+    }
+
+    /// A signal for this connection's user or browser session.
+    async fn on_signal(&mut self, signal: SessionSignal) -> Result<(), End> {
+        match signal {
+            SessionSignal::Ended => {
+                self.signed_out().await;
+                Err(End::Closed)
+            }
+            SessionSignal::Changed => self.reload_identity().await,
+        }
     }
 
     /// The browser session ended: say so with a close the client knows, and hold the seat no longer.

@@ -414,19 +414,12 @@ macro_rules! sql_identity_store {
                 name_key: &str,
             ) -> Result<Option<$crate::server::store::User>, $crate::server::store::StoreError>
             {
-                let sql = format!(
-                    "SELECT {} FROM users u WHERE u.name_key = $1 AND (u.kind <> 'guest' OR u.banned) \
+                self.user_where(
+                    "u.name_key = $1 AND (u.kind <> 'guest' OR u.banned) \
                      ORDER BY u.kind <> 'guest' DESC LIMIT 1",
-                    $crate::server::store::identity::USER_COLUMNS
-                );
-                let row = sqlx::query(&sql)
-                    .bind(name_key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                match row {
-                    Some(row) => $crate::server::store::identity::user_from_row(&row),
-                    None => Ok(None),
-                }
+                    name_key,
+                )
+                .await
             }
 
             async fn credentials(
@@ -481,15 +474,8 @@ macro_rules! sql_identity_store {
                     }
                     Err(err) => return Err(err.into()),
                 }
-                let sql = format!(
-                    "SELECT {} FROM users u WHERE u.id = $1",
-                    $crate::server::store::identity::USER_COLUMNS
-                );
-                let row = sqlx::query(&sql)
-                    .bind(user.to_string())
-                    .fetch_one(&self.pool)
-                    .await?;
-                $crate::server::store::identity::user_from_row(&row)?
+                self.user_where("u.id = $1", &user.to_string())
+                    .await?
                     .ok_or($crate::server::store::IdentityError::NoSuchUser)
             }
 
@@ -511,18 +497,7 @@ macro_rules! sql_identity_store {
                 id: uuid::Uuid,
             ) -> Result<Option<$crate::server::store::User>, $crate::server::store::StoreError>
             {
-                let sql = format!(
-                    "SELECT {} FROM users u WHERE u.id = $1",
-                    $crate::server::store::identity::USER_COLUMNS
-                );
-                let row = sqlx::query(&sql)
-                    .bind(id.to_string())
-                    .fetch_optional(&self.pool)
-                    .await?;
-                match row {
-                    Some(row) => $crate::server::store::identity::user_from_row(&row),
-                    None => Ok(None),
-                }
+                self.user_where("u.id = $1", &id.to_string()).await
             }
 
             async fn set_admin(
@@ -549,18 +524,7 @@ macro_rules! sql_identity_store {
                 at: i64,
             ) -> Result<$crate::server::store::User, $crate::server::store::IdentityError> {
                 use $crate::server::store::IdentityError;
-                let sql = format!(
-                    "SELECT {} FROM users u WHERE u.external_id = $1",
-                    $crate::server::store::identity::USER_COLUMNS
-                );
-                let known = sqlx::query(&sql)
-                    .bind(external_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let known = match known {
-                    Some(row) => $crate::server::store::identity::user_from_row(&row)?,
-                    None => None,
-                };
+                let known = self.user_where("u.external_id = $1", external_id).await?;
                 let written = match &known {
                     Some(user) => {
                         sqlx::query(
@@ -595,11 +559,8 @@ macro_rules! sql_identity_store {
                     }
                     Err(err) => return Err(err.into()),
                 }
-                let row = sqlx::query(&sql)
-                    .bind(external_id)
-                    .fetch_one(&self.pool)
-                    .await?;
-                $crate::server::store::identity::user_from_row(&row)?
+                self.user_where("u.external_id = $1", external_id)
+                    .await?
                     .ok_or(IdentityError::NoSuchUser)
             }
 
@@ -716,6 +677,27 @@ macro_rules! sql_identity_store {
         }
 
         impl $store {
+            /// The user that `condition` (and any ordering after it) on `users AS u` finds.
+            async fn user_where(
+                &self,
+                condition: &str,
+                value: &str,
+            ) -> Result<Option<$crate::server::store::User>, $crate::server::store::StoreError>
+            {
+                let sql = format!(
+                    "SELECT {} FROM users u WHERE {condition}",
+                    $crate::server::store::identity::USER_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(value)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(row) => $crate::server::store::identity::user_from_row(&row),
+                    None => Ok(None),
+                }
+            }
+
             /// The session (with its user) that `condition` on `sessions AS s` finds.
             async fn session_where(
                 &self,
