@@ -1,8 +1,10 @@
 # Confab: multi-stage build. The build stage uses the same pinned setup script as `make run` and CI
 # (.ci/setup with .ci/versions), so tool versions have one source of truth.
 FROM rust:1.95-slim-bookworm AS build
+# perl: cargo-leptos builds a vendored OpenSSL, whose Configure needs the full perl (the slim image has only
+# perl-base). The test `the_image_build_stage_installs_what_the_setup_needs` keeps this list honest.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nodejs npm make ca-certificates \
+    && apt-get install -y --no-install-recommends nodejs npm make ca-certificates perl \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Tools first, so this layer is cached until the pins or the lock file change.
@@ -24,8 +26,10 @@ ENV LEPTOS_SITE_ADDR=0.0.0.0:8080 \
     LEPTOS_ENV=PROD \
     LEPTOS_HASH_FILES=true \
     CONFAB_DATA_DIR=/data \
+    CONFAB_METRICS_ADDR=0.0.0.0:9091 \
+    CONFAB_CLIENT_IP_HEADER=Fly-Client-IP \
     RUST_LOG=info
 USER confab
-EXPOSE 8080
+EXPOSE 8080 9091
 VOLUME /data
 CMD ["/app/confab"]

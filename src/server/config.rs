@@ -38,6 +38,9 @@ pub struct Config {
     pub client_ip_header: Option<axum::http::HeaderName>,
     /// `CONFAB_SIGNIN_ATTEMPTS`: sign-in attempts per name and per client address per 5 minutes.
     pub signin_attempts: u32,
+    /// `CONFAB_METRICS_ADDR`: serve `/metrics` on this address instead of the main port (the image sets
+    /// `0.0.0.0:9091`, which Fly scrapes privately; unset in development).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `CONFAB_JWT_SECRET`: HS256 tokens signed with this secret sign people in.
     pub jwt_secret: Option<String>,
     /// `CONFAB_JWT_PUBLIC_KEY`: RS256 or EdDSA tokens verified with this PEM key (text or a path).
@@ -57,6 +60,7 @@ impl Default for Config {
             signin_attempts: super::identity::limits::ATTEMPTS,
             jwt_secret: None,
             jwt_public_key: None,
+            metrics_addr: None,
         }
     }
 }
@@ -152,6 +156,11 @@ impl Config {
                 .map_err(|err| format!("CONFAB_ADMIN is not a valid name: {}", err.message()))?;
             config.admin = Some(name);
         }
+        if let Some(raw) = get("CONFAB_METRICS_ADDR").filter(|raw| !raw.trim().is_empty()) {
+            config.metrics_addr = Some(raw.trim().parse().map_err(|_| {
+                format!("CONFAB_METRICS_ADDR must be an address and port such as 0.0.0.0:9091, not {raw:?}")
+            })?);
+        }
         config.jwt_secret = get("CONFAB_JWT_SECRET").filter(|v| !v.is_empty());
         config.jwt_public_key = get("CONFAB_JWT_PUBLIC_KEY").filter(|v| !v.trim().is_empty());
         // Checked now, so a bad key stops the start with its reason.
@@ -244,6 +253,15 @@ mod tests {
             .unwrap_err()
             .contains("CONFAB_CLIENT_IP_HEADER"));
         assert!(from(&[("CONFAB_SIGNIN_ATTEMPTS", "0")]).is_err());
+        assert!(from(&[("CONFAB_METRICS_ADDR", "9091")])
+            .unwrap_err()
+            .contains("CONFAB_METRICS_ADDR"));
+        assert_eq!(
+            from(&[("CONFAB_METRICS_ADDR", "0.0.0.0:9091")])
+                .unwrap()
+                .metrics_addr,
+            Some("0.0.0.0:9091".parse().unwrap())
+        );
         assert!(from(&[("CONFAB_JWT_SECRET", "too short")])
             .unwrap_err()
             .contains("CONFAB_JWT_SECRET"));

@@ -36,6 +36,10 @@ pub fn handle() -> &'static PrometheusHandle {
             DELIVERY_SECONDS,
             "from a broadcast to its write to a client's socket (sampled: one write in 8)"
         );
+        // Every gauge and counter from start-up, at zero, so a fresh server's scrape is not empty.
+        metrics::gauge!(CONNECTED).increment(0.0);
+        metrics::counter!(MESSAGES_IN).increment(0);
+        metrics::counter!(FRAMES_OUT).increment(0);
         handle
     })
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub hub: Hub,
     pub accounts: Accounts,
     pub sessions: session::Context,
+    /// `/metrics` is on the main port (no `CONFAB_METRICS_ADDR`).
+    pub metrics_here: bool,
 }
 
 /// An open store: the same database behind both halves.
@@ -113,6 +115,7 @@ impl AppState {
             hub,
             accounts,
             sessions,
+            metrics_here: config.metrics_addr.is_none(),
         })
     }
 }
@@ -195,7 +198,12 @@ pub fn router(state: AppState) -> Router {
         move || shell(options.clone()),
     );
     let pages = Pages(Arc::new(move |request| Box::pin(render(request))));
-    Router::new()
+    let router = if state.metrics_here {
+        Router::new().route("/metrics", get(metrics::render))
+    } else {
+        Router::new()
+    };
+    router
         .route("/", get(page))
         .route("/ws", get(websocket))
         .route(
@@ -222,7 +230,6 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/users/{id}/ban", post(identity::http::ban))
         .route("/admin/users/{id}/admin", post(identity::http::make_admin))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics::render))
         // The hashed bundle, served precompressed (brotli or gzip, as the browser accepts) when the
         // build made the .br/.gz files (`cargo leptos build --release --precompress`).
         .nest_service("/pkg", pkg_files(&state.leptos_options))
@@ -492,6 +499,9 @@ pub async fn run_from_env() -> Result<(), String> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if let Some(metrics_addr) = config.metrics_addr {
+        serve_metrics(metrics_addr).await?;
+    }
     tracing::info!("Confab listening on http://{addr}");
     let closing = hub.clone();
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
@@ -526,6 +536,23 @@ pub async fn run_from_env() -> Result<(), String> {
     hub.close().await;
     tracing::info!("stopped; storage flushed");
     served
+}
+
+/// Serves `/metrics` alone on `addr`, in the background, for as long as the process runs.
+pub async fn serve_metrics(addr: SocketAddr) -> Result<SocketAddr, String> {
+    metrics::handle();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Router::new().route("/metrics", get(metrics::render));
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "the metrics listener failed");
+        }
+    });
+    tracing::info!("metrics on http://{bound}/metrics");
+    Ok(bound)
 }
 
 /// Raises this process's open-file limit as far as it may (thousands of sockets need it). Processes it

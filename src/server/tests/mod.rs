@@ -1312,3 +1312,175 @@ fn deployment_files_agree() {
     assert!(fly.contains(r#"kill_signal = "SIGTERM""#));
     assert!(fly.contains(r#"path = "/healthz""#));
 }
+
+#[test]
+fn the_image_build_stage_installs_what_the_setup_needs() {
+    let dockerfile = include_str!("../../../Dockerfile");
+    // The first stage: after the header comments, up to the runtime stage.
+    let build = dockerfile.split("\nFROM ").nth(1).expect("a build stage");
+    assert!(
+        build.contains("bash .ci/setup"),
+        "the build stage runs the setup"
+    );
+    let installed: Vec<&str> = build
+        .split("apt-get install")
+        .nth(1)
+        .expect("the build stage installs packages")
+        .split("&&")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .filter(|word| !word.starts_with('-') && *word != "\\")
+        .collect();
+    // What .ci/setup and `make build` need beyond the Rust image: npm (binaryen, the end2end tools),
+    // make, certificates for the registries, and the full perl that a vendored OpenSSL (in
+    // cargo-leptos) configures with; the slim image has only perl-base.
+    for needed in ["nodejs", "npm", "make", "ca-certificates", "perl"] {
+        assert!(
+            installed.contains(&needed),
+            "the build stage must install {needed}: {installed:?}"
+        );
+    }
+}
+
+/// Whether `.dockerignore` keeps `path` out of the build context: each line (`*`, `**`, and `!` to put
+/// back) is tried in order and the last one that matches the path, or a folder above it, decides.
+fn docker_ignores(rules: &str, path: &str) -> bool {
+    let pattern = |rule: &str| {
+        let mut regex = String::from("^");
+        let rule = rule.trim_end_matches('/');
+        let mut chars = rule.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '*' if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    if chars.peek() == Some(&'/') {
+                        chars.next();
+                    }
+                    regex.push_str("(.*/)?");
+                }
+                '*' => regex.push_str("[^/]*"),
+                '.' => regex.push_str("\\."),
+                c => regex.push(c),
+            }
+        }
+        regex.push('$');
+        regex
+    };
+    let matches = |regex: &str, path: &str| {
+        // A tiny regex engine is not worth it here: match by trying every prefix folder of the path.
+        let candidates: Vec<String> = path
+            .split('/')
+            .scan(String::new(), |acc, part| {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(part);
+                Some(acc.clone())
+            })
+            .collect();
+        candidates.iter().any(|c| glob_like(regex, c))
+    };
+    let mut ignored = false;
+    for line in rules.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (keep, rule) = match line.strip_prefix('!') {
+            Some(rule) => (true, rule),
+            None => (false, line),
+        };
+        if matches(&pattern(rule), path) {
+            ignored = !keep;
+        }
+    }
+    ignored
+}
+
+/// Matches the small regex dialect `docker_ignores` builds: `^`, `$`, `[^/]*`, `(.*/)?`, `\.`, literals.
+fn glob_like(regex: &str, text: &str) -> bool {
+    fn go(re: &[u8], text: &[u8]) -> bool {
+        if re.is_empty() {
+            return text.is_empty();
+        }
+        if re.starts_with(b"[^/]*") {
+            let rest = &re[5..];
+            return (0..=text.len())
+                .take_while(|&i| i == 0 || text[i - 1] != b'/')
+                .any(|i| go(rest, &text[i..]));
+        }
+        if re.starts_with(b"(.*/)?") {
+            let rest = &re[6..];
+            return go(rest, text)
+                || (0..text.len()).any(|i| text[i] == b'/' && go(rest, &text[i + 1..]));
+        }
+        if re.starts_with(b"\\.") {
+            return text.first() == Some(&b'.') && go(&re[2..], &text[1..]);
+        }
+        text.first() == Some(&re[0]) && go(&re[1..], &text[1..])
+    }
+    let re = regex.trim_start_matches('^').trim_end_matches('$');
+    go(re.as_bytes(), text.as_bytes())
+}
+
+#[test]
+fn the_build_context_holds_only_what_the_build_needs() {
+    let rules = include_str!("../../../.dockerignore");
+    for kept in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "Makefile",
+        ".ci/setup",
+        ".ci/versions",
+        "src/main.rs",
+        "src/server/store/migrations/sqlite/0001_events_and_sessions.sql",
+        "style/main.css",
+        "public/favicon.svg",
+    ] {
+        assert!(
+            !docker_ignores(rules, kept),
+            "{kept} is needed by the build"
+        );
+    }
+    for left_out in [
+        "target/release/confab",
+        "target/debug/deps/x.rlib",
+        "data/confab.db",
+        "data/confab.db-wal",
+        "end2end/node_modules/@playwright/test/index.js",
+        "end2end/tests/chat.spec.ts",
+        ".git/HEAD",
+        "README.md",
+        "fly.toml",
+        "src/server/stray.db",
+    ] {
+        assert!(
+            docker_ignores(rules, left_out),
+            "{left_out} must stay out of the build context"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_a_metrics_address_metrics_leave_the_public_port_and_start_complete() {
+    let mut config = memory();
+    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let addr = start(config).await;
+    let public = get(addr, "/metrics", "").await;
+    assert!(public.starts_with("HTTP/1.1 404"), "{public}");
+    let metrics_addr = super::serve_metrics("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let scraped = get(metrics_addr, "/metrics", "").await;
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    for name in [
+        super::metrics::CONNECTED,
+        super::metrics::MESSAGES_IN,
+        super::metrics::FRAMES_OUT,
+    ] {
+        assert!(
+            scraped.contains(&format!("\n{name} ")) || scraped.contains(&format!("{name}{{")),
+            "{name} from the start:\n{scraped}"
+        );
+    }
+}
