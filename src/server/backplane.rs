@@ -75,8 +75,12 @@ pub trait Backplane: Send + Sync + 'static {
     /// any more, so the leave line is due.
     async fn depart(&self, room: &str, key: &str, user: Uuid) -> Result<bool, StoreError>;
 
-    /// Everyone present in `room`, given who is present here.
-    async fn online(&self, room: &str, here: Vec<String>) -> Result<Vec<String>, StoreError>;
+    /// Everyone present in `room`, by name, given who is present here as (key, name) sorted by key.
+    async fn online(
+        &self,
+        room: &str,
+        here: Vec<(String, String)>,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Tells other instances that `name` is typing (this instance has told its own clients).
     async fn typing(&self, room: &str, name: &str);
@@ -103,8 +107,12 @@ impl Backplane for Local {
         Ok(true)
     }
 
-    async fn online(&self, _: &str, here: Vec<String>) -> Result<Vec<String>, StoreError> {
-        Ok(here)
+    async fn online(
+        &self,
+        _: &str,
+        here: Vec<(String, String)>,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(super::presence::names_of(here))
     }
 
     async fn typing(&self, _: &str, _: &str) {}
@@ -374,7 +382,11 @@ impl Backplane for Postgres {
         Ok(gone)
     }
 
-    async fn online(&self, room: &str, here: Vec<String>) -> Result<Vec<String>, StoreError> {
+    async fn online(
+        &self,
+        room: &str,
+        here: Vec<(String, String)>,
+    ) -> Result<Vec<String>, StoreError> {
         let mut names: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT p.name_key, p.name FROM presence p JOIN instances i ON i.id = p.instance \
              WHERE p.room = $1 AND i.seen_at > now() - make_interval(secs => $2)",
@@ -383,13 +395,11 @@ impl Backplane for Postgres {
         .bind(self.ttl_secs())
         .fetch_all(&self.pool)
         .await?;
-        names.extend(
-            here.into_iter()
-                .map(|name| (crate::server::names::name_key(&name), name)),
-        );
+        // The local seats come with their keys: no name is normalised again per connection.
+        names.extend(here);
         names.sort_unstable();
         names.dedup_by(|a, b| a.0 == b.0);
-        Ok(names.into_iter().map(|(_, name)| name).collect())
+        Ok(super::presence::names_of(names))
     }
 
     async fn typing(&self, room: &str, name: &str) {

@@ -259,13 +259,16 @@ async fn page(
             return identity::unavailable();
         }
     };
-    match bootstrap(&state, &browser, None, None).await {
-        Ok(boot) => identity::with_cookie(pages.render(nonce, boot).await, cookie),
-        Err(err) => {
-            tracing::error!(error = %err, "reading the page's history failed");
-            identity::unavailable()
-        }
-    }
+    let page = identity::http::chat_page(
+        &state,
+        &pages,
+        nonce,
+        &browser,
+        axum::http::StatusCode::OK,
+        None,
+        None,
+    );
+    identity::with_cookie(page.await, cookie)
 }
 
 /// What the chat page starts from: the newest page of the room's history, and who this browser is. An

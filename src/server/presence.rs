@@ -131,16 +131,27 @@ impl Presence {
         self.lock().values().map(|h| h.seat.clone()).collect()
     }
 
-    /// Everyone present, by name, sorted as people read them.
-    pub fn online(&self) -> Vec<String> {
+    /// Everyone present, as (key, name), sorted by key: the keys are kept, so whoever merges this with
+    /// another instance's list need not compute them again.
+    pub fn online_keyed(&self) -> Vec<(String, String)> {
         let mut names: Vec<(String, String)> = self
             .lock()
             .values()
             .map(|h| (h.seat.key.clone(), h.seat.name.clone()))
             .collect();
         names.sort_unstable();
-        names.into_iter().map(|(_, name)| name).collect()
+        names
     }
+
+    /// Everyone present, by name, sorted as people read them.
+    pub fn online(&self) -> Vec<String> {
+        names_of(self.online_keyed())
+    }
+}
+
+/// The names of a (key, name) list, in its order.
+pub fn names_of(keyed: Vec<(String, String)>) -> Vec<String> {
+    keyed.into_iter().map(|(_, name)| name).collect()
 }
 
 #[cfg(test)]

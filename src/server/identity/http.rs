@@ -69,7 +69,22 @@ async fn chat_with_error(
     status: StatusCode,
     error: &str,
 ) -> Response {
-    match bootstrap(state, browser, Some(error.to_owned()), None).await {
+    let error = Some(error.to_owned());
+    chat_page(state, pages, nonce, browser, status, error, None).await
+}
+
+/// The chat page for `browser`, with a form's error or a new link when there is one; "unavailable" when
+/// the store cannot be read.
+pub async fn chat_page(
+    state: &AppState,
+    pages: &Pages,
+    nonce: web::CspNonce,
+    browser: &Browser,
+    status: StatusCode,
+    error: Option<String>,
+    flash: Option<Flash>,
+) -> Response {
+    match bootstrap(state, browser, error, flash).await {
         Ok(boot) => (status, pages.render(nonce, boot).await).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "reading the page's history failed");
@@ -587,13 +602,16 @@ async fn chat_with_flash(
     browser: &Browser,
     flash: Flash,
 ) -> Response {
-    match bootstrap(state, browser, None, Some(flash)).await {
-        Ok(boot) => pages.render(nonce, boot).await,
-        Err(err) => {
-            tracing::error!(error = %err, "reading the page's history failed");
-            super::unavailable()
-        }
-    }
+    chat_page(
+        state,
+        pages,
+        nonce,
+        browser,
+        StatusCode::OK,
+        None,
+        Some(flash),
+    )
+    .await
 }
 
 /// "until 14:05 UTC on 2026-12-02", for a link's expiry.

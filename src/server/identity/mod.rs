@@ -72,26 +72,24 @@ fn is_token_shaped(token: &str) -> bool {
 
 /// The session cookie for `token`; `secure` when the page was reached over HTTPS (behind Fly's proxy).
 pub fn session_cookie(token: &str, secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((COOKIE_NAME, token.to_owned()))
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(secure)
-        .max_age(cookie::time::Duration::days(365))
-        .build();
-    HeaderValue::from_str(&cookie.to_string()).expect("tokens are cookie-safe")
+    cookie_header(token, cookie::time::Duration::days(365), secure)
 }
 
 /// A cookie that makes the browser forget its session.
 pub fn cleared_cookie(secure: bool) -> HeaderValue {
-    let cookie = Cookie::build((COOKIE_NAME, ""))
+    cookie_header("", cookie::time::Duration::ZERO, secure)
+}
+
+/// The session cookie with `value`, always HttpOnly, SameSite=Lax and for the whole site.
+fn cookie_header(value: &str, max_age: cookie::time::Duration, secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((COOKIE_NAME, value.to_owned()))
         .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
         .secure(secure)
-        .max_age(cookie::time::Duration::ZERO)
+        .max_age(max_age)
         .build();
-    HeaderValue::from_str(&cookie.to_string()).expect("an empty cookie is cookie-safe")
+    HeaderValue::from_str(&cookie.to_string()).expect("tokens are cookie-safe")
 }
 
 /// Where client addresses come from: the peer of the TCP connection, or (behind a proxy that sets it, such

@@ -163,12 +163,12 @@ where
             }
             self.seat_user(user, via).await?;
         }
-        let here = self.presence().online();
+        let here = self.presence().online_keyed();
         let online = match self.hub.backplane().online(self.room, here.clone()).await {
             Ok(online) => online,
             Err(err) => {
                 tracing::warn!(error = %err, "reading who is online elsewhere failed");
-                here
+                crate::server::presence::names_of(here)
             }
         };
         self.send_frame(&ServerFrame::Presence { online }).await

@@ -19,7 +19,12 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     pub(super) async fn on_send(&mut self, id: Uuid, raw: &str) -> Result<(), End> {
-        let Some(me) = self.me.clone() else {
+        // Only what the message needs, not the whole identity, is copied per message.
+        let Some((user_id, user_kind, name)) = self
+            .me
+            .as_ref()
+            .map(|me| (me.identity.user_id, me.identity.kind, me.seat.name.clone()))
+        else {
             return self
                 .send_error(
                     ErrorCode::NotJoined,
@@ -29,7 +34,7 @@ where
                 .await;
         };
         if self.ctx.config.access == crate::protocol::Access::Members
-            && me.identity.kind == crate::protocol::UserKind::Guest
+            && user_kind == crate::protocol::UserKind::Guest
         {
             return self
                 .send_error(ErrorCode::MembersOnly, super::MEMBERS_ONLY, Some(id))
@@ -43,7 +48,7 @@ where
         if let Some(hold) = self.hold.filter(|hold| hold.blocks(id)) {
             return self.too_fast(id, hold.retry_after()).await;
         }
-        if let Err(wait) = self.ctx.limits.check(me.identity.user_id, self.ip) {
+        if let Err(wait) = self.ctx.limits.check(user_id, self.ip) {
             let now = Instant::now();
             let hold = match self.hold {
                 // The held message itself, again too early: it stays the one to wait for.
@@ -69,9 +74,9 @@ where
         let event = NewEvent {
             id,
             kind: EventKind::Message,
-            name: me.seat.name,
-            user_id: me.identity.user_id,
-            user_kind: me.identity.kind,
+            name,
+            user_id,
+            user_kind,
             text,
             target: None,
         };
