@@ -12,7 +12,7 @@ use super::{
 use crate::protocol::ChatEvent;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -45,6 +45,11 @@ impl SqliteStore {
         // WAL lets readers (history, catch-up) run beside the one writer.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A COMMIT that fails on a full disk (or an I/O error) is rolled back by SQLite itself; sqlx's
+            // own rollback then fails, and it goes on counting the connection as inside a transaction,
+            // refusing every later BEGIN on it. Such a connection is closed instead of reused, so the
+            // store recovers as soon as the disk has room again.
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
             .await?;
         sqlx::migrate!("src/server/store/migrations/sqlite")
@@ -229,6 +234,30 @@ super::identity::sql_identity_store!(SqliteStore);
 mod tests {
     use super::super::test_message as message;
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_left_counted_inside_a_failed_transaction_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("confab.db"))
+            .await
+            .unwrap();
+        // What a COMMIT that fails on a full disk leaves behind, on every connection of the pool: SQLite
+        // has ended the transaction itself, so sqlx's rollback on drop fails and it still counts one.
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let mut tx = store.pool.begin().await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            open.push(tx);
+        }
+        drop(open);
+        for n in 0..8 {
+            let appended = store
+                .append("general", vec![message(&format!("after {n}"))], n)
+                .await
+                .expect("the store recovers");
+            assert_eq!(appended[0].event.seq, n as u64 + 1);
+        }
+    }
 
     #[tokio::test]
     async fn events_survive_reopening_and_ids_are_stored_once() {
