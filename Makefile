@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(shell npm prefix -g 2>/dev/null)/bin:$(PATH)
 
-.PHONY: run test setup setup-test build unit e2e bench bench-smoke lint fmt watch clean-site
+.PHONY: run test setup setup-test build unit e2e bench bench-smoke lint fmt watch clean-site image image-test
 
 ## Build the release and serve it on http://127.0.0.1:3000 (embedded defaults).
 run: setup build
@@ -52,3 +52,19 @@ fmt:
 ## Development: rebuilds and reloads the page on every change, serving http://127.0.0.1:3000.
 watch: setup
 	cargo leptos watch
+
+## The container image (the Dockerfile, as Fly.io builds it), with docker where its engine runs, else podman.
+## IMAGE names the tag; IMAGE_BUILD_FLAGS adds to the build command (for example --network host).
+CONTAINER ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE ?= localhost/confab:local
+IMAGE_BUILD_FLAGS ?=
+image:
+	$(CONTAINER) build $(IMAGE_BUILD_FLAGS) -t $(IMAGE) .
+
+## Runs the built image as Fly.io does (port 8080 on the host network, a host directory as /data, its own
+## user, a read-only root) and tests it in Chromium: end2end/image.config.ts. Not part of `make test`: a
+## clean image build takes about half an hour on 2 cores.
+image-test: setup-test image
+	export CONFAB_CONTAINER=$(CONTAINER) CONFAB_IMAGE=$(IMAGE) \
+	  CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}"; \
+	  cd end2end && npx playwright test --config image.config.ts

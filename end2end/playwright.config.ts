@@ -9,6 +9,8 @@ const chromium = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
 export default defineConfig({
   testDir: "./tests",
+  // The container's own tests: `make image-test` runs them (image.config.ts).
+  testIgnore: "image.spec.ts",
   timeout: 30_000,
   expect: { timeout: 10_000 },
   // One room is shared by every test: run them one at a time so each reads its own messages.

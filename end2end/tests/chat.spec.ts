@@ -1,7 +1,7 @@
 import { expect, test } from "@playwright/test";
 import { ChatPage, unique } from "./fixtures/chat";
 
-test("two people join, see each other's join lines and chat with matching avatars", async ({ browser }) => {
+test("two people join, see each other's join lines and chat with matching avatars", { tag: "@image" }, async ({ browser }) => {
   const ann = await ChatPage.open(browser);
   const bob = await ChatPage.open(browser);
   const annName = unique("Ann Lee ");
@@ -194,7 +194,7 @@ test("the list follows new messages to the bottom", async ({ browser }) => {
   await chat.close();
 });
 
-test("names and messages are text, never markup", async ({ browser }) => {
+test("names and messages are text, never markup", { tag: "@image" }, async ({ browser }) => {
   const attack = "<img src=x onerror=alert(1)>";
   const chat = await ChatPage.open(browser);
   const watcher = await ChatPage.open(browser);
@@ -218,7 +218,7 @@ test("names and messages are text, never markup", async ({ browser }) => {
   await watcher.close();
 });
 
-test("on a 375 px phone the chat fits the screen", async ({ browser }) => {
+test("on a 375 px phone the chat fits the screen", { tag: "@image" }, async ({ browser }) => {
   const chat = await ChatPage.open(browser, { width: 375, height: 667 });
   await expect(chat.dialog).toBeInViewport({ ratio: 1 });
   await chat.join(unique("Phone "));

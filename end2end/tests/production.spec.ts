@@ -3,7 +3,7 @@ import { ChatPage, unique } from "./fixtures/chat";
 import { OwnServer } from "./fixtures/server";
 import { networkInterfaces } from "node:os";
 
-test("the bundle is hashed, precompressed and cached for a year; the page is not cached", async ({ page, request }) => {
+test("the bundle is hashed, precompressed and cached for a year; the page is not cached", { tag: "@image" }, async ({ page, request }) => {
   const response = await page.goto("/");
   const headers = response!.headers();
   expect(headers["cache-control"]).toBe("no-cache");
@@ -25,7 +25,7 @@ test("the bundle is hashed, precompressed and cached for a year; the page is not
   }
 });
 
-test("the chat hydrates under the Content-Security-Policy without violations", async ({ browser }) => {
+test("the chat hydrates under the Content-Security-Policy without violations", { tag: "@image" }, async ({ browser }) => {
   const context = await browser.newContext();
   const page = await context.newPage();
   const violations: string[] = [];
@@ -42,7 +42,7 @@ test("the chat hydrates under the Content-Security-Policy without violations", a
   await context.close();
 });
 
-test("started as the image starts it, the server listens on every interface and answers /healthz", async ({ baseURL }) => {
+test("started as the image starts it, the server listens on every interface and answers /healthz", { tag: "@image" }, async ({ baseURL }) => {
   // playwright.config.ts starts it from the Dockerfile's ENV with LEPTOS_SITE_ADDR=0.0.0.0, as Fly.io needs.
   const external = Object.values(networkInterfaces())
     .flat()
@@ -53,7 +53,7 @@ test("started as the image starts it, the server listens on every interface and 
   expect(res.status).toBe(200);
 });
 
-test("a page on another origin cannot open the chat's WebSocket", async ({ page, baseURL }) => {
+test("a page on another origin cannot open the chat's WebSocket", { tag: "@image" }, async ({ page, baseURL }) => {
   // Cross-site WebSocket hijacking: a foreign page's socket carries the victim's cookie but a foreign Origin.
   await page.route("http://evil.example/", (route) =>
     route.fulfill({ contentType: "text/html", body: "<title>Not Confab</title>" }),

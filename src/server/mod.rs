@@ -128,6 +128,7 @@ async fn open_store(config: &Config) -> Result<Stores, String> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                writable(dir)?;
             }
             let store = SqliteStore::open(path)
                 .await
@@ -152,6 +153,23 @@ async fn open_store(config: &Config) -> Result<Stores, String> {
             }
         }
     })
+}
+
+/// Fails with the fix spelled out when this process cannot write in `dir`: SQLite's own "unable to open
+/// database file" names neither the directory nor the user (a volume mounted root-only, say).
+fn writable(dir: &std::path::Path) -> Result<(), String> {
+    let probe = dir.join(format!(".confab-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            format!(
+                "the data directory {} is not writable by this process (uid {uid}): {e}. Mount a volume \
+                 there that uid {uid} can write to, or point CONFAB_DATA_DIR elsewhere.",
+                dir.display()
+            )
+        })
 }
 
 /// A database URL fit for logs: the password replaced.

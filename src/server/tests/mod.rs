@@ -1343,6 +1343,78 @@ fn the_image_build_stage_installs_what_the_setup_needs() {
     }
 }
 
+#[test]
+fn the_dependency_layer_stands_in_for_every_target_and_asset_the_manifest_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(root.join(file), dir.path().join(file)).unwrap();
+    }
+    let stubbed = std::process::Command::new("bash")
+        .arg(root.join(".ci/dependency-stubs"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(stubbed.success());
+    // cargo reads the manifest with the stand-ins as it will in the image build, and every target it
+    // lists has a source.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let metadata = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+        ])
+        .arg("--manifest-path")
+        .arg(dir.path().join("Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        metadata.status.success(),
+        "{}",
+        String::from_utf8_lossy(&metadata.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout).unwrap();
+    let targets = metadata["packages"][0]["targets"].as_array().unwrap();
+    let names: Vec<&str> = targets.iter().filter_map(|t| t["name"].as_str()).collect();
+    for expected in ["confab", "confab-load"] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+    for target in targets {
+        let source = target["src_path"].as_str().unwrap();
+        assert!(
+            std::path::Path::new(source).is_file(),
+            "no stand-in for {source}"
+        );
+    }
+    // What cargo-leptos reads besides the code.
+    let manifest = include_str!("../../../Cargo.toml");
+    let setting = |key: &str| {
+        manifest
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(" = \""))
+            .map(|v| v.trim_end_matches('"'))
+            .unwrap_or_else(|| panic!("Cargo.toml sets {key}"))
+    };
+    assert!(dir.path().join(setting("style-file")).is_file());
+    assert!(dir.path().join(setting("assets-dir")).is_dir());
+
+    // The Dockerfile builds the dependencies from the stand-ins before the sources arrive, and then makes
+    // cargo see the real sources as newer than that build.
+    let build = include_str!("../../../Dockerfile")
+        .split("\nFROM ")
+        .nth(1)
+        .unwrap();
+    let stubs = build
+        .find("bash .ci/dependency-stubs")
+        .expect("a dependency layer");
+    let sources = build.find("COPY . .").expect("the sources");
+    assert!(stubs < sources);
+    assert!(build[sources..].contains("-exec touch"));
+}
+
 /// Whether `.dockerignore` keeps `path` out of the build context: each line (`*`, `**`, and `!` to put
 /// back) is tried in order and the last one that matches the path, or a folder above it, decides.
 fn docker_ignores(rules: &str, path: &str) -> bool {
@@ -1432,6 +1504,7 @@ fn the_build_context_holds_only_what_the_build_needs() {
         "Makefile",
         ".ci/setup",
         ".ci/versions",
+        ".ci/dependency-stubs",
         "src/main.rs",
         "src/server/store/migrations/sqlite/0001_events_and_sessions.sql",
         "style/main.css",
