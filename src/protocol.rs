@@ -16,6 +16,9 @@ pub const MAX_TEXT_CHARS: usize = 4_000;
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// How many recent events a new connection is sent when it asks for no particular point in history.
 pub const HISTORY_PAGE: usize = 50;
+/// The most events a resuming connection is sent one by one; further behind, it gets a
+/// [`ServerFrame::Reset`] with the recent page and scrolls back for the rest.
+pub const RESUME_LIMIT: usize = 1_000;
 
 /// Whether a page of history (oldest first) that asked for [`HISTORY_PAGE`] events reaches back to the
 /// room's first event: it came back short, or it starts at sequence number 1.
@@ -180,6 +183,13 @@ pub enum ServerFrame {
     Typing { name: String },
     /// An older page of events, oldest first; `complete` when it reaches the start of the room.
     History {
+        events: Vec<ChatEvent>,
+        complete: bool,
+    },
+    /// The resume cursor did not fit the room: past its newest event (a restored database, the memory
+    /// store after a restart) or too far behind to replay ([`RESUME_LIMIT`]). These are the room's
+    /// newest events, oldest first, as on a fresh connect: replace what is shown with them.
+    Reset {
         events: Vec<ChatEvent>,
         complete: bool,
     },
@@ -571,6 +581,10 @@ mod tests {
             ServerFrame::History {
                 events: vec![event.clone()],
                 complete: true,
+            },
+            ServerFrame::Reset {
+                events: vec![event.clone()],
+                complete: false,
             },
             ServerFrame::Left,
             ServerFrame::Error {

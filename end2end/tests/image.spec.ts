@@ -73,15 +73,30 @@ async function sendOne(page: Page, text: string): Promise<{ id: string; outcome:
   }, text);
 }
 
-/** Every stored message (id → text), read by a fresh socket resuming from the start. */
+/** Every stored message (id → text), read as a client scrolls: the recent page, then older pages. */
 async function storedMessages(page: Page): Promise<Map<string, string[]>> {
   const events = await page.evaluate(async () => {
-    const { open } = (window as unknown as { confab: { open: Function } }).confab;
-    const { frames } = await open("?after=0");
-    type Event = { kind: string; id: string; text?: string };
-    return frames.flatMap((f: { type: string; events?: Event[] } & Event) =>
-      f.type === "event" ? [f] : f.type === "history" ? (f.events ?? []) : [],
-    ) as Event[];
+    type Event = { kind: string; id: string; seq: number; text?: string };
+    type Frame = { type: string; events?: Event[]; complete?: boolean } & Event;
+    const confab = (window as unknown as { confab: { open: Function; sockets: WebSocket[] } }).confab;
+    const { index, frames } = (await confab.open("")) as { index: number; frames: Frame[] };
+    const events: Event[] = frames.filter((f) => f.type === "event");
+    let oldest = Math.min(...events.map((e) => e.seq));
+    let complete = events.length === 0 || oldest <= 1;
+    while (!complete) {
+      const seen = frames.length;
+      confab.sockets[index].send(JSON.stringify({ type: "history", before: oldest }));
+      let older: Frame | undefined;
+      for (let i = 0; i < 400 && !older; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        older = frames.slice(seen).find((f) => f.type === "history");
+      }
+      if (!older) throw new Error(`no history page before ${oldest}`);
+      events.push(...older.events!);
+      oldest = Math.min(oldest, ...older.events!.map((e) => e.seq));
+      complete = !!older.complete || older.events!.length === 0;
+    }
+    return events;
   });
   const stored = new Map<string, string[]>();
   for (const e of events.filter((e) => e.kind === "message")) {

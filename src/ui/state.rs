@@ -432,6 +432,16 @@ impl Chat {
                 self.history_complete.set(complete);
                 self.loading_older.set(false);
             }
+            ServerFrame::Reset { events, complete } => {
+                // The server's room is not the list shown here any more (restored, restarted, or this
+                // tab was too far behind): start over from its recent page. The outbox stays; what of
+                // it is stored already is in the page, and the rest goes again after the join.
+                self.pending
+                    .update(|pending| pending.retain(|p| events.iter().all(|e| e.id != p.id)));
+                self.events.set(events);
+                self.history_complete.set(complete);
+                self.loading_older.set(false);
+            }
             ServerFrame::Left => {
                 self.leaving.set_value(false);
                 self.name.set(None);
@@ -800,6 +810,40 @@ mod tests {
             "bo",
         )));
         assert_eq!(chat.online.get_untracked(), ["bo", "Cy"]);
+    }
+
+    #[test]
+    fn a_reset_replaces_the_list_and_later_events_show() {
+        let owner = Owner::new();
+        owner.set();
+        let boot = Bootstrap {
+            events: (5..=7)
+                .map(|s| event(s, Uuid::new_v4(), EventKind::Message, "Ann"))
+                .collect(),
+            ..Bootstrap::default()
+        };
+        let chat = Chat::new(boot);
+        // The server restarted without this history: its room holds only seq 1 and 2.
+        chat.apply(ServerFrame::Reset {
+            events: (1..=2)
+                .map(|s| event(s, Uuid::new_v4(), EventKind::Message, "Bo"))
+                .collect(),
+            complete: true,
+        });
+        assert_eq!(
+            chat.last_seq(),
+            2,
+            "the next resume starts from the server's head"
+        );
+        chat.apply(ServerFrame::Event(event(
+            3,
+            Uuid::new_v4(),
+            EventKind::Message,
+            "Bo",
+        )));
+        let seqs: Vec<u64> = chat.events.get_untracked().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "a live event after the reset is shown");
+        assert!(chat.history_complete.get_untracked());
     }
 
     #[test]

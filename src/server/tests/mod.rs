@@ -393,6 +393,90 @@ async fn late_joiners_get_recent_history_and_resume_gets_the_rest() {
     assert_eq!((live.seq, live.text.as_str()), (5, "live"));
 }
 
+/// The sequence numbers of `events`.
+fn seqs(events: &[ChatEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// The `reset` frame a resuming client gets first; an event before it would be a replay.
+async fn expect_reset(client: &mut Client) -> (Vec<ChatEvent>, bool) {
+    client
+        .next_matching(|f| match f {
+            ServerFrame::Reset { events, complete } => Some((events.clone(), *complete)),
+            ServerFrame::Event(e) => panic!("replayed event {} instead of a reset", e.seq),
+            _ => None,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_resume_cursor_past_the_head_gets_a_reset_then_live_events() {
+    let addr = start(memory()).await;
+    let mut ann = joined(addr, "Ann").await;
+    ann.send(&say("one")).await;
+    let mut last = 0;
+    while last < 2 {
+        last = ann.next_event().await.seq;
+    }
+    // A tab that showed seq 100 of a room that now ends at 2 (a restored database, a restarted memory
+    // store). Before the reset it waited for seq 101 and showed nothing new, ever.
+    let mut tab = connect(addr, "?after=100").await;
+    let (events, complete) = expect_reset(&mut tab).await;
+    assert_eq!(seqs(&events), [1, 2]);
+    assert!(complete);
+    ann.send(&say("after the reset")).await;
+    let live = tab.next_event().await;
+    assert_eq!((live.seq, live.text.as_str()), (3, "after the reset"));
+
+    // An up-to-date cursor is no reset: nothing replayed, then the live events.
+    let mut current = connect(addr, "?after=3").await;
+    current
+        .next_matching(|f| matches!(f, ServerFrame::Presence { .. }).then_some(()))
+        .await;
+    ann.send(&say("four")).await;
+    let next = current
+        .next_matching(|f| match f {
+            ServerFrame::Reset { .. } => panic!("an up-to-date cursor is not reset"),
+            ServerFrame::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(next.seq, 4);
+}
+
+#[tokio::test]
+async fn a_resume_too_far_behind_gets_the_recent_page_as_a_reset() {
+    use crate::protocol::{UserKind, HISTORY_PAGE, RESUME_LIMIT};
+    let store = MemoryStore::new(10_000);
+    let stored = RESUME_LIMIT + 100;
+    let events = (0..stored)
+        .map(|i| NewEvent {
+            id: Uuid::new_v4(),
+            kind: EventKind::Message,
+            name: "Ann".into(),
+            user_id: Uuid::new_v4(),
+            user_kind: UserKind::Guest,
+            text: format!("m{i}"),
+            target: None,
+        })
+        .collect();
+    store.append("general", events, 1).await.unwrap();
+    let server = Server::start_with(memory(), Some(Stores::local(store))).await;
+    let head = stored as u64;
+
+    let mut far = connect(server.addr, "?after=10").await;
+    let (events, complete) = expect_reset(&mut far).await;
+    let newest: Vec<u64> = (head - HISTORY_PAGE as u64 + 1..=head).collect();
+    assert_eq!(seqs(&events), newest);
+    assert!(!complete, "older pages are still there to scroll back to");
+
+    // Within the limit, a resume is replayed event by event as before.
+    let mut near = connect(server.addr, &format!("?after={}", head - 3)).await;
+    for expected in head - 2..=head {
+        assert_eq!(near.next_event().await.seq, expected);
+    }
+}
+
 #[tokio::test]
 async fn malformed_frames_get_clear_errors_and_harm_no_one() {
     let addr = start(memory()).await;
@@ -899,6 +983,8 @@ async fn resuming_while_messages_arrive_has_no_gap_and_no_duplicate() {
     for i in 0..50 {
         writer.send(&say(&format!("early {i}"))).await;
     }
+    // Stored before anyone resumes: a cursor past the room's head would get a reset, not a replay.
+    while writer.next_event().await.seq < 51 {}
     // Resume from the middle while 200 more are being sent: replay and live overlap.
     let sending = tokio::spawn(async move {
         for i in 0..200 {
