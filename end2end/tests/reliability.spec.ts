@@ -193,6 +193,37 @@ test("the status shows when the server goes away and recovers by itself", async 
   }
 });
 
+test("after the memory store restarts empty, open tabs start over from the new room and show what comes next", async ({ browser }) => {
+  // The tabs resume after a seq the restarted room does not have: the server answers with a reset.
+  const server = new OwnServer(3110, { CONFAB_STORE: "memory" });
+  await server.start();
+  try {
+    const ann = await ChatPage.open(browser, undefined, server.url);
+    const bob = await ChatPage.open(browser, undefined, server.url);
+    await ann.join(unique("Ann "));
+    await bob.join(unique("Bob "));
+    const before = unique("forgotten by the restart ");
+    for (let i = 0; i < 3; i++) await ann.say(`${before} ${i}`);
+    await expect(bob.message(`${before} 2`)).toBeVisible();
+
+    await server.stop();
+    await server.start();
+    for (const chat of [ann, bob]) {
+      await expect(chat.status).toHaveAttribute("data-status", "connected", { timeout: 20_000 });
+    }
+    const after = unique("after the restart ");
+    await bob.say(after);
+    await expect(ann.message(after)).toBeVisible();
+    await expect(bob.message(after)).toBeVisible();
+    // The list is the server's room now: what it forgot is gone from it, not left stale beside it.
+    await expect(ann.message(`${before} 2`)).toHaveCount(0);
+    await ann.close();
+    await bob.close();
+  } finally {
+    await server.stop();
+  }
+});
+
 test("without JavaScript the page shows the history, and a name and a message can be posted", async ({ browser }) => {
   const writer = await ChatPage.open(browser);
   await writer.join(unique("Scribe"));
