@@ -1,9 +1,19 @@
 //! History: the replay a connection starts with, and `history` frames for older pages.
 
 use super::{End, Session, Start};
+use crate::protocol::ChatEvent;
 use crate::protocol::{ErrorCode, ServerFrame, HISTORY_PAGE, RESUME_LIMIT};
+use crate::server::store::{EventStore, StoreError};
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
+
+/// What a new connection is sent first.
+enum Replay {
+    /// These events, one by one, after the cursor `after` (0 for the recent page).
+    Events { after: u64, events: Vec<ChatEvent> },
+    /// A `reset` with the recent page: the cursor does not fit the room.
+    Reset(Vec<ChatEvent>),
+}
 
 impl<S> Session<'_, S>
 where
@@ -12,31 +22,9 @@ where
     /// The history a new connection asked for: the recent page, or everything after its cursor. A
     /// cursor past the room's newest event, or more than [`RESUME_LIMIT`] behind it, gets a reset.
     pub(super) async fn replay(&mut self, start: Start) -> Result<(), End> {
-        let store = self.hub.store();
-        let history = match start {
-            Start::Recent => store.before(self.room, u64::MAX, HISTORY_PAGE).await,
-            Start::After(after) => match store.since(self.room, after, RESUME_LIMIT + 1).await {
-                Ok(events) if events.len() > RESUME_LIMIT => return self.reset().await,
-                Ok(events) if events.is_empty() => {
-                    // Up to date, or ahead of a room that has lost events since: its newest one tells.
-                    match store.before(self.room, u64::MAX, 1).await {
-                        Ok(newest) if newest.last().map_or(0, |e| e.seq) < after => {
-                            return self.reset().await
-                        }
-                        read => read.map(|_| {
-                            self.last_seq = after;
-                            Vec::new()
-                        }),
-                    }
-                }
-                read => {
-                    self.last_seq = after;
-                    read
-                }
-            },
-        };
-        match history {
-            Ok(events) => {
+        match read_start(self.hub.store(), self.room, start).await {
+            Ok(Replay::Events { after, events }) => {
+                self.last_seq = after;
                 for event in events {
                     self.last_seq = self.last_seq.max(event.seq);
                     self.send_text(ServerFrame::encode_event(&event).into())
@@ -44,22 +32,8 @@ where
                 }
                 Ok(())
             }
-            Err(err) => {
-                tracing::error!(error = %err, "reading history failed");
-                Err(self.close_unavailable().await)
-            }
-        }
-    }
-
-    /// Starts the client over from the room's recent page; live events after it follow as usual.
-    async fn reset(&mut self) -> Result<(), End> {
-        match self
-            .hub
-            .store()
-            .before(self.room, u64::MAX, HISTORY_PAGE)
-            .await
-        {
-            Ok(events) => {
+            Ok(Replay::Reset(events)) => {
+                // Live events after the page follow as usual.
                 self.last_seq = events.last().map_or(0, |e| e.seq);
                 let complete = crate::protocol::reaches_first_event(&events);
                 self.send_frame(&ServerFrame::Reset { events, complete })
@@ -95,4 +69,35 @@ where
             }
         }
     }
+}
+
+/// What `start` asks of `room`. A function, not a session method: borrowing the session (and its socket,
+/// which is not `Sync`) across these awaits would make the connection's future not `Send`.
+async fn read_start(
+    store: &dyn EventStore,
+    room: &str,
+    start: Start,
+) -> Result<Replay, StoreError> {
+    let recent = || store.before(room, u64::MAX, HISTORY_PAGE);
+    let Start::After(after) = start else {
+        let events = recent().await?;
+        return Ok(Replay::Events { after: 0, events });
+    };
+    let missed = store.since(room, after, RESUME_LIMIT + 1).await?;
+    // Nothing missed: up to date, or ahead of a room that has lost events since.
+    let past_head = missed.is_empty()
+        && store
+            .before(room, u64::MAX, 1)
+            .await?
+            .last()
+            .map_or(0, |e| e.seq)
+            < after;
+    Ok(if missed.len() > RESUME_LIMIT || past_head {
+        Replay::Reset(recent().await?)
+    } else {
+        Replay::Events {
+            after,
+            events: missed,
+        }
+    })
 }

@@ -200,7 +200,7 @@ const REDACT: &str =
 
 /// A message from "Ann" with a fresh id, for the stores' tests.
 #[cfg(test)]
-fn test_message(text: &str) -> NewEvent {
+pub(super) fn test_message(text: &str) -> NewEvent {
     NewEvent {
         id: Uuid::new_v4(),
         kind: EventKind::Message,

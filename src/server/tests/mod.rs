@@ -446,19 +446,11 @@ async fn a_resume_cursor_past_the_head_gets_a_reset_then_live_events() {
 
 #[tokio::test]
 async fn a_resume_too_far_behind_gets_the_recent_page_as_a_reset() {
-    use crate::protocol::{UserKind, HISTORY_PAGE, RESUME_LIMIT};
+    use crate::protocol::{HISTORY_PAGE, RESUME_LIMIT};
     let store = MemoryStore::new(10_000);
     let stored = RESUME_LIMIT + 100;
     let events = (0..stored)
-        .map(|i| NewEvent {
-            id: Uuid::new_v4(),
-            kind: EventKind::Message,
-            name: "Ann".into(),
-            user_id: Uuid::new_v4(),
-            user_kind: UserKind::Guest,
-            text: format!("m{i}"),
-            target: None,
-        })
+        .map(|i| super::store::test_message(&format!("m{i}")))
         .collect();
     store.append("general", events, 1).await.unwrap();
     let server = Server::start_with(memory(), Some(Stores::local(store))).await;
