@@ -6,8 +6,23 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The one room Confab has for now. Every event carries its room id so more rooms need no protocol change.
+/// The room everyone is in, and the one a frame without a `room` field means (so clients from before rooms
+/// keep working).
 pub const GENERAL_ROOM: &str = "general";
+/// A room's name, trimmed, may hold at most this many characters.
+pub const MAX_ROOM_NAME_CHARS: usize = 40;
+/// A room's topic may hold at most this many characters.
+pub const MAX_TOPIC_CHARS: usize = 200;
+/// The most people in a direct-message room, the user included.
+pub const MAX_DM_MEMBERS: usize = 8;
+
+fn general() -> String {
+    GENERAL_ROOM.to_owned()
+}
+
+fn is_general(room: &str) -> bool {
+    room == GENERAL_ROOM
+}
 /// A name is trimmed, then may hold at most this many characters (Unicode scalar values).
 pub const MAX_NAME_CHARS: usize = 32;
 /// A message may hold at most this many characters (Unicode scalar values) after trimming.
@@ -139,31 +154,141 @@ pub struct Identity {
     pub via: Via,
 }
 
-/// A frame a client sends.
+/// A frame a client sends. Frames about a room name it by slug in `room`; without one they mean
+/// [`GENERAL_ROOM`]. A room the user may not see is answered with `not_found`, exactly as one that does
+/// not exist.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// Take a name in the room; answered by [`ServerFrame::Joined`] or an error.
+    /// Take a name in the chat; answered by [`ServerFrame::Joined`] or an error.
     Join { name: String },
     /// Post a message. `id` is chosen by the client, so a retry of the same message is recognisable.
-    Send { id: Uuid, text: String },
-    /// The user is typing; others see "<name> is typing…" for a few seconds.
-    Typing,
+    Send {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
+        id: Uuid,
+        text: String,
+    },
+    /// The user is typing; others in the room see "<name> is typing…" for a few seconds.
+    Typing {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
+    },
     /// Asks for the page of events just before `before`, answered by [`ServerFrame::History`].
-    History { before: u64 },
+    History {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
+        before: u64,
+    },
+    /// Shows a room: answered by its events after `after` (one by one, or a [`ServerFrame::Reset`] when
+    /// the cursor does not fit), or without `after` by a reset with its recent page; then its presence.
+    Open {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u64>,
+    },
     /// Leave the chat: this browser forgets its name, and the others see a leave line.
     Leave,
     /// Delete message `id`: one's own, or (an admin) anyone's. It disappears for everyone, from history too.
-    Delete { id: Uuid },
+    Delete {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
+        id: Uuid,
+    },
     /// Sign this connection in with a token signed by the app that embeds Confab (native clients; a
     /// browser sends it as `Authorization: Bearer` or `/?token=`).
     Auth { token: String },
+    /// Create a room (the user becomes its owner); answered by [`ServerFrame::Room`].
+    CreateRoom {
+        name: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        topic: String,
+        /// Invite only, and invisible to everyone else.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        private: bool,
+    },
+    /// Join a public room.
+    JoinRoom { room: String },
+    /// Leave a room (not `general`, and not a direct one).
+    LeaveRoom { room: String },
+    /// Add the user named `name` to a room (its members may, for a public or private room).
+    Invite { room: String, name: String },
+    /// Take the user named `name` out of a room (its owner or an admin); their stream of it stops at once.
+    Remove { room: String, name: String },
+    /// Open the direct-message room with these people (by name, up to [`MAX_DM_MEMBERS`] with the user),
+    /// made on first use; answered by [`ServerFrame::Room`].
+    Dm { with: Vec<String> },
+    /// List the public rooms, answered by [`ServerFrame::Directory`].
+    Browse,
 }
 
 /// The `type` values [`ClientFrame`] accepts, used to tell an unknown type from a malformed known one.
-pub const CLIENT_FRAME_TYPES: [&str; 7] = [
-    "join", "send", "typing", "history", "leave", "delete", "auth",
+pub const CLIENT_FRAME_TYPES: [&str; 15] = [
+    "join",
+    "send",
+    "typing",
+    "history",
+    "open",
+    "leave",
+    "delete",
+    "auth",
+    "create_room",
+    "join_room",
+    "leave_room",
+    "invite",
+    "remove",
+    "dm",
+    "browse",
 ];
+
+/// Whether a room is listed, invite-only, or between particular people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    /// Anyone may read and join it; listed by [`ClientFrame::Browse`].
+    Public,
+    /// Members only: invisible to everyone else.
+    Private,
+    /// A direct-message room: its members are fixed, and it is named by them.
+    Direct,
+    /// A kind a newer server knows; treated as private.
+    #[serde(other)]
+    Other,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Public => "public",
+            RoomKind::Private => "private",
+            RoomKind::Direct => "direct",
+            RoomKind::Other => "other",
+        }
+    }
+}
+
+/// A room as a connection sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// Its id in frames and URLs (`/r/<slug>`).
+    pub slug: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
+    pub kind: RoomKind,
+    /// For a direct room, everyone in it by name, the user included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// Whether the user is a member (a public room may be read without joining).
+    #[serde(default)]
+    pub member: bool,
+    /// Read-only: nobody posts any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
+    /// The room's newest sequence number when this was sent.
+    #[serde(default)]
+    pub head: u64,
+}
 
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,23 +301,45 @@ pub enum ServerFrame {
     Joined(Identity),
     /// A `send` was stored as event `seq` (also when it had been stored before: retries are safe).
     Ack { id: Uuid, seq: u64 },
-    /// Who is in the room now; sent once after the history on connect. Later changes arrive as join and
-    /// leave events.
-    Presence { online: Vec<String> },
+    /// Who is online in the room now; sent after its history (on connect, and after an `open`). Later
+    /// changes in `general` arrive as join and leave events.
+    Presence {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
+        online: Vec<String>,
+    },
     /// Someone is typing. Not stored.
-    Typing { name: String },
+    Typing {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
+        name: String,
+    },
     /// An older page of events, oldest first; `complete` when it reaches the start of the room.
     History {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
         events: Vec<ChatEvent>,
         complete: bool,
     },
     /// The resume cursor did not fit the room: past its newest event (a restored database, the memory
     /// store after a restart) or too far behind to replay ([`RESUME_LIMIT`]). These are the room's
-    /// newest events, oldest first, as on a fresh connect: replace what is shown with them.
+    /// newest events, oldest first, as on a fresh connect: replace what is shown with them. Also the
+    /// answer to an `open` without a cursor.
     Reset {
+        #[serde(default = "general", skip_serializing_if = "is_general")]
+        room: String,
         events: Vec<ChatEvent>,
         complete: bool,
     },
+    /// The rooms this connection's user is in (after [`ServerFrame::Joined`]; `general` alone for a
+    /// reader). Live events of all of them arrive on this one socket.
+    Rooms { rooms: Vec<RoomInfo> },
+    /// A room was added to the user's rooms (created, joined, invited to, a DM opened) or changed.
+    Room(RoomInfo),
+    /// The user is no longer in `room` (left, or removed): nothing more of it arrives.
+    RoomGone { room: String },
+    /// The public rooms, for "Browse rooms".
+    Directory { rooms: Vec<RoomInfo> },
     /// The `leave` succeeded; the connection stays open as a reader.
     Left,
     /// A frame was refused. `id` names the refused message when there was one; `retry_after_ms`, with
@@ -269,11 +416,17 @@ pub enum EventKind {
 }
 
 impl ChatEvent {
-    /// The line a person reads for this event, for system lines (joins and leaves).
+    /// The line a person reads for this event, for system lines (joins and leaves). `general` keeps the
+    /// chat's own words; other rooms name themselves.
     pub fn system_line(&self) -> Option<String> {
+        let place = if is_general(&self.room) {
+            "the chat".to_owned()
+        } else {
+            format!("#{}", self.room)
+        };
         match self.kind {
-            EventKind::Join => Some(format!("{} has joined the chat.", self.name)),
-            EventKind::Leave => Some(format!("{} has left the chat.", self.name)),
+            EventKind::Join => Some(format!("{} has joined {place}.", self.name)),
+            EventKind::Leave => Some(format!("{} has left {place}.", self.name)),
             EventKind::Message | EventKind::Delete | EventKind::Deleted | EventKind::Unknown => {
                 None
             }
@@ -333,9 +486,94 @@ pub enum ErrorCode {
     TokenExpired,
     /// The sign-in token is not valid (signature, algorithm, claims); the connection closes with 4003.
     TokenInvalid,
+    RoomNameBlank,
+    RoomNameTooLong,
+    RoomNameInvalid,
+    /// Another room has this name (rooms are compared by slug).
+    RoomTaken,
+    TopicTooLong,
+    TopicInvalid,
+    /// A direct message to more than [`MAX_DM_MEMBERS`] people, or to nobody.
+    TooManyMembers,
     /// A code a newer server sends; treat it by its message.
     #[serde(other)]
     Other,
+}
+
+/// Why a room name or topic was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomNameError {
+    Blank,
+    TooLong,
+    Invalid,
+    TopicTooLong,
+    TopicInvalid,
+}
+
+impl RoomNameError {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            RoomNameError::Blank => ErrorCode::RoomNameBlank,
+            RoomNameError::TooLong => ErrorCode::RoomNameTooLong,
+            RoomNameError::Invalid => ErrorCode::RoomNameInvalid,
+            RoomNameError::TopicTooLong => ErrorCode::TopicTooLong,
+            RoomNameError::TopicInvalid => ErrorCode::TopicInvalid,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            RoomNameError::Blank => "Give the room a name.",
+            RoomNameError::TooLong => "Room names may be at most 40 characters.",
+            RoomNameError::Invalid => {
+                "Room names cannot contain control or invisible formatting characters."
+            }
+            RoomNameError::TopicTooLong => "Topics may be at most 200 characters.",
+            RoomNameError::TopicInvalid => "Topics cannot contain control characters.",
+        }
+    }
+}
+
+/// A room's name as shown (trimmed, checked like a person's name but up to [`MAX_ROOM_NAME_CHARS`]) and
+/// the slug derived from it: lower-case letters and digits, every other run of characters one `-`. A name
+/// with no letter or digit at all gets the slug `room`; the store makes slugs unique.
+pub fn validate_room_name(raw: &str) -> Result<(String, String), RoomNameError> {
+    let name = raw.trim_matches(is_invisible);
+    if name.is_empty() {
+        return Err(RoomNameError::Blank);
+    }
+    if name.chars().any(is_forbidden_in_name) {
+        return Err(RoomNameError::Invalid);
+    }
+    if name.chars().count() > MAX_ROOM_NAME_CHARS {
+        return Err(RoomNameError::TooLong);
+    }
+    let mut slug = String::with_capacity(name.len());
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            slug.push(c);
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    let slug = if slug.is_empty() { "room" } else { slug };
+    Ok((name.to_owned(), slug.to_owned()))
+}
+
+/// A topic: trimmed; may be empty, at most [`MAX_TOPIC_CHARS`], on one line.
+pub fn validate_topic(raw: &str) -> Result<String, RoomNameError> {
+    let topic = raw.trim_matches(is_invisible);
+    if topic
+        .chars()
+        .any(|c| c.is_control() || is_forbidden_in_name(c))
+    {
+        return Err(RoomNameError::TopicInvalid);
+    }
+    if topic.chars().count() > MAX_TOPIC_CHARS {
+        return Err(RoomNameError::TopicTooLong);
+    }
+    Ok(topic.to_owned())
 }
 
 /// Why a name was refused.
@@ -527,20 +765,60 @@ mod tests {
         for frame in [
             ClientFrame::Join { name: "Ann".into() },
             ClientFrame::Send {
+                room: GENERAL_ROOM.into(),
                 id,
                 text: "hi\nthere".into(),
             },
-            ClientFrame::Delete { id },
+            ClientFrame::Send {
+                room: "design".into(),
+                id,
+                text: "x".into(),
+            },
+            ClientFrame::Delete {
+                room: GENERAL_ROOM.into(),
+                id,
+            },
+            ClientFrame::Open {
+                room: "dm.0a1b".into(),
+                after: Some(4),
+            },
+            ClientFrame::CreateRoom {
+                name: "Design".into(),
+                topic: String::new(),
+                private: true,
+            },
+            ClientFrame::Dm {
+                with: vec!["Bo".into()],
+            },
+            ClientFrame::Typing {
+                room: GENERAL_ROOM.into(),
+            },
+            ClientFrame::Browse,
         ] {
             let json = serde_json::to_string(&frame).unwrap();
             assert_eq!(parse_client_frame(&json).unwrap(), frame);
         }
+        // `general` is the default room, so a frame from before rooms means the same as ever.
         let json = serde_json::to_string(&ClientFrame::Send {
+            room: GENERAL_ROOM.into(),
             id,
             text: "x".into(),
         })
         .unwrap();
         assert_eq!(json, format!(r#"{{"type":"send","id":"{id}","text":"x"}}"#));
+        assert_eq!(
+            parse_client_frame(r#"{"type":"typing"}"#).unwrap(),
+            ClientFrame::Typing {
+                room: GENERAL_ROOM.into()
+            }
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"history","before":9}"#).unwrap(),
+            ClientFrame::History {
+                room: GENERAL_ROOM.into(),
+                before: 9
+            }
+        );
     }
 
     #[test]
@@ -575,16 +853,47 @@ mod tests {
             }),
             ServerFrame::Ack { id, seq: 7 },
             ServerFrame::Presence {
+                room: GENERAL_ROOM.into(),
                 online: vec!["Ann".into(), "Bo".into()],
             },
-            ServerFrame::Typing { name: "Ann".into() },
+            ServerFrame::Typing {
+                room: "design".into(),
+                name: "Ann".into(),
+            },
             ServerFrame::History {
+                room: GENERAL_ROOM.into(),
                 events: vec![event.clone()],
                 complete: true,
             },
             ServerFrame::Reset {
+                room: "design".into(),
                 events: vec![event.clone()],
                 complete: false,
+            },
+            ServerFrame::Rooms {
+                rooms: vec![RoomInfo {
+                    slug: "dm.ab".into(),
+                    name: String::new(),
+                    topic: String::new(),
+                    kind: RoomKind::Direct,
+                    members: vec!["Ann".into(), "Bo".into()],
+                    member: true,
+                    archived: false,
+                    head: 3,
+                }],
+            },
+            ServerFrame::Room(RoomInfo {
+                slug: "design".into(),
+                name: "Design".into(),
+                topic: "Pixels".into(),
+                kind: RoomKind::Private,
+                members: vec![],
+                member: true,
+                archived: true,
+                head: 0,
+            }),
+            ServerFrame::RoomGone {
+                room: "design".into(),
             },
             ServerFrame::Left,
             ServerFrame::Error {
@@ -720,6 +1029,65 @@ mod tests {
         assert_eq!(
             event.system_line().as_deref(),
             Some("Zoë has joined the chat.")
+        );
+        let elsewhere = ChatEvent {
+            room: "design".into(),
+            ..event.clone()
+        };
+        assert_eq!(
+            elsewhere.system_line().as_deref(),
+            Some("Zoë has joined #design.")
+        );
+        assert_eq!(
+            ChatEvent {
+                kind: EventKind::Leave,
+                ..elsewhere
+            }
+            .system_line()
+            .as_deref(),
+            Some("Zoë has left #design.")
+        );
+    }
+
+    #[test]
+    fn room_names_give_slugs_and_are_checked() {
+        let slug = |raw: &str| validate_room_name(raw).map(|(_, slug)| slug);
+        assert_eq!(
+            validate_room_name("  Design Crit! ").unwrap(),
+            ("Design Crit!".to_owned(), "design-crit".to_owned())
+        );
+        assert_eq!(slug("C++ / Rust"), Ok("c-rust".to_owned()));
+        assert_eq!(slug("Café Überall"), Ok("café-überall".to_owned()));
+        assert_eq!(slug("🎉🎉"), Ok("room".to_owned()));
+        assert_eq!(slug("--x--"), Ok("x".to_owned()));
+        assert_eq!(validate_room_name(" \t "), Err(RoomNameError::Blank));
+        assert_eq!(
+            validate_room_name("a\u{0007}b"),
+            Err(RoomNameError::Invalid)
+        );
+        assert_eq!(
+            validate_room_name("x\u{202E}y"),
+            Err(RoomNameError::Invalid)
+        );
+        assert!(validate_room_name(&"é".repeat(MAX_ROOM_NAME_CHARS)).is_ok());
+        assert_eq!(
+            validate_room_name(&"x".repeat(MAX_ROOM_NAME_CHARS + 1)),
+            Err(RoomNameError::TooLong)
+        );
+        // No slug can hold a space or a dot: DM slugs (`dm.…`) and NOTIFY payloads stay unambiguous.
+        for raw in ["a b", "a.b", "a · b", "Ω mega . 2"] {
+            let slug = slug(raw).unwrap();
+            assert!(!slug.contains([' ', '.', '\t']), "{slug}");
+        }
+        assert_eq!(
+            validate_topic("  all things pixel "),
+            Ok("all things pixel".into())
+        );
+        assert_eq!(validate_topic(""), Ok(String::new()));
+        assert_eq!(validate_topic("a\nb"), Err(RoomNameError::TopicInvalid));
+        assert_eq!(
+            validate_topic(&"t".repeat(MAX_TOPIC_CHARS + 1)),
+            Err(RoomNameError::TopicTooLong)
         );
     }
 }

@@ -27,6 +27,8 @@ pub enum SessionSignal {
     Ended,
     /// Who the session acts for changed (a guest kept their name): read it again and say so.
     Changed,
+    /// The user's rooms changed (invited, joined, a DM opened elsewhere): read them again.
+    Rooms,
 }
 
 impl SessionSignal {
@@ -34,6 +36,7 @@ impl SessionSignal {
         match self {
             SessionSignal::Ended => "ended",
             SessionSignal::Changed => "changed",
+            SessionSignal::Rooms => "rooms",
         }
     }
 }
@@ -49,6 +52,8 @@ pub trait Inbox: Send + Sync + 'static {
     fn typing_elsewhere(&self, room: &str, name: &str);
     /// A session's connections here must hear of a change made on another instance.
     fn session_signal(&self, session: Uuid, signal: SessionSignal);
+    /// `user` was removed from `room` on another instance: their connections here stop hearing it.
+    fn evicted_elsewhere(&self, room: &str, user: Uuid);
     /// The instance holding `seat` stopped and nobody else holds it: announce the leave.
     async fn gone_elsewhere(&self, room: &str, seat: Seat);
     /// Every seat held on this instance, per room (to register them again after a stall).
@@ -82,11 +87,17 @@ pub trait Backplane: Send + Sync + 'static {
         here: Vec<(String, String)>,
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Who holds the name with this key on another instance (this instance has looked at its own).
+    async fn holder(&self, room: &str, key: &str) -> Result<Option<Uuid>, StoreError>;
+
     /// Tells other instances that `name` is typing (this instance has told its own clients).
     async fn typing(&self, room: &str, name: &str);
 
     /// Tells other instances' connections of `session` (this instance has told its own).
     async fn signal_session(&self, session: Uuid, signal: SessionSignal);
+
+    /// Tells other instances that `user` is out of `room` (this instance has evicted them here).
+    async fn evict(&self, room: &str, user: Uuid);
 
     /// Starts background work (listening, heart-beating) that reports to `inbox`.
     fn start(&self, inbox: Arc<dyn Inbox>) {
@@ -115,15 +126,31 @@ impl Backplane for Local {
         Ok(super::presence::names_of(here))
     }
 
+    async fn holder(&self, _: &str, _: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(None)
+    }
+
     async fn typing(&self, _: &str, _: &str) {}
 
     async fn signal_session(&self, _: Uuid, _: SessionSignal) {}
+
+    async fn evict(&self, _: &str, _: Uuid) {}
 }
 
 /// The channel for typing signals, as JSON (see [`Typing`]).
 const TYPING_CHANNEL: &str = "confab_typing";
-/// The channel for "<instance> <session> <ended|changed>" session signals.
+/// The channel for "<instance> <session> <ended|changed|rooms>" session signals.
 const SESSIONS_CHANNEL: &str = "confab_sessions";
+/// The channel for evictions from a room, as JSON (see [`Eviction`]).
+const EVICTIONS_CHANNEL: &str = "confab_evictions";
+
+/// "`user` is out of `room`", between instances. JSON, so no room slug can break the payload apart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Eviction {
+    room: String,
+    instance: String,
+    user: Uuid,
+}
 
 /// A typing signal between instances. JSON, so no room or name can break the payload apart.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -261,7 +288,12 @@ impl Postgres {
     async fn listen(&self) -> Result<PgListener, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener
-            .listen_all([EVENTS_CHANNEL, TYPING_CHANNEL, SESSIONS_CHANNEL])
+            .listen_all([
+                EVENTS_CHANNEL,
+                TYPING_CHANNEL,
+                SESSIONS_CHANNEL,
+                EVICTIONS_CHANNEL,
+            ])
             .await?;
         Ok(listener)
     }
@@ -270,11 +302,20 @@ impl Postgres {
         let payload = note.payload();
         match note.channel() {
             EVENTS_CHANNEL => {
-                let mut parts = payload.splitn(3, ' ');
-                let room = parts.next()?.to_owned();
-                let first = parts.next()?.parse().ok()?;
+                // "<room> <first> <last>", read from the right: the numbers never hold a space, so no
+                // room slug, whatever it holds, can shift them.
+                let mut parts = payload.rsplitn(3, ' ');
                 let last = parts.next()?.parse().ok()?;
+                let first = parts.next()?.parse().ok()?;
+                let room = parts.next()?.to_owned();
                 Some(Stored { room, first, last })
+            }
+            EVICTIONS_CHANNEL => {
+                let eviction: Eviction = serde_json::from_str(payload).ok()?;
+                if eviction.instance != self.instance {
+                    inbox.evicted_elsewhere(&eviction.room, eviction.user);
+                }
+                None
             }
             TYPING_CHANNEL => {
                 let typing: Typing = serde_json::from_str(payload).ok()?;
@@ -289,6 +330,7 @@ impl Postgres {
                 let signal = match signal {
                     "ended" => SessionSignal::Ended,
                     "changed" => SessionSignal::Changed,
+                    "rooms" => SessionSignal::Rooms,
                     _ => return None,
                 };
                 if instance != self.instance {
@@ -402,6 +444,20 @@ impl Backplane for Postgres {
         Ok(super::presence::names_of(names))
     }
 
+    async fn holder(&self, room: &str, key: &str) -> Result<Option<Uuid>, StoreError> {
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT p.holder FROM presence p JOIN instances i ON i.id = p.instance \
+             WHERE p.room = $1 AND p.name_key = $2 AND i.seen_at > now() - make_interval(secs => $3) \
+             LIMIT 1",
+        )
+        .bind(room)
+        .bind(key)
+        .bind(self.ttl_secs())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holder.and_then(|h| Uuid::try_parse(&h).ok()))
+    }
+
     async fn typing(&self, room: &str, name: &str) {
         let pool = self.pool.clone();
         let payload = serde_json::to_string(&Typing {
@@ -433,6 +489,24 @@ impl Backplane for Postgres {
             .await
         {
             tracing::error!(error = %err, "telling other instances of a session change failed");
+        }
+    }
+
+    async fn evict(&self, room: &str, user: Uuid) {
+        let payload = serde_json::to_string(&Eviction {
+            room: room.to_owned(),
+            instance: self.instance.clone(),
+            user,
+        })
+        .expect("evictions serialise");
+        // Awaited: the removal is done only once every instance has stopped the stream.
+        if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(EVICTIONS_CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::error!(error = %err, "telling other instances of a removal failed");
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Config {
     /// Frames a connection may fall behind live fan-out before it catches up from the store
     /// (`CONFAB_LIVE_BUFFER`).
     pub live_buffer: usize,
+    /// How long a room's writer task waits for a message before it stops (the next one starts it again).
+    pub writer_idle: Duration,
     pub store: StoreConfig,
     pub session: SessionConfig,
     /// With PostgreSQL: how long after its last heartbeat an instance's users stop holding their names
@@ -52,6 +54,7 @@ impl Default for Config {
         Self {
             history_capacity: 10_000,
             live_buffer: 1_024,
+            writer_idle: Duration::from_secs(30),
             store: StoreConfig::Sqlite(PathBuf::from("data").join("confab.db")),
             session: SessionConfig::default(),
             instance_ttl: Duration::from_secs(15),

@@ -1,31 +1,41 @@
-//! The in-memory pub/sub hub: one writer task and one broadcast channel per room.
+//! The in-memory pub/sub hub: rooms made on first use, each with a writer task while it is busy, and one
+//! queue per connection that every room it is in delivers to.
 //!
 //! A publish goes to the room's writer task, which stores a batch (the store stamps the sequence numbers),
-//! serialises each event **once**, and broadcasts the bytes. Every connection clones the same cheap
-//! `Utf8Bytes` handle, so fan-out costs no serialisation per recipient.
+//! serialises each event **once**, and pushes the same cheap `Utf8Bytes` handle onto the queue ([`Mailbox`])
+//! of every connection subscribed to the room. So fan-out costs no serialisation per recipient, and a
+//! connection in many rooms still has one queue and one task.
 //!
-//! Broadcast order is sequence order, each event once: a room's [`Feed`] remembers the last sequence
-//! number it broadcast. With one instance, the writer's events always come next. With several (PostgreSQL),
-//! events stored by other instances arrive as notifications; the feed reads them from the store, and fills
-//! any gap before an event of its own from the store too.
+//! Broadcast order is sequence order, each event once: a room remembers the last sequence number it
+//! broadcast. With one instance, the writer's events always come next. With several (PostgreSQL), events
+//! stored by other instances arrive as notifications; the room reads them from the store, and fills any gap
+//! before an event of its own from the store too.
+//!
+//! Rooms are lazy: a room exists here while a connection is subscribed to it or its writer is busy. A
+//! writer stops after [`HubConfig::writer_idle`] without appends, and a room nobody is subscribed to is
+//! dropped then, so a server with 10,000 rooms holds memory for the ones in use.
 
 use super::backplane::{Backplane, Inbox, SessionSignal};
 use super::presence::{PendingLeave, Presence, Seat};
 use super::store::{Appended, EventStore, NewEvent, StoreError};
-use crate::protocol::{ChatEvent, EventKind, ServerFrame};
+use crate::protocol::{ChatEvent, EventKind, ServerFrame, GENERAL_ROOM};
 use axum::extract::ws::Utf8Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use uuid::Uuid;
 
-/// One serialised frame, ready to write to any socket.
+/// One serialised frame of a room, ready to write to any socket.
 #[derive(Debug, Clone)]
 pub struct Frame {
-    /// The event's sequence number, or [`EPHEMERAL`] for frames that are not stored (typing).
+    pub room: Arc<str>,
+    /// The event's sequence number, or [`EPHEMERAL`] for frames that are not stored (typing), or
+    /// [`WAKE`] for a frame that only wakes the connection to look at its mailbox.
     pub seq: u64,
     pub json: Utf8Bytes,
     /// When it was broadcast, for the delivery-lag metric.
@@ -34,16 +44,88 @@ pub struct Frame {
 
 /// The `seq` of a frame that is not a stored event and takes no part in ordering or catch-up.
 pub const EPHEMERAL: u64 = 0;
+/// The `seq` of a frame with nothing to write: see [`Mailbox::take_trouble`].
+pub const WAKE: u64 = u64::MAX;
+
+/// Settings of the hub that tests may shorten.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// How many frames a connection may fall behind before it must catch up from the store.
+    pub live_capacity: usize,
+    /// How long a room's writer waits for an append before it stops (it starts again on the next).
+    pub writer_idle: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            live_capacity: 1_024,
+            writer_idle: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Why a publish did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("no room named {0:?}")]
-    NoSuchRoom(String),
     #[error("the room's writer has stopped")]
     WriterGone,
     #[error("store failed: {0}")]
     Store(Arc<StoreError>),
+}
+
+/// A connection's queue: frames of every room it is subscribed to, in each room's order.
+pub struct Mailbox {
+    id: u64,
+    queue: mpsc::Sender<Frame>,
+    /// Set when a frame did not fit or a room was taken away; the connection then looks at the two sets.
+    trouble: AtomicBool,
+    /// Rooms with frames that did not fit: the connection catches them up from the store.
+    lagged: Mutex<HashSet<Arc<str>>>,
+    /// Rooms this connection was taken out of (its user was removed).
+    gone: Mutex<Vec<Arc<str>>>,
+}
+
+/// What a connection must do besides writing its queued frames.
+#[derive(Debug, Default)]
+pub struct Trouble {
+    pub lagged: Vec<Arc<str>>,
+    pub gone: Vec<Arc<str>>,
+}
+
+impl Mailbox {
+    fn push(&self, frame: Frame) {
+        match self.queue.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                if frame.seq != EPHEMERAL {
+                    lock(&self.lagged).insert(frame.room);
+                    self.trouble.store(true, Ordering::Release);
+                }
+            }
+            // The connection is ending; it unsubscribes on its way out.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// What the connection must catch up on or drop, if anything happened since it last asked. One atomic
+    /// load when nothing did, so it is cheap to ask after every batch.
+    pub fn take_trouble(&self) -> Option<Trouble> {
+        if !self.trouble.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        Some(Trouble {
+            lagged: lock(&self.lagged).drain().collect(),
+            gone: std::mem::take(&mut *lock(&self.gone)),
+        })
+    }
+}
+
+/// A std Mutex, poison ignored: every critical section here is a few map operations and never awaits.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A cheap-to-clone handle to the hub.
@@ -55,26 +137,35 @@ pub struct Hub {
 struct Inner {
     store: Arc<dyn EventStore>,
     backplane: Arc<dyn Backplane>,
+    config: HubConfig,
     /// Flips to true when the server starts shutting down; sessions then close their sockets.
     closing: watch::Sender<bool>,
     /// Connections whose session is still running; shutdown waits for them to say goodbye.
     sessions: watch::Sender<usize>,
-    rooms: HashMap<String, Room>,
+    /// The rooms in use here. Lock order: this map, then a room's writer or subscribers.
+    rooms: Arc<Mutex<HashMap<Arc<str>, Arc<Room>>>>,
+    /// Who holds which name in the chat (names are chat-wide, and seated through `general`).
+    presence: Presence,
+    next_mailbox: AtomicU64,
     /// The connections of each browser session, reached by [`Hub::signal_session`]. A std Mutex: each
     /// use is a map lookup and never awaits.
-    signals: std::sync::Mutex<HashMap<uuid::Uuid, broadcast::Sender<SessionSignal>>>,
+    signals: Mutex<HashMap<Uuid, broadcast::Sender<SessionSignal>>>,
 }
 
+type Rooms = Arc<Mutex<HashMap<Arc<str>, Arc<Room>>>>;
+
+struct Subscriber {
+    /// Whom the connection speaks for (nil for a reader), so removing a user reaches their connections.
+    user: Uuid,
+    mailbox: Arc<Mailbox>,
+}
+
+/// A room in use here.
 struct Room {
-    feed: Arc<Feed>,
-    writer: mpsc::Sender<Append>,
-    presence: Presence,
-}
-
-/// A room's live broadcast, in sequence order.
-struct Feed {
-    room: String,
-    live: broadcast::Sender<Frame>,
+    slug: Arc<str>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    /// The writer's queue while it runs; `None` once it stopped for idleness.
+    writer: Mutex<Option<mpsc::Sender<Append>>>,
     /// The last sequence number broadcast; `None` until the first. The lock is held while a gap is read
     /// from the store, so nothing overtakes it.
     delivered: tokio::sync::Mutex<Option<u64>>,
@@ -83,10 +174,16 @@ struct Feed {
 /// How many events one catch-up read takes from the store.
 const CATCH_UP_PAGE: usize = 500;
 
-impl Feed {
+impl Room {
+    fn fan_out(&self, frame: Frame) {
+        for subscriber in lock(&self.subscribers).iter() {
+            subscriber.mailbox.push(frame.clone());
+        }
+    }
+
     fn send(&self, event: &ChatEvent) {
-        // No receivers is fine: nobody is connected.
-        let _ = self.live.send(Frame {
+        self.fan_out(Frame {
+            room: self.slug.clone(),
             seq: event.seq,
             json: ServerFrame::encode_event(event).into(),
             at: std::time::Instant::now(),
@@ -117,10 +214,10 @@ impl Feed {
     async fn fill(&self, store: &dyn EventStore, delivered: &mut Option<u64>, upto: u64) {
         let Some(mut after) = *delivered else { return };
         while after < upto {
-            let events = match store.since(&self.room, after, CATCH_UP_PAGE).await {
+            let events = match store.since(&self.slug, after, CATCH_UP_PAGE).await {
                 Ok(events) => events,
                 Err(err) => {
-                    tracing::warn!(room = %self.room, error = %err, "catching up from the store failed");
+                    tracing::warn!(room = %self.slug, error = %err, "catching up from the store failed");
                     return;
                 }
             };
@@ -150,6 +247,10 @@ impl Feed {
         let mut delivered = self.delivered.lock().await;
         self.fill(store, &mut delivered, u64::MAX).await;
     }
+
+    fn unused(&self) -> bool {
+        lock(&self.writer).is_none() && lock(&self.subscribers).is_empty()
+    }
 }
 
 struct Append {
@@ -161,44 +262,23 @@ struct Append {
 const MAX_BATCH: usize = 256;
 
 impl Hub {
-    /// Starts a writer task for each room; needs a Tokio runtime. `live_capacity` is how many frames a
-    /// slow connection may fall behind before it must catch up from the store.
+    /// The hub over `store`; needs a Tokio runtime (rooms start writer tasks on first use).
     pub fn new(
         store: Arc<dyn EventStore>,
         backplane: Arc<dyn Backplane>,
-        rooms: &[&str],
-        live_capacity: usize,
+        config: HubConfig,
     ) -> Self {
-        let rooms = rooms
-            .iter()
-            .map(|&name| {
-                let (live, _) = broadcast::channel(live_capacity);
-                let feed = Arc::new(Feed {
-                    room: name.to_owned(),
-                    live,
-                    delivered: tokio::sync::Mutex::new(None),
-                });
-                // Bounded so a burst of senders waits for the store instead of queueing without limit.
-                let (writer, appends) = mpsc::channel(MAX_BATCH * 4);
-                tokio::spawn(run_writer(store.clone(), feed.clone(), appends));
-                (
-                    name.to_owned(),
-                    Room {
-                        feed,
-                        writer,
-                        presence: Presence::default(),
-                    },
-                )
-            })
-            .collect();
         let hub = Self {
             inner: Arc::new(Inner {
                 store,
                 backplane,
+                config,
                 closing: watch::Sender::new(false),
                 sessions: watch::Sender::new(0),
-                rooms,
-                signals: std::sync::Mutex::default(),
+                rooms: Rooms::default(),
+                presence: Presence::default(),
+                next_mailbox: AtomicU64::new(1),
+                signals: Mutex::default(),
             }),
         };
         hub.inner.backplane.start(Arc::new(hub.clone()));
@@ -209,20 +289,32 @@ impl Hub {
         self.inner.backplane.as_ref()
     }
 
+    /// Who holds which name in the chat.
+    pub fn presence(&self) -> &Presence {
+        &self.inner.presence
+    }
+
+    /// How many rooms this instance holds in memory now (those with a subscriber or a running writer).
+    pub fn rooms_in_memory(&self) -> usize {
+        lock(&self.inner.rooms).len()
+    }
+
     /// The grace period after a seat's last connection here is over: unless they came back, give the
     /// name up everywhere and, when no instance holds it any more, announce the leave.
-    pub async fn depart(&self, room: &str, seat: Seat, ticket: PendingLeave) {
-        let Some(presence) = self.presence(room) else {
-            return;
-        };
+    pub async fn depart(&self, seat: Seat, ticket: PendingLeave) {
+        let presence = self.presence();
         if !presence.expire(&seat.key, ticket) {
             return;
         }
         // A database outage must not leave the name held for ever: try again for about a minute.
-        let mut wait = std::time::Duration::from_millis(500);
+        let mut wait = Duration::from_millis(500);
         for _ in 0..8 {
-            match self.backplane().depart(room, &seat.key, seat.user).await {
-                Ok(true) => return self.announce_leave(room, seat).await,
+            match self
+                .backplane()
+                .depart(GENERAL_ROOM, &seat.key, seat.user)
+                .await
+            {
+                Ok(true) => return self.announce_leave(seat).await,
                 Ok(false) => return,
                 Err(err) => {
                     tracing::warn!(error = %err, name = %seat.name, "giving up a name failed; retrying in {wait:?}");
@@ -237,15 +329,18 @@ impl Hub {
         tracing::error!(name = %seat.name, "could not give up a name; it frees when this instance stops");
     }
 
-    /// Says "<name> has left the chat." in `room`.
-    pub async fn announce_leave(&self, room: &str, seat: Seat) {
-        if let Err(err) = self.publish(room, seat.event(EventKind::Leave)).await {
+    /// Says "<name> has left the chat." in `general`.
+    pub async fn announce_leave(&self, seat: Seat) {
+        if let Err(err) = self
+            .publish(GENERAL_ROOM, seat.event(EventKind::Leave))
+            .await
+        {
             tracing::error!(error = %err, "announcing a leave failed");
         }
     }
 
-    /// The connections of browser session `id` from now on: they hear when it ends or changes.
-    pub fn watch_session(&self, id: uuid::Uuid) -> SessionWatch {
+    /// The connections of browser session (or user) `id` from now on: they hear when it ends or changes.
+    pub fn watch_session(&self, id: Uuid) -> SessionWatch {
         let mut signals = self.signals();
         let receiver = signals
             .entry(id)
@@ -258,25 +353,20 @@ impl Hub {
         }
     }
 
-    /// Tells every connection of session `id`, on every instance, that it ended or changed.
-    pub async fn signal_session(&self, id: uuid::Uuid, signal: SessionSignal) {
+    /// Tells every connection of session (or user) `id`, on every instance, that it ended or changed.
+    pub async fn signal_session(&self, id: Uuid, signal: SessionSignal) {
         self.signal_here(id, signal);
         self.backplane().signal_session(id, signal).await;
     }
 
-    fn signal_here(&self, id: uuid::Uuid, signal: SessionSignal) {
+    fn signal_here(&self, id: Uuid, signal: SessionSignal) {
         if let Some(sender) = self.signals().get(&id) {
             let _ = sender.send(signal);
         }
     }
 
-    fn signals(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<uuid::Uuid, broadcast::Sender<SessionSignal>>> {
-        self.inner
-            .signals
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn signals(&self) -> MutexGuard<'_, HashMap<Uuid, broadcast::Sender<SessionSignal>>> {
+        lock(&self.inner.signals)
     }
 
     pub fn store(&self) -> &dyn EventStore {
@@ -311,30 +401,105 @@ impl Hub {
         self.inner.store.close().await;
     }
 
-    pub fn has_room(&self, room: &str) -> bool {
-        self.inner.rooms.contains_key(room)
+    /// A new connection's queue, and its receiving end.
+    pub fn mailbox(&self) -> (Arc<Mailbox>, mpsc::Receiver<Frame>) {
+        let (queue, receiver) = mpsc::channel(self.inner.config.live_capacity.max(1));
+        let mailbox = Mailbox {
+            id: self.inner.next_mailbox.fetch_add(1, Ordering::Relaxed),
+            queue,
+            trouble: AtomicBool::new(false),
+            lagged: Mutex::default(),
+            gone: Mutex::default(),
+        };
+        (Arc::new(mailbox), receiver)
     }
 
-    /// Live frames of a room from now on. Subscribe *before* reading history, then skip frames whose `seq`
-    /// the history already covered: that way nothing falls between the two.
-    pub fn subscribe(&self, room: &str) -> Option<broadcast::Receiver<Frame>> {
-        self.inner.rooms.get(room).map(|r| r.feed.live.subscribe())
+    /// The room in use, made now if it was not. Takes the map's lock: the caller holds it.
+    fn room_in(rooms: &mut HashMap<Arc<str>, Arc<Room>>, slug: &str) -> Arc<Room> {
+        if let Some(room) = rooms.get(slug) {
+            return room.clone();
+        }
+        let slug: Arc<str> = Arc::from(slug);
+        let room = Arc::new(Room {
+            slug: slug.clone(),
+            subscribers: Mutex::default(),
+            writer: Mutex::new(None),
+            delivered: tokio::sync::Mutex::new(None),
+        });
+        rooms.insert(slug, room.clone());
+        room
     }
 
-    /// Who is in `room`.
-    pub fn presence(&self, room: &str) -> Option<&Presence> {
-        self.inner.rooms.get(room).map(|r| &r.presence)
-    }
-
-    /// Sends a frame that is not stored (typing) to everyone in `room` now.
-    pub fn broadcast_ephemeral(&self, room: &str, frame: &ServerFrame) {
-        if let Some(room) = self.inner.rooms.get(room) {
-            let _ = room.feed.live.send(Frame {
-                seq: EPHEMERAL,
-                json: frame.encode().into(),
-                at: std::time::Instant::now(),
+    /// Live frames of `room` go to `mailbox` from now on, for `user` (nil for a reader). Subscribe
+    /// *before* reading history, then skip frames whose `seq` the history already covered: that way
+    /// nothing falls between the two. Returns the room's slug as frames carry it.
+    pub fn subscribe(&self, room: &str, user: Uuid, mailbox: &Arc<Mailbox>) -> Arc<str> {
+        let mut rooms = lock(&self.inner.rooms);
+        let room = Self::room_in(&mut rooms, room);
+        let mut subscribers = lock(&room.subscribers);
+        if let Some(existing) = subscribers.iter_mut().find(|s| s.mailbox.id == mailbox.id) {
+            existing.user = user;
+        } else {
+            subscribers.push(Subscriber {
+                user,
+                mailbox: mailbox.clone(),
             });
         }
+        room.slug.clone()
+    }
+
+    /// `mailbox` hears nothing more of `room`.
+    pub fn unsubscribe(&self, room: &str, mailbox: &Mailbox) {
+        let mut rooms = lock(&self.inner.rooms);
+        let Some(entry) = rooms.get(room).cloned() else {
+            return;
+        };
+        lock(&entry.subscribers).retain(|s| s.mailbox.id != mailbox.id);
+        if entry.unused() {
+            rooms.remove(room);
+        }
+    }
+
+    /// Takes every connection of `user` here out of `room` at once (they were removed from it): nothing
+    /// more of it reaches them, and each connection is told.
+    pub fn evict_here(&self, room: &str, user: Uuid) {
+        let rooms = lock(&self.inner.rooms);
+        let Some(entry) = rooms.get(room) else { return };
+        let mut subscribers = lock(&entry.subscribers);
+        subscribers.retain(|s| {
+            if s.user != user {
+                return true;
+            }
+            lock(&s.mailbox.gone).push(entry.slug.clone());
+            s.mailbox.trouble.store(true, Ordering::Release);
+            // Wakes the connection (if the queue is full it is awake anyway).
+            let _ = s.mailbox.queue.try_send(Frame {
+                room: entry.slug.clone(),
+                seq: WAKE,
+                json: Utf8Bytes::from_static(""),
+                at: std::time::Instant::now(),
+            });
+            false
+        });
+    }
+
+    /// [`Hub::evict_here`] on every instance.
+    pub async fn evict(&self, room: &str, user: Uuid) {
+        self.evict_here(room, user);
+        self.backplane().evict(room, user).await;
+    }
+
+    /// Sends a frame that is not stored (typing) to everyone in `room` here now.
+    pub fn broadcast_ephemeral(&self, room: &str, frame: &ServerFrame) {
+        let Some(entry) = lock(&self.inner.rooms).get(room).cloned() else {
+            return;
+        };
+        entry.fan_out(Frame {
+            room: entry.slug.clone(),
+            seq: EPHEMERAL,
+            json: frame.encode().into(),
+            at: std::time::Instant::now(),
+        });
     }
 
     /// Stores an event and broadcasts it; returns it as stored, with its sequence number. An id the room
@@ -343,30 +508,49 @@ impl Hub {
         self.submit(room, event).await?.await.1
     }
 
+    /// The room's writer queue, starting the writer if it is not running.
+    fn writer(&self, slug: &str) -> mpsc::Sender<Append> {
+        let mut rooms = lock(&self.inner.rooms);
+        let room = Self::room_in(&mut rooms, slug);
+        let mut writer = lock(&room.writer);
+        if let Some(queue) = writer.as_ref() {
+            return queue.clone();
+        }
+        // Bounded so a burst of senders waits for the store instead of queueing without limit.
+        let (queue, appends) = mpsc::channel(MAX_BATCH * 4);
+        *writer = Some(queue.clone());
+        tokio::spawn(run_writer(
+            self.inner.store.clone(),
+            self.inner.rooms.clone(),
+            room.clone(),
+            appends,
+            self.inner.config.writer_idle,
+        ));
+        queue
+    }
+
     /// Queues an event for the room's writer and returns at once (waiting only while the writer's queue
     /// is full); the [`Receipt`] resolves once it is stored and broadcast. A connection can so have
     /// several messages in flight, and the writer commits them together instead of one per round trip.
     pub async fn submit(&self, room: &str, event: NewEvent) -> Result<Receipt, PublishError> {
-        let writer = &self
-            .inner
-            .rooms
-            .get(room)
-            .ok_or_else(|| PublishError::NoSuchRoom(room.to_owned()))?
-            .writer;
         let id = event.id;
         let (stored, reply) = oneshot::channel();
-        writer
-            .send(Append { event, stored })
-            .await
-            .map_err(|_| PublishError::WriterGone)?;
-        Ok(Receipt { id, reply })
+        let mut append = Append { event, stored };
+        // A writer that stopped for idleness just as this was queued refuses it; the next one takes it.
+        for _ in 0..3 {
+            match self.writer(room).send(append).await {
+                Ok(()) => return Ok(Receipt { id, reply }),
+                Err(mpsc::error::SendError(refused)) => append = refused,
+            }
+        }
+        Err(PublishError::WriterGone)
     }
 }
 
 /// One connection's view of its browser session's signals; see [`Hub::watch_session`].
 pub struct SessionWatch {
     hub: Hub,
-    id: uuid::Uuid,
+    id: Uuid,
     pub receiver: broadcast::Receiver<SessionSignal>,
 }
 
@@ -386,14 +570,17 @@ impl Drop for SessionWatch {
 #[async_trait::async_trait]
 impl Inbox for Hub {
     async fn stored_elsewhere(&self, room: &str, first: u64, last: u64) {
-        if let Some(room) = self.inner.rooms.get(room) {
-            room.feed.stored(self.store(), first, last).await;
+        // A room nobody here is subscribed to has nobody to tell.
+        let entry = lock(&self.inner.rooms).get(room).cloned();
+        if let Some(entry) = entry {
+            entry.stored(self.store(), first, last).await;
         }
     }
 
     async fn catch_up_all(&self) {
-        for room in self.inner.rooms.values() {
-            room.feed.catch_up(self.store()).await;
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        for room in rooms {
+            room.catch_up(self.store()).await;
         }
     }
 
@@ -401,30 +588,27 @@ impl Inbox for Hub {
         self.broadcast_ephemeral(
             room,
             &ServerFrame::Typing {
+                room: room.to_owned(),
                 name: name.to_owned(),
             },
         );
     }
 
-    fn session_signal(&self, session: uuid::Uuid, signal: SessionSignal) {
+    fn session_signal(&self, session: Uuid, signal: SessionSignal) {
         self.signal_here(session, signal);
     }
 
-    async fn gone_elsewhere(&self, room: &str, seat: Seat) {
-        self.announce_leave(room, seat).await;
+    fn evicted_elsewhere(&self, room: &str, user: Uuid) {
+        self.evict_here(room, user);
+    }
+
+    async fn gone_elsewhere(&self, _room: &str, seat: Seat) {
+        self.announce_leave(seat).await;
     }
 
     fn seats_here(&self) -> Vec<(String, Seat)> {
-        self.inner
-            .rooms
-            .iter()
-            .flat_map(|(name, room)| {
-                room.presence
-                    .seats()
-                    .into_iter()
-                    .map(move |seat| (name.clone(), seat))
-            })
-            .collect()
+        let seats = self.presence().seats().into_iter();
+        seats.map(|seat| (GENERAL_ROOM.to_owned(), seat)).collect()
     }
 }
 
@@ -432,7 +616,7 @@ impl Seat {
     /// A join or leave line for this seat, with a fresh id.
     pub fn event(&self, kind: EventKind) -> NewEvent {
         NewEvent {
-            id: uuid::Uuid::new_v4(),
+            id: Uuid::new_v4(),
             kind,
             name: self.name.clone(),
             user_id: self.user,
@@ -454,12 +638,12 @@ impl Drop for SessionGuard {
 
 /// Resolves to the id of a submitted event and what became of it.
 pub struct Receipt {
-    id: uuid::Uuid,
+    id: Uuid,
     reply: oneshot::Receiver<Result<Appended, Arc<StoreError>>>,
 }
 
 impl Future for Receipt {
-    type Output = (uuid::Uuid, Result<Appended, PublishError>);
+    type Output = (Uuid, Result<Appended, PublishError>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let id = self.id;
@@ -481,38 +665,81 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A room's writer: stores batches in order and broadcasts them, until it has been idle for `idle`.
 async fn run_writer(
     store: Arc<dyn EventStore>,
-    feed: Arc<Feed>,
+    rooms: Rooms,
+    room: Arc<Room>,
     mut appends: mpsc::Receiver<Append>,
+    idle: Duration,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while appends.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let started = std::time::Instant::now();
-        let (events, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|a| (a.event, a.stored)).unzip();
-        let result = store.append(&feed.room, events, now_ms()).await;
-        metrics::histogram!(super::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(stored) => {
-                let fresh: Vec<&ChatEvent> = stored
-                    .iter()
-                    .filter(|a| a.fresh)
-                    .map(|a| &a.event)
-                    .collect();
-                feed.deliver(store.as_ref(), &fresh).await;
-                metrics::histogram!(super::metrics::FANOUT_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
-                for (appended, reply) in stored.into_iter().zip(replies) {
-                    let _ = reply.send(Ok(appended));
+    let mut retiring = false;
+    loop {
+        let received = if retiring {
+            appends.recv_many(&mut batch, MAX_BATCH).await
+        } else {
+            match tokio::time::timeout(idle, appends.recv_many(&mut batch, MAX_BATCH)).await {
+                Ok(received) => received,
+                Err(_) => {
+                    retiring = retire(&rooms, &room, &mut appends);
+                    continue;
                 }
             }
-            Err(err) => {
-                tracing::error!(room = %feed.room, error = %err, "storing a batch failed");
-                let err = Arc::new(err);
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+        };
+        if received == 0 {
+            break;
+        }
+        store_batch(store.as_ref(), &room, &mut batch).await;
+    }
+}
+
+/// Stops taking appends if none are waiting: the room forgets this writer (the next append starts
+/// another), and a room nobody is subscribed to is dropped. Appends already sent are still stored: the
+/// writer drains its closed queue before it ends.
+fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Append>) -> bool {
+    let mut rooms = lock(rooms);
+    {
+        let mut writer = lock(&room.writer);
+        if !appends.is_empty() {
+            return false;
+        }
+        *writer = None;
+    }
+    appends.close();
+    let ours = rooms
+        .get(&room.slug)
+        .is_some_and(|entry| Arc::ptr_eq(entry, room));
+    if ours && room.unused() {
+        rooms.remove(&room.slug);
+    }
+    true
+}
+
+async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Append>) {
+    let started = std::time::Instant::now();
+    let (events, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|a| (a.event, a.stored)).unzip();
+    let result = store.append(&room.slug, events, now_ms()).await;
+    metrics::histogram!(super::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(stored) => {
+            let fresh: Vec<&ChatEvent> = stored
+                .iter()
+                .filter(|a| a.fresh)
+                .map(|a| &a.event)
+                .collect();
+            room.deliver(store, &fresh).await;
+            metrics::histogram!(super::metrics::FANOUT_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            for (appended, reply) in stored.into_iter().zip(replies) {
+                let _ = reply.send(Ok(appended));
+            }
+        }
+        Err(err) => {
+            tracing::error!(room = %room.slug, error = %err, "storing a batch failed");
+            let err = Arc::new(err);
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }

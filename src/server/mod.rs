@@ -7,6 +7,7 @@ pub mod identity;
 pub mod metrics;
 pub mod names;
 pub mod presence;
+pub mod rooms;
 pub mod session;
 pub mod store;
 pub mod web;
@@ -33,7 +34,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use store::{EventStore, IdentityStore, MemoryStore, PgStore, SqliteStore};
+use store::{EventStore, IdentityStore, MemoryStore, PgStore, RoomStore, SqliteStore};
 use tokio::net::TcpListener;
 
 /// Everything a request handler may need; cheap to clone.
@@ -47,20 +48,22 @@ pub struct AppState {
     pub metrics_here: bool,
 }
 
-/// An open store: the same database behind both halves.
+/// An open store: the same database behind its three halves (events, people, rooms).
 pub struct Stores {
     pub events: Arc<dyn EventStore>,
     pub identity: Arc<dyn IdentityStore>,
+    pub rooms: Arc<dyn RoomStore>,
     pub backplane: Arc<dyn Backplane>,
 }
 
 impl Stores {
-    /// One store that keeps both events and identities, on one instance.
-    pub fn local<T: EventStore + IdentityStore>(store: T) -> Self {
+    /// One store that keeps events, identities and rooms, on one instance.
+    pub fn local<T: EventStore + IdentityStore + RoomStore>(store: T) -> Self {
         let store = Arc::new(store);
         Self {
             events: store.clone(),
-            identity: store,
+            identity: store.clone(),
+            rooms: store,
             backplane: Arc::new(Local),
         }
     }
@@ -88,12 +91,12 @@ impl AppState {
                 .await
                 .map_err(|e| format!("cannot read the users to apply CONFAB_ADMIN: {e}"))?;
         }
-        let hub = Hub::new(
-            stores.events,
-            stores.backplane,
-            &[crate::protocol::GENERAL_ROOM],
-            config.live_buffer,
-        );
+        let rooms = rooms::Directory::new(stores.rooms.clone(), stores.events.clone());
+        let hub_config = hub::HubConfig {
+            live_capacity: config.live_buffer,
+            writer_idle: config.writer_idle,
+        };
+        let hub = Hub::new(stores.events, stores.backplane, hub_config);
         let accounts = Accounts {
             store: stores.identity.clone(),
             hasher: identity::password::Hasher::default(),
@@ -109,7 +112,8 @@ impl AppState {
             )?
             .map(Arc::new),
         };
-        let sessions = session::Context::new(hub.clone(), accounts.clone(), config.session.clone());
+        let sessions =
+            session::Context::new(hub.clone(), accounts.clone(), rooms, config.session.clone());
         Ok(Self {
             leptos_options,
             hub,
@@ -148,7 +152,8 @@ async fn open_store(config: &Config) -> Result<Stores, String> {
             let store = Arc::new(store);
             Stores {
                 events: store.clone(),
-                identity: store,
+                identity: store.clone(),
+                rooms: store,
                 backplane: Arc::new(backplane),
             }
         }
@@ -410,7 +415,9 @@ struct PageQuery {
 
 #[derive(Debug, Deserialize)]
 struct WsQuery {
-    /// Resume: send every event after this sequence number instead of the recent page.
+    /// The room the tab shows, whose history comes first (`general` without it).
+    room: Option<String>,
+    /// Resume: send every event of that room after this sequence number instead of the recent page.
     after: Option<u64>,
 }
 
@@ -430,6 +437,10 @@ async fn websocket(
             .into_response();
     }
     let start = query.after.map_or(Start::Recent, Start::After);
+    let shown = query
+        .room
+        .filter(|room| !room.is_empty())
+        .unwrap_or_else(|| crate::protocol::GENERAL_ROOM.to_owned());
     // A native client or bot may sign in with a token in the handshake (never in the URL).
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -455,14 +466,7 @@ async fn websocket(
         .max_message_size(crate::protocol::MAX_FRAME_BYTES)
         .max_frame_size(crate::protocol::MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            session::run(
-                socket,
-                sessions,
-                crate::protocol::GENERAL_ROOM,
-                visitor,
-                start,
-            )
-            .await
+            session::run(socket, sessions, &shown, visitor, start).await
         })
         .into_response()
 }

@@ -6,7 +6,7 @@
 
 use crate::protocol::{
     validate_name, validate_text, ChatEvent, ClientFrame, ErrorCode, EventKind, Identity,
-    NameError, ServerFrame, UserKind,
+    NameError, ServerFrame, UserKind, GENERAL_ROOM,
 };
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -317,14 +317,21 @@ impl Chat {
         // Offline, the message waits in the outbox and goes out after the next join; held back for the
         // rate, it goes with the others when the wait is over.
         if self.joined.get_untracked() && !self.sending_slowly.get_untracked() {
-            self.transmit(&ClientFrame::Send { id, text });
+            self.transmit(&ClientFrame::Send {
+                room: GENERAL_ROOM.into(),
+                id,
+                text,
+            });
         }
         true
     }
 
     /// Deletes message `id` (ours, or anyone's for an admin); it disappears once the server says so.
     pub fn delete(&self, id: Uuid) {
-        if !self.transmit(&ClientFrame::Delete { id }) {
+        if !self.transmit(&ClientFrame::Delete {
+            room: GENERAL_ROOM.into(),
+            id,
+        }) {
             self.notice.set(Some(
                 "Not connected: try deleting again in a moment.".to_owned(),
             ));
@@ -334,7 +341,9 @@ impl Chat {
     /// Tells the room we are typing (the caller throttles).
     pub fn typing(&self) {
         if self.joined.get_untracked() {
-            self.transmit(&ClientFrame::Typing);
+            self.transmit(&ClientFrame::Typing {
+                room: GENERAL_ROOM.into(),
+            });
         }
     }
 
@@ -346,7 +355,10 @@ impl Chat {
         let Some(before) = self.events.with_untracked(|e| e.first().map(|e| e.seq)) else {
             return;
         };
-        if self.transmit(&ClientFrame::History { before }) {
+        if self.transmit(&ClientFrame::History {
+            room: GENERAL_ROOM.into(),
+            before,
+        }) {
             self.loading_older.set(true);
         }
     }
@@ -361,7 +373,11 @@ impl Chat {
             }
         });
         if let Some(text) = text {
-            self.transmit(&ClientFrame::Send { id, text });
+            self.transmit(&ClientFrame::Send {
+                room: GENERAL_ROOM.into(),
+                id,
+                text,
+            });
         }
     }
 
@@ -395,6 +411,13 @@ impl Chat {
     /// Applies one frame from the server.
     pub fn apply(&self, frame: ServerFrame) {
         match frame {
+            // This page shows `general`; frames of the user's other rooms are not for its list.
+            ServerFrame::Event(event) if event.room != GENERAL_ROOM => {}
+            ServerFrame::Presence { ref room, .. }
+            | ServerFrame::Typing { ref room, .. }
+            | ServerFrame::History { ref room, .. }
+            | ServerFrame::Reset { ref room, .. }
+                if room != GENERAL_ROOM => {}
             ServerFrame::Event(event) => self.on_event(event),
             ServerFrame::Joined(_) if self.leaving.get_value() => {}
             ServerFrame::Joined(identity) => {
@@ -410,7 +433,7 @@ impl Chat {
             ServerFrame::Ack { .. } => {
                 // The event itself follows on the live stream and replaces the pending row.
             }
-            ServerFrame::Presence { online } => {
+            ServerFrame::Presence { online, .. } => {
                 // The server sends this once it has read the history and the session: it is healthy.
                 if self.status.get_untracked() == Status::Unavailable {
                     self.notice.set(None); // the outage notice no longer holds
@@ -421,8 +444,10 @@ impl Chat {
                     link.healthy();
                 }
             }
-            ServerFrame::Typing { name } => self.on_typing(name),
-            ServerFrame::History { events, complete } => {
+            ServerFrame::Typing { name, .. } => self.on_typing(name),
+            ServerFrame::History {
+                events, complete, ..
+            } => {
                 self.events.update(|shown| {
                     let first = shown.first().map_or(u64::MAX, |e| e.seq);
                     let older: Vec<ChatEvent> =
@@ -432,7 +457,9 @@ impl Chat {
                 self.history_complete.set(complete);
                 self.loading_older.set(false);
             }
-            ServerFrame::Reset { events, complete } => {
+            ServerFrame::Reset {
+                events, complete, ..
+            } => {
                 // The server's room is not the list shown here any more (restored, restarted, or this
                 // tab was too far behind): start over from its recent page. The outbox stays; what of
                 // it is stored already is in the page, and the rest goes again after the join.
@@ -455,7 +482,11 @@ impl Chat {
                 retry_after_ms,
             } => self.on_error(code, message, id, retry_after_ms),
             // A frame of a newer server: nothing this page knows how to show.
-            ServerFrame::Unknown => {}
+            ServerFrame::Rooms { .. }
+            | ServerFrame::Room(_)
+            | ServerFrame::RoomGone { .. }
+            | ServerFrame::Directory { .. }
+            | ServerFrame::Unknown => {}
         }
     }
 
@@ -495,6 +526,7 @@ impl Chat {
         for p in self.pending.get_untracked() {
             if p.failed.is_none() {
                 self.transmit(&ClientFrame::Send {
+                    room: GENERAL_ROOM.into(),
                     id: p.id,
                     text: p.text,
                 });
@@ -731,7 +763,10 @@ mod tests {
         chat.on_close(true);
         chat.on_open();
         assert_eq!(chat.status.get_untracked(), Status::Unavailable);
-        chat.apply(ServerFrame::Presence { online: vec![] });
+        chat.apply(ServerFrame::Presence {
+            room: GENERAL_ROOM.into(),
+            online: vec![],
+        });
         assert_eq!(chat.status.get_untracked(), Status::Connected);
         assert_eq!(
             chat.notice.get_untracked(),
@@ -789,6 +824,7 @@ mod tests {
     fn presence_follows_the_snapshot_then_join_and_leave_events() {
         let (_owner, chat) = chat();
         chat.apply(ServerFrame::Presence {
+            room: GENERAL_ROOM.into(),
             online: vec!["Ann".into(), "bo".into()],
         });
         chat.apply(ServerFrame::Event(event(
@@ -825,6 +861,7 @@ mod tests {
         let chat = Chat::new(boot);
         // The server restarted without this history: its room holds only seq 1 and 2.
         chat.apply(ServerFrame::Reset {
+            room: GENERAL_ROOM.into(),
             events: (1..=2)
                 .map(|s| event(s, Uuid::new_v4(), EventKind::Message, "Bo"))
                 .collect(),
@@ -868,6 +905,7 @@ mod tests {
             .map(|s| event(s, Uuid::new_v4(), EventKind::Message, "Bo"))
             .collect();
         chat.apply(ServerFrame::History {
+            room: GENERAL_ROOM.into(),
             events: older,
             complete: true,
         });

@@ -642,7 +642,7 @@ async fn client(
                     format!("w {now}")
                 };
                 outstanding.insert(id, now);
-                if socket.send(send(&ClientFrame::Send { id, text })).await.is_err() {
+                if socket.send(send(&ClientFrame::Send { room: confab::protocol::GENERAL_ROOM.into(), id, text })).await.is_err() {
                     shared.disconnected.fetch_add(1, Ordering::SeqCst);
                     return None;
                 }

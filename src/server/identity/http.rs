@@ -357,8 +357,8 @@ pub async fn join(
         Ok(Some(_)) => Some((StatusCode::CONFLICT, crate::server::session::NAME_OWNED)),
         Ok(None) => state
             .hub
-            .presence(crate::protocol::GENERAL_ROOM)
-            .and_then(|p| p.holder(&key))
+            .presence()
+            .holder(&key)
             .map(|_| (StatusCode::CONFLICT, "That name is taken")),
         Err(err) => {
             tracing::error!(error = %err, "looking up a name's owner failed");
@@ -505,8 +505,8 @@ pub async fn claim(
     let key = name_key(&user.name);
     let held_by_other = state
         .hub
-        .presence(crate::protocol::GENERAL_ROOM)
-        .and_then(|p| p.holder(&key))
+        .presence()
+        .holder(&key)
         .is_some_and(|holder| holder != user.id);
     if held_by_other {
         return refuse(StatusCode::CONFLICT, "Someone else is using this name now.").await;

@@ -31,7 +31,8 @@ where
                 .send_error(ErrorCode::AlreadyJoined, &message, None)
                 .await;
         }
-        self.seat_user(user, Via::Token).await
+        self.seat_user(user, Via::Token).await?;
+        self.sync_rooms(false).await
     }
 
     /// Says why a token was refused, then closes with the code that tells expired from invalid.

@@ -1,6 +1,7 @@
 //! `delete`: a message disappears for everyone, live and from the history. Its author may delete it, and
 //! so may an admin.
 
+use super::rooms::Use;
 use super::{End, Session};
 use crate::protocol::{ErrorCode, EventKind};
 use crate::server::store::NewEvent;
@@ -12,13 +13,16 @@ impl<S> Session<'_, S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    pub(super) async fn on_delete(&mut self, id: Uuid) -> Result<(), End> {
+    pub(super) async fn on_delete(&mut self, room: &str, id: Uuid) -> Result<(), End> {
         let Some(me) = self.me.clone() else {
             return self
                 .send_error(ErrorCode::NotJoined, "Join the chat before deleting.", None)
                 .await;
         };
-        let found = match self.hub.store().find(self.room, id).await {
+        let Some(room) = self.room_for(room, Use::Post, None).await? else {
+            return Ok(());
+        };
+        let found = match self.hub.store().find(&room, id).await {
             Ok(found) => found.filter(|e| e.kind == EventKind::Message),
             Err(err) => {
                 tracing::error!(error = %err, "finding a message to delete failed");
@@ -39,7 +43,7 @@ where
                 )
                 .await;
         }
-        match self.hub.store().redact(self.room, id).await {
+        match self.hub.store().redact(&room, id).await {
             Ok(true) => {}
             // Deleted meanwhile (by its author and an admin at once): the first delete tells everyone.
             Ok(false) => return Ok(()),
@@ -57,7 +61,7 @@ where
             text: String::new(),
             target: Some(id),
         };
-        if let Err(err) = self.hub.publish(self.room, event).await {
+        if let Err(err) = self.hub.publish(&room, event).await {
             // The message is gone from the history already; pages loaded from now on do not show it.
             tracing::error!(error = %err, "announcing a delete failed");
             return self.send_unavailable(None).await;

@@ -2,7 +2,9 @@
 //! for (restored on connect, and again when the session changes).
 
 use super::{End, Me, Session};
-use crate::protocol::{validate_name, ErrorCode, EventKind, Identity, ServerFrame, UserKind, Via};
+use crate::protocol::{
+    validate_name, ErrorCode, EventKind, Identity, ServerFrame, UserKind, Via, GENERAL_ROOM,
+};
 use crate::server::backplane::Arrival;
 use crate::server::hub::now_ms;
 use crate::server::names::name_key;
@@ -119,6 +121,8 @@ where
             identity: identity.clone(),
             seat,
         });
+        // The user's rooms are heard before the client learns it joined, so its next frame finds them.
+        self.sync_rooms(false).await?;
         self.send_frame(&ServerFrame::Joined(identity)).await
     }
 
@@ -164,14 +168,23 @@ where
             self.seat_user(user, via).await?;
         }
         let here = self.presence().online_keyed();
-        let online = match self.hub.backplane().online(self.room, here.clone()).await {
+        let online = match self
+            .hub
+            .backplane()
+            .online(GENERAL_ROOM, here.clone())
+            .await
+        {
             Ok(online) => online,
             Err(err) => {
                 tracing::warn!(error = %err, "reading who is online elsewhere failed");
                 crate::server::presence::names_of(here)
             }
         };
-        self.send_frame(&ServerFrame::Presence { online }).await
+        self.send_frame(&ServerFrame::Presence {
+            room: GENERAL_ROOM.to_owned(),
+            online,
+        })
+        .await
     }
 
     /// Seats `user` (this browser's own, or a token's) and tells the client who it is.
@@ -265,7 +278,7 @@ where
         match claim {
             Claim::Taken => Seated::Taken,
             Claim::AlreadyHere => Seated::Yes { announce: false },
-            Claim::Arrived => match self.hub.backplane().arrive(self.room, seat).await {
+            Claim::Arrived => match self.hub.backplane().arrive(GENERAL_ROOM, seat).await {
                 Ok(Arrival::New) => Seated::Yes { announce: true },
                 Ok(Arrival::Present) => Seated::Yes { announce: false },
                 Ok(Arrival::Taken) => {
@@ -292,7 +305,7 @@ where
     async fn announce(&mut self, seat: &Seat) {
         if let Err(err) = self
             .hub
-            .publish(self.room, seat.event(EventKind::Join))
+            .publish(GENERAL_ROOM, seat.event(EventKind::Join))
             .await
         {
             tracing::error!(error = %err, "announcing a join failed");
@@ -307,7 +320,6 @@ where
             return;
         };
         let hub = self.hub.clone();
-        let room = self.room.to_owned();
         let grace = if at_once {
             Duration::ZERO
         } else {
@@ -315,7 +327,7 @@ where
         };
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            hub.depart(&room, me.seat, ticket).await;
+            hub.depart(me.seat, ticket).await;
         });
     }
 

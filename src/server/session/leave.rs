@@ -25,7 +25,7 @@ where
                 self.release_seat(true);
                 self.send_frame(&ServerFrame::Left).await?;
                 self.hub.signal_session(session, SessionSignal::Ended).await;
-                Ok(())
+                self.sync_rooms(false).await
             }
             _ => {
                 self.release_seat(true);
@@ -36,7 +36,8 @@ where
                         .signal_session(session, SessionSignal::Changed)
                         .await;
                 }
-                self.send_frame(&ServerFrame::Left).await
+                self.send_frame(&ServerFrame::Left).await?;
+                self.sync_rooms(false).await
             }
         }
     }

@@ -1,22 +1,28 @@
-//! One WebSocket connection: history first, then live events, while reading the client's frames.
+//! One WebSocket connection: who it is, its rooms, the history of the room it shows, then live events of
+//! all its rooms, while reading the client's frames. Each command a client sends has a file of its own.
 //!
-//! One task per connection runs a `select!` over the socket, the room's broadcast and a ping timer. A
-//! client that stops reading stalls only its own task; its broadcast receiver then lags, and it catches
-//! up from the store, so it never silently misses an event.
+//! One task per connection runs a `select!` over the socket, its [`Mailbox`] queue and a ping timer. A
+//! client that stops reading stalls only its own task; its queue then fills, and it catches up from the
+//! store, so it never silently misses an event.
 
 mod auth;
+mod create_room;
 mod delete;
+mod dm;
 mod history;
 mod join;
+mod join_room;
 mod leave;
 pub mod limits;
+mod members;
+mod rooms;
 
 pub use join::NAME_OWNED;
 mod send;
 mod typing;
 
 use super::backplane::SessionSignal;
-use super::hub::{Frame, Hub, PublishError, Receipt, SessionWatch, EPHEMERAL};
+use super::hub::{Frame, Hub, Mailbox, PublishError, Receipt, SessionWatch, EPHEMERAL, WAKE};
 use super::presence::Seat;
 use super::store::{IdentityStore, SessionRecord};
 use crate::protocol::{
@@ -26,11 +32,13 @@ use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use limits::MessageLimits;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use uuid::Uuid;
 
@@ -93,11 +101,12 @@ pub enum Start {
     After(u64),
 }
 
-/// What every connection shares: the hub, who people are, and the rate limits.
+/// What every connection shares: the hub, who people are, the rooms, and the rate limits.
 #[derive(Clone)]
 pub struct Context {
     pub hub: Hub,
     pub identity: Arc<dyn IdentityStore>,
+    pub rooms: crate::server::rooms::Directory,
     /// For sign-in tokens.
     pub accounts: crate::server::identity::Accounts,
     pub limits: Arc<MessageLimits>,
@@ -108,11 +117,13 @@ impl Context {
     pub fn new(
         hub: Hub,
         accounts: crate::server::identity::Accounts,
+        rooms: crate::server::rooms::Directory,
         config: SessionConfig,
     ) -> Self {
         Self {
             limits: Arc::new(MessageLimits::new(&config)),
             hub,
+            rooms,
             identity: accounts.store.clone(),
             accounts,
             config,
@@ -148,11 +159,27 @@ enum End {
     Socket,
 }
 
+/// A room this connection hears.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    /// The highest sequence number of the room written to this socket (or, for a room whose history it
+    /// has not asked for, the room's head when it subscribed); live frames at or below it are duplicates.
+    last_seq: u64,
+    /// The user is a member (and so may post); false for a public room only being read.
+    member: bool,
+    archived: bool,
+    /// `last_seq` has been set (by a replay, or to the head): until then nothing of the room is written.
+    anchored: bool,
+}
+
 struct Session<'a, S> {
     socket: S,
     ctx: &'a Context,
     hub: &'a Hub,
-    room: &'a str,
+    /// Where every room this connection hears delivers its frames.
+    mailbox: Arc<Mailbox>,
+    /// The rooms it hears, by slug (the same `Arc` the frames carry).
+    rooms: HashMap<Arc<str>, Heard>,
     /// The browser session (cookie) this connection belongs to, if any.
     browser: Option<Uuid>,
     ip: IpAddr,
@@ -161,8 +188,6 @@ struct Session<'a, S> {
     /// Signals for the user `me` is (a ban, a promotion), wherever they come from.
     user_watch: Option<SessionWatch>,
     last_typing: Option<Instant>,
-    /// The highest sequence number written to this socket; live frames at or below it are duplicates.
-    last_seq: u64,
     /// After a message was refused for its rate, later ones are refused too until it comes again (or
     /// the hold lapses), so nothing overtakes it.
     hold: Option<limits::Hold>,
@@ -192,18 +217,16 @@ const MAX_IN_FLIGHT: usize = 64;
 /// at 100 msg/s: batching halves the server's CPU, 103% → 50%, and p50 latency falls from 49 to 32 ms.)
 const FORWARD_BATCH: usize = 63;
 
-/// Runs one connection of `visitor` to its end.
-pub async fn run<S>(socket: S, ctx: Context, room: &str, visitor: Visitor, start: Start)
+/// Runs one connection of `visitor` to its end; it shows room `shown` first, from `start`.
+pub async fn run<S>(socket: S, ctx: Context, shown: &str, visitor: Visitor, start: Start)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let hub = ctx.hub.clone();
     let _running = hub.session_started();
-    // Subscribe before reading history, so nothing stored meanwhile is missed; and to the browser
-    // session's signals before reading who it is, so a sign-out meanwhile is not missed either.
-    let Some(mut live) = hub.subscribe(room) else {
-        return;
-    };
+    let (mailbox, mut queue) = hub.mailbox();
+    // Subscribe to the browser session's signals before reading who it is, so a sign-out meanwhile is
+    // not missed.
     let mut signals = visitor
         .session
         .as_ref()
@@ -213,13 +236,13 @@ where
         socket,
         ctx: &ctx,
         hub: &hub,
-        room,
+        mailbox,
+        rooms: HashMap::new(),
         browser: visitor.session.as_ref().map(|s| s.id),
         ip: visitor.ip,
         me: None,
         user_watch: None,
         last_typing: None,
-        last_seq: 0,
         hold: None,
         batching: false,
         frames_out: metrics::counter!(super::metrics::FRAMES_OUT),
@@ -260,8 +283,31 @@ where
             s.user.map(|user| (user, via))
         }),
     };
-    if session.replay(start).await.is_err() || session.resume_identity(who).await.is_err() {
+    // Rooms are subscribed before their history or head is read, so nothing stored meanwhile is missed.
+    // `general`'s history comes first, then who this is and who is here (the order clients from before
+    // rooms expect), then the user's rooms, then the history of another room the tab shows.
+    session.hear_general();
+    let general_first = shown == crate::protocol::GENERAL_ROOM;
+    let ready = if general_first {
+        session.open(shown, start).await
+    } else {
+        Ok(())
+    };
+    let ready = match ready {
+        Ok(()) => session.resume_identity(who).await,
+        Err(end) => Err(end),
+    };
+    let ready = match ready {
+        Ok(()) => session.sync_rooms(true).await,
+        Err(end) => Err(end),
+    };
+    let ready = match ready {
+        Ok(()) if !general_first => session.open(shown, start).await,
+        other => other,
+    };
+    if ready.is_err() {
         session.release_seat(false);
+        session.unsubscribe_all();
         return;
     }
 
@@ -299,16 +345,9 @@ where
                     break End::Socket;
                 }
             }
-            frame = live.recv() => {
-                let sent = match frame {
-                    Ok(frame) => session.forward_batch(frame, &mut live).await,
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::debug!(missed, "slow connection catches up from the store");
-                        session.catch_up().await
-                    }
-                    Err(RecvError::Closed) => break End::Closed,
-                };
-                if sent.is_err() {
+            frame = queue.recv() => {
+                let Some(frame) = frame else { break End::Closed };
+                if session.forward_batch(frame, &mut queue).await.is_err() {
                     break End::Socket;
                 }
             }
@@ -348,6 +387,7 @@ where
     metrics::gauge!(super::metrics::CONNECTED).decrement(1);
     tracing::debug!(?end, name = ?session.me.as_ref().map(|me| &me.seat.name), "connection ended");
     session.release_seat(false);
+    session.unsubscribe_all();
 }
 
 /// The next signal for the connection's browser session; never, for a connection without one. A lagged
@@ -374,9 +414,12 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     fn presence(&self) -> &super::presence::Presence {
-        self.hub
-            .presence(self.room)
-            .expect("sessions run in rooms that exist")
+        self.hub.presence()
+    }
+
+    /// Whom the connection speaks for, if anyone.
+    fn user_id(&self) -> Option<Uuid> {
+        self.me.as_ref().map(|me| me.identity.user_id)
     }
 
     /// A signal for this connection's user or browser session.
@@ -386,7 +429,11 @@ where
                 self.signed_out().await;
                 Err(End::Closed)
             }
-            SessionSignal::Changed => self.reload_identity().await,
+            SessionSignal::Changed => {
+                self.reload_identity().await?;
+                self.sync_rooms(false).await
+            }
+            SessionSignal::Rooms => self.sync_rooms(false).await,
         }
     }
 
@@ -400,12 +447,12 @@ where
         let _ = self.socket.send(Message::Close(Some(close))).await;
     }
 
-    /// Forwards `first` and whatever else is already waiting on the broadcast, in one write to the socket
+    /// Forwards `first` and whatever else is already waiting in the queue, in one write to the socket
     /// where it fits: under load that saves a system call per frame, and each call wakes the receiver.
     async fn forward_batch(
         &mut self,
         first: Frame,
-        live: &mut tokio::sync::broadcast::Receiver<Frame>,
+        queue: &mut mpsc::Receiver<Frame>,
     ) -> Result<(), End> {
         self.batching = true;
         let broadcast_at = first.at;
@@ -414,14 +461,16 @@ where
             if result.is_err() {
                 break;
             }
-            match live.try_recv() {
+            match queue.try_recv() {
                 Ok(frame) => result = self.forward(frame).await,
-                // Lagged: the next recv reports it and the session catches up from the store.
                 Err(_) => break,
             }
         }
         self.batching = false;
         result?;
+        if let Some(trouble) = self.mailbox.take_trouble() {
+            self.on_trouble(trouble).await?;
+        }
         self.socket.flush().await.map_err(|_| End::Socket)?;
         self.frames_out
             .increment(std::mem::take(&mut self.unreported));
@@ -435,35 +484,66 @@ where
     }
 
     async fn forward(&mut self, frame: Frame) -> Result<(), End> {
+        if frame.seq == WAKE {
+            return Ok(());
+        }
+        // A room the connection stopped hearing a moment ago.
+        let Some(heard) = self.rooms.get_mut(&*frame.room) else {
+            return Ok(());
+        };
         if frame.seq == EPHEMERAL {
             return self.send_text(frame.json).await;
         }
-        if frame.seq <= self.last_seq {
+        if frame.seq <= heard.last_seq {
             return Ok(());
         }
-        if frame.seq > self.last_seq + 1 && self.last_seq > 0 {
-            // Cannot happen with one writer per room, but if it did, the store fills the gap.
-            return self.catch_up().await;
+        if frame.seq > heard.last_seq + 1 {
+            // Frames that did not fit in the queue, or a gap while subscribing: the store fills it.
+            return self.catch_up(&frame.room).await;
         }
-        self.last_seq = frame.seq;
+        heard.last_seq = frame.seq;
         self.send_text(frame.json).await
     }
 
-    /// Sends everything after `last_seq` from the store; later live frames at or below it are skipped.
-    async fn catch_up(&mut self) -> Result<(), End> {
+    /// Rooms whose frames did not fit in the queue are caught up from the store; rooms the user was
+    /// removed from are dropped, and the client is told.
+    async fn on_trouble(&mut self, trouble: super::hub::Trouble) -> Result<(), End> {
+        for room in trouble.gone {
+            if self.rooms.remove(&room).is_some() {
+                self.send_frame(&ServerFrame::RoomGone {
+                    room: room.to_string(),
+                })
+                .await?;
+            }
+        }
+        for room in trouble.lagged {
+            tracing::debug!(%room, "slow connection catches up from the store");
+            self.catch_up(&room).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends everything of `room` after its `last_seq` from the store; later live frames at or below
+    /// it are skipped.
+    async fn catch_up(&mut self, room: &str) -> Result<(), End> {
         loop {
-            let events = match self.hub.store().since(self.room, self.last_seq, 500).await {
+            let Some(after) = self.rooms.get(room).map(|heard| heard.last_seq) else {
+                return Ok(());
+            };
+            let events = match self.hub.store().since(room, after, 500).await {
                 Ok(events) => events,
                 Err(err) => {
                     tracing::error!(error = %err, "catch-up read failed; closing so the client resumes");
                     return Err(End::Socket);
                 }
             };
-            if events.is_empty() {
+            let Some(last) = events.last().map(|e| e.seq) else {
                 return Ok(());
+            };
+            if let Some(heard) = self.rooms.get_mut(room) {
+                heard.last_seq = last;
             }
             for event in events {
-                self.last_seq = event.seq;
                 self.send_text(ServerFrame::encode_event(&event).into())
                     .await?;
             }
@@ -494,15 +574,27 @@ where
         };
         match frame {
             ClientFrame::Join { name } => self.on_join(&name).await,
-            ClientFrame::Send { id, text } => self.on_send(id, &text).await,
-            ClientFrame::Typing => {
-                self.on_typing().await;
-                Ok(())
+            ClientFrame::Send { room, id, text } => self.on_send(&room, id, &text).await,
+            ClientFrame::Typing { room } => self.on_typing(&room).await,
+            ClientFrame::History { room, before } => self.on_history(&room, before).await,
+            ClientFrame::Open { room, after } => {
+                self.open(&room, after.map_or(Start::Recent, Start::After))
+                    .await
             }
-            ClientFrame::History { before } => self.on_history(before).await,
             ClientFrame::Leave => self.on_leave().await,
-            ClientFrame::Delete { id } => self.on_delete(id).await,
+            ClientFrame::Delete { room, id } => self.on_delete(&room, id).await,
             ClientFrame::Auth { token } => self.on_auth(&token).await,
+            ClientFrame::CreateRoom {
+                name,
+                topic,
+                private,
+            } => self.on_create_room(&name, &topic, private).await,
+            ClientFrame::JoinRoom { room } => self.on_join_room(&room).await,
+            ClientFrame::LeaveRoom { room } => self.on_leave_room(&room).await,
+            ClientFrame::Invite { room, name } => self.on_invite(&room, &name).await,
+            ClientFrame::Remove { room, name } => self.on_remove(&room, &name).await,
+            ClientFrame::Dm { with } => self.on_dm(&with).await,
+            ClientFrame::Browse => self.on_browse().await,
         }
     }
 

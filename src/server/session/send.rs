@@ -1,6 +1,7 @@
 //! `send`: a message into the room, stored before anyone sees it, acknowledged in the order sent.
 
 use super::limits::Hold;
+use super::rooms::Use;
 use super::{End, Session, MAX_IN_FLIGHT};
 use crate::protocol::{validate_text, ErrorCode, EventKind, ServerFrame};
 use crate::server::hub::PublishError;
@@ -18,7 +19,7 @@ impl<S> Session<'_, S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    pub(super) async fn on_send(&mut self, id: Uuid, raw: &str) -> Result<(), End> {
+    pub(super) async fn on_send(&mut self, room: &str, id: Uuid, raw: &str) -> Result<(), End> {
         // Only what the message needs, not the whole identity, is copied per message.
         let Some((user_id, user_kind, name)) = self
             .me
@@ -43,6 +44,9 @@ where
         let text = match validate_text(raw) {
             Ok(text) => text,
             Err(err) => return self.send_error(err.code(), err.message(), Some(id)).await,
+        };
+        let Some(room) = self.room_for(room, Use::Post, Some(id)).await? else {
+            return Ok(());
         };
         // An earlier message was refused for its rate: this one may not overtake it.
         if let Some(hold) = self.hold.filter(|hold| hold.blocks(id)) {
@@ -80,7 +84,7 @@ where
             text,
             target: None,
         };
-        match self.hub.submit(self.room, event).await {
+        match self.hub.submit(&room, event).await {
             Ok(receipt) => {
                 self.in_flight.push_back(receipt);
                 Ok(())

@@ -1,6 +1,7 @@
 //! `typing`: "<name> is typing…" for the others, throttled.
 
-use super::Session;
+use super::rooms::Use;
+use super::{End, Session};
 use crate::protocol::ServerFrame;
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
@@ -11,20 +12,27 @@ impl<S> Session<'_, S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    pub(super) async fn on_typing(&mut self) {
+    pub(super) async fn on_typing(&mut self, room: &str) -> Result<(), End> {
         let Some(name) = self.me.as_ref().map(|me| me.seat.name.clone()) else {
-            return;
+            return Ok(());
         };
         // Browsers throttle too; this keeps a misbehaving client from turning typing into a flood.
         if self
             .last_typing
             .is_some_and(|at| at.elapsed() < Duration::from_millis(900))
         {
-            return;
+            return Ok(());
         }
+        let Some(room) = self.room_for(room, Use::Post, None).await? else {
+            return Ok(());
+        };
         self.last_typing = Some(Instant::now());
-        self.hub.backplane().typing(self.room, &name).await;
-        self.hub
-            .broadcast_ephemeral(self.room, &ServerFrame::Typing { name });
+        self.hub.backplane().typing(&room, &name).await;
+        let frame = ServerFrame::Typing {
+            room: room.to_string(),
+            name,
+        };
+        self.hub.broadcast_ephemeral(&room, &frame);
+        Ok(())
     }
 }

@@ -3,12 +3,12 @@
 
 use super::identity::MAX_DEVICE_CHARS;
 use super::{
-    Appended, EventStore, IdentityError, IdentityStore, NewEvent, SessionInfo, SessionRecord,
-    StoreError, User,
+    Appended, EventStore, IdentityError, IdentityStore, NewEvent, Room, RoomError, RoomStore,
+    SessionInfo, SessionRecord, StoreError, User,
 };
 use crate::protocol::{ChatEvent, EventKind, UserKind, Via};
 use async_trait::async_trait;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use uuid::Uuid;
 
@@ -29,6 +29,8 @@ struct State {
     /// By token hash.
     sessions: HashMap<String, MemSession>,
     users: HashMap<Uuid, MemUser>,
+    /// Rooms besides general, by slug, with their members.
+    directory: HashMap<String, (Room, HashSet<Uuid>)>,
 }
 
 struct MemSession {
@@ -213,6 +215,91 @@ impl MemoryStore {
             .events
             .get_mut(usize::try_from(seq.checked_sub(first)?).ok()?)?;
         Some(then(event))
+    }
+}
+
+#[async_trait]
+impl RoomStore for MemoryStore {
+    async fn create_room(&self, room: &Room, members: &[Uuid], _: i64) -> Result<(), RoomError> {
+        let mut state = self.lock();
+        if state.directory.contains_key(&room.slug) {
+            return Err(RoomError::Taken);
+        }
+        let members = members.iter().copied().collect();
+        state
+            .directory
+            .insert(room.slug.clone(), (room.clone(), members));
+        Ok(())
+    }
+
+    async fn room(&self, slug: &str) -> Result<Option<Room>, StoreError> {
+        Ok(self
+            .lock()
+            .directory
+            .get(slug)
+            .map(|(room, _)| room.clone()))
+    }
+
+    async fn is_member(&self, slug: &str, user: Uuid) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .directory
+            .get(slug)
+            .is_some_and(|(_, members)| members.contains(&user)))
+    }
+
+    async fn add_member(&self, slug: &str, user: Uuid, _: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .directory
+            .get_mut(slug)
+            .is_some_and(|(_, members)| members.insert(user)))
+    }
+
+    async fn remove_member(&self, slug: &str, user: Uuid) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .directory
+            .get_mut(slug)
+            .is_some_and(|(_, members)| members.remove(&user)))
+    }
+
+    async fn rooms_of(&self, user: Uuid) -> Result<Vec<Room>, StoreError> {
+        let mut rooms: Vec<Room> = self
+            .lock()
+            .directory
+            .values()
+            .filter(|(_, members)| members.contains(&user))
+            .map(|(room, _)| room.clone())
+            .collect();
+        rooms.sort_by(|a, b| a.slug.cmp(&b.slug));
+        Ok(rooms)
+    }
+
+    async fn members(&self, slug: &str) -> Result<Vec<User>, StoreError> {
+        let state = self.lock();
+        let Some((_, members)) = state.directory.get(slug) else {
+            return Ok(Vec::new());
+        };
+        let mut users: Vec<User> = members
+            .iter()
+            .filter_map(|id| state.users.get(id).map(|u| u.user.clone()))
+            .collect();
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(users)
+    }
+
+    async fn public_rooms(&self, limit: usize) -> Result<Vec<Room>, StoreError> {
+        let mut rooms: Vec<Room> = self
+            .lock()
+            .directory
+            .values()
+            .filter(|(room, _)| room.kind == crate::protocol::RoomKind::Public && !room.archived)
+            .map(|(room, _)| room.clone())
+            .collect();
+        rooms.sort_by(|a, b| a.slug.cmp(&b.slug));
+        rooms.truncate(limit);
+        Ok(rooms)
     }
 }
 
@@ -595,5 +682,10 @@ mod identity_tests {
     #[tokio::test]
     async fn the_memory_store_keeps_the_identity_contract() {
         super::super::identity::check_contract(&super::MemoryStore::new(10)).await;
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_room_contract() {
+        super::super::rooms::check_contract(&super::MemoryStore::new(10)).await;
     }
 }

@@ -5,11 +5,13 @@
 pub mod identity;
 mod memory;
 mod postgres;
+pub mod rooms;
 mod sqlite;
 
 pub use identity::{IdentityError, IdentityStore, SessionInfo, SessionRecord, User};
 pub use memory::MemoryStore;
 pub use postgres::{PgStore, EVENTS_CHANNEL};
+pub use rooms::{Room, RoomError, RoomStore};
 pub use sqlite::SqliteStore;
 
 use crate::protocol::{ChatEvent, EventKind, UserKind};
@@ -106,6 +108,15 @@ pub trait EventStore: Send + Sync + 'static {
     /// Deletes message `id` from the history: it keeps its place (and sequence number) as a `deleted`
     /// event with no text. Returns whether there was such a message.
     async fn redact(&self, room: &str, id: Uuid) -> Result<bool, StoreError>;
+
+    /// The room's newest sequence number (0 for a room with no events).
+    async fn head(&self, room: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .before(room, u64::MAX, 1)
+            .await?
+            .last()
+            .map_or(0, |e| e.seq))
+    }
 
     /// Flushes and closes; called once on shutdown.
     async fn close(&self) {}

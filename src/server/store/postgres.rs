@@ -194,6 +194,7 @@ impl EventStore for PgStore {
 }
 
 super::identity::sql_identity_store!(PgStore);
+super::rooms::sql_room_store!(PgStore);
 
 /// New events as columns, for one multi-row INSERT.
 #[derive(Default)]

@@ -229,6 +229,7 @@ impl EventStore for SqliteStore {
 }
 
 super::identity::sql_identity_store!(SqliteStore);
+super::rooms::sql_room_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
@@ -492,5 +493,14 @@ mod identity_tests {
             .await
             .unwrap();
         super::super::identity::check_contract(&store).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_keeps_the_room_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteStore::open(&dir.path().join("rooms.db"))
+            .await
+            .unwrap();
+        super::super::rooms::check_contract(&store).await;
     }
 }

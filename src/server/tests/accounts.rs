@@ -138,6 +138,7 @@ async fn a_guest_keeps_their_name_and_nobody_else_can_join_under_it() {
     assert_eq!((guest.kind, guest.via), (UserKind::Guest, Via::Guest));
     let id = Uuid::new_v4();
     ann.send(&ClientFrame::Send {
+        room: GENERAL_ROOM.into(),
         id,
         text: "written as a guest".into(),
     })
@@ -512,6 +513,7 @@ async fn a_burst_over_the_limit_waits_its_turn_and_arrives_in_order() {
     // would let a later message overtake a refused one.
     for (i, id) in ids.iter().enumerate() {
         tab.send(&ClientFrame::Send {
+            room: GENERAL_ROOM.into(),
             id: *id,
             text: text(i),
         })
@@ -558,6 +560,7 @@ async fn a_burst_over_the_limit_waits_its_turn_and_arrives_in_order() {
                 .filter(|(_, id)| !stored.contains(*id))
             {
                 tab.send(&ClientFrame::Send {
+                    room: GENERAL_ROOM.into(),
                     id: *id,
                     text: text(i),
                 })
@@ -596,6 +599,7 @@ async fn more_sockets_do_not_buy_a_faster_rate() {
             (
                 id,
                 ClientFrame::Send {
+                    room: GENERAL_ROOM.into(),
                     id,
                     text: "ok".into(),
                 },
@@ -619,6 +623,7 @@ async fn more_sockets_do_not_buy_a_faster_rate() {
         let mut user = joined(addr, &format!("Crowd{i}")).await;
         let id = Uuid::new_v4();
         user.send(&ClientFrame::Send {
+            room: GENERAL_ROOM.into(),
             id,
             text: "hi".into(),
         })
@@ -664,6 +669,7 @@ async fn authors_and_admins_delete_messages_for_everyone_and_from_history() {
     let said = |text: &str| (Uuid::new_v4(), text.to_owned());
     let (own, own_text) = said("Bo takes this back");
     bo.send(&ClientFrame::Send {
+        room: GENERAL_ROOM.into(),
         id: own,
         text: own_text.clone(),
     })
@@ -671,6 +677,7 @@ async fn authors_and_admins_delete_messages_for_everyone_and_from_history() {
     ack(&mut bo, own).await;
     let (kept, kept_text) = said("Bo keeps this one");
     bo.send(&ClientFrame::Send {
+        room: GENERAL_ROOM.into(),
         id: kept,
         text: kept_text.clone(),
     })
@@ -678,23 +685,40 @@ async fn authors_and_admins_delete_messages_for_everyone_and_from_history() {
     ack(&mut bo, kept).await;
 
     // Someone else's message: refused, and it stays.
-    third.send(&ClientFrame::Delete { id: kept }).await;
+    third
+        .send(&ClientFrame::Delete {
+            room: GENERAL_ROOM.into(),
+            id: kept,
+        })
+        .await;
     let (message, _) = third.expect_error(ErrorCode::NotAllowed).await;
     assert_eq!(message, "Only its author or an admin can delete a message.");
     third
-        .send(&ClientFrame::Delete { id: Uuid::new_v4() })
+        .send(&ClientFrame::Delete {
+            room: GENERAL_ROOM.into(),
+            id: Uuid::new_v4(),
+        })
         .await;
     third.expect_error(ErrorCode::NotFound).await;
 
     // The author deletes their own; everyone is told, live.
-    bo.send(&ClientFrame::Delete { id: own }).await;
+    bo.send(&ClientFrame::Delete {
+        room: GENERAL_ROOM.into(),
+        id: own,
+    })
+    .await;
     for client in [&mut bo, &mut third, &mut admin] {
         let delete = delete_of(client, own).await;
         assert_eq!(delete.name, "Bo");
         assert!(delete.text.is_empty());
     }
     // The admin deletes anyone's.
-    admin.send(&ClientFrame::Delete { id: kept }).await;
+    admin
+        .send(&ClientFrame::Delete {
+            room: GENERAL_ROOM.into(),
+            id: kept,
+        })
+        .await;
     delete_of(&mut third, kept).await;
 
     // Gone from the history too: a new page, a resume and a late reader show neither text.
@@ -725,7 +749,12 @@ async fn authors_and_admins_delete_messages_for_everyone_and_from_history() {
         .iter()
         .any(|e| e.kind == EventKind::Delete && e.target == Some(own)));
     // Deleting it again finds nothing.
-    admin.send(&ClientFrame::Delete { id: own }).await;
+    admin
+        .send(&ClientFrame::Delete {
+            room: GENERAL_ROOM.into(),
+            id: own,
+        })
+        .await;
     admin.expect_error(ErrorCode::NotFound).await;
 }
 
@@ -894,6 +923,7 @@ async fn connect_with_bearer(addr: SocketAddr, token: &str) -> Client {
     Client {
         socket,
         backlog: VecDeque::new(),
+        transcript: Vec::new(),
     }
 }
 
@@ -1139,6 +1169,7 @@ async fn members_only_lets_guests_read_and_join_but_not_post() {
     let id = Uuid::new_v4();
     guest
         .send(&ClientFrame::Send {
+            room: GENERAL_ROOM.into(),
             id,
             text: "may I?".into(),
         })
@@ -1168,6 +1199,7 @@ async fn an_invite_only_chat_shows_strangers_nothing_until_they_use_an_invite() 
     let stores = Stores {
         events: store.clone(),
         identity: store.clone(),
+        rooms: store.clone(),
         backplane: Arc::new(Local),
     };
     let server = Server::start_with(config, Some(stores)).await;

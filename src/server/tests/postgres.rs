@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A throwaway database, dropped by [`TestDb::drop_now`].
-struct TestDb {
+pub(super) struct TestDb {
     admin_url: String,
     name: String,
     url: String,
 }
 
 impl TestDb {
-    async fn create() -> Option<Self> {
+    pub(super) async fn create() -> Option<Self> {
         let Some(admin_url) = std::env::var("CONFAB_TEST_DATABASE_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -49,7 +49,7 @@ impl TestDb {
         })
     }
 
-    fn config(&self) -> Config {
+    pub(super) fn config(&self) -> Config {
         let mut config = Config {
             store: StoreConfig::Postgres(self.url.clone()),
             instance_ttl: Duration::from_millis(1_500),
@@ -65,7 +65,7 @@ impl TestDb {
         sqlx::PgPool::connect(&self.url).await.unwrap()
     }
 
-    async fn drop_now(self) {
+    pub(super) async fn drop_now(self) {
         let admin = sqlx::PgPool::connect(&self.admin_url).await.unwrap();
         let _ = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -132,6 +132,7 @@ fn says(text: &str) -> (Uuid, ClientFrame) {
     (
         id,
         ClientFrame::Send {
+            room: GENERAL_ROOM.into(),
             id,
             text: text.into(),
         },
@@ -277,7 +278,7 @@ async fn names_presence_and_typing_span_instances() {
     let mut bob = connect_as(b.addr, &bob_browser, "").await;
     let online = bob
         .next_matching(|f| match f {
-            ServerFrame::Presence { online } => Some(online.clone()),
+            ServerFrame::Presence { online, .. } => Some(online.clone()),
             _ => None,
         })
         .await;
@@ -293,10 +294,13 @@ async fn names_presence_and_typing_span_instances() {
         })
         .await;
     assert_eq!(rejoined, "Ann");
-    ann.send(&ClientFrame::Typing).await;
+    ann.send(&ClientFrame::Typing {
+        room: GENERAL_ROOM.into(),
+    })
+    .await;
     let typing = bob
         .next_matching(|f| match f {
-            ServerFrame::Typing { name } => Some(name.clone()),
+            ServerFrame::Typing { name, .. } => Some(name.clone()),
             _ => None,
         })
         .await;
@@ -653,6 +657,17 @@ async fn postgres_keeps_the_identity_contract() {
 }
 
 #[tokio::test]
+async fn postgres_keeps_the_room_contract() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::open(&db.url).await.unwrap();
+    crate::server::store::rooms::check_contract(&store).await;
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
 async fn a_postgres_database_from_before_accounts_keeps_its_history_names_and_sessions() {
     use crate::server::store::IdentityStore;
     let Some(db) = TestDb::create().await else {
@@ -787,5 +802,86 @@ async fn accounts_span_instances_and_a_sign_out_on_one_closes_tabs_on_the_other(
         Some(crate::server::session::CLOSE_SIGNED_OUT)
     );
     assert_eq!(boot_of(&get_as(b.addr, "/", &token).await).me, None);
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_and_direct_messages_span_instances_and_stay_private() {
+    use super::rooms::{assert_never_heard, create, event_in, in_room, room_frame, settle};
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let a = Server::start(db.config()).await;
+    let b = Server::start(db.config()).await;
+    let mut ann = joined(a.addr, "Ann").await;
+    let mut bo = joined(b.addr, "Bo").await;
+    let mut cy = joined(b.addr, "Cy").await;
+
+    // An invitation on A reaches Bo's socket on B, and the room's messages cross both ways.
+    let ops = create(&mut ann, "Ops", true).await;
+    ann.send(&ClientFrame::Invite {
+        room: ops.slug.clone(),
+        name: "Bo".into(),
+    })
+    .await;
+    assert_eq!(room_frame(&mut bo).await.slug, ops.slug);
+    let (_, frame) = in_room(&ops.slug, "deploy at noon");
+    ann.send(&frame).await;
+    while event_in(&mut bo, &ops.slug).await.text != "deploy at noon" {}
+    let (_, frame) = in_room(&ops.slug, "ok from B");
+    bo.send(&frame).await;
+    while event_in(&mut ann, &ops.slug).await.text != "ok from B" {}
+
+    // A DM opened on B appears on A at once.
+    bo.send(&ClientFrame::Dm {
+        with: vec!["Ann".into()],
+    })
+    .await;
+    let dm = room_frame(&mut bo).await;
+    assert_eq!(room_frame(&mut ann).await.slug, dm.slug);
+    let (_, frame) = in_room(&dm.slug, "a word in private");
+    ann.send(&frame).await;
+    assert_eq!(event_in(&mut bo, &dm.slug).await.text, "a word in private");
+
+    // Removed on A, Bo's socket on B stops hearing the room before anything more is said in it.
+    ann.send(&ClientFrame::Remove {
+        room: ops.slug.clone(),
+        name: "Bo".into(),
+    })
+    .await;
+    let gone = bo
+        .next_matching(|f| match f {
+            ServerFrame::RoomGone { room } => Some(room.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(gone, ops.slug);
+    let (_, frame) = in_room(&ops.slug, "after Bo was removed");
+    ann.send(&frame).await;
+    while event_in(&mut ann, &ops.slug).await.text != "after Bo was removed" {}
+    let (_, frame) = in_room(&ops.slug, "Bo again");
+    bo.send(&frame).await;
+    bo.expect_error(ErrorCode::NotFound).await;
+    settle(&mut bo, Duration::from_millis(300)).await;
+    assert!(!bo
+        .transcript
+        .iter()
+        .any(|f| f.contains("after Bo was removed")));
+
+    // Cy, on B beside Bo, heard nothing of either room.
+    settle(&mut cy, Duration::from_millis(300)).await;
+    assert_never_heard(
+        &cy,
+        "Cy",
+        &[
+            ops.slug.as_str(),
+            dm.slug.as_str(),
+            "deploy at noon",
+            "a word in private",
+            "after Bo was removed",
+        ],
+    );
+    a.stop().await;
+    b.stop().await;
     db.drop_now().await;
 }

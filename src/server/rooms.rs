@@ -1,0 +1,119 @@
+//! Who may see which room: the one place the rule lives, for the socket, the pages and the API.
+//!
+//! `general` is everyone's and is not stored. A public room may be read by anyone and joined by anyone;
+//! a private or direct room exists only for its members: to everyone else it answers exactly as a room
+//! that does not exist.
+
+use super::store::{EventStore, Room, RoomStore, StoreError};
+use crate::protocol::{RoomInfo, RoomKind, GENERAL_ROOM};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The answer about a room one may not see, the same as about one that does not exist.
+pub const NO_SUCH_ROOM: &str = "There is no such room.";
+
+/// A room as one user may see it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub room: Room,
+    pub member: bool,
+}
+
+/// The rooms, their members, and the rule of who sees what; cheap to clone.
+#[derive(Clone)]
+pub struct Directory {
+    pub store: Arc<dyn RoomStore>,
+    events: Arc<dyn EventStore>,
+    /// Rooms a user may create: a burst of 5, then one a minute.
+    creations: Arc<DefaultKeyedRateLimiter<Uuid>>,
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn RoomStore>, events: Arc<dyn EventStore>) -> Self {
+        let quota =
+            Quota::per_minute(NonZeroU32::new(1).unwrap()).allow_burst(NonZeroU32::new(5).unwrap());
+        Self {
+            store,
+            events,
+            creations: Arc::new(RateLimiter::keyed(quota)),
+        }
+    }
+
+    /// `general`, which everyone is in.
+    pub fn general() -> Room {
+        Room {
+            slug: GENERAL_ROOM.to_owned(),
+            name: GENERAL_ROOM.to_owned(),
+            topic: String::new(),
+            kind: RoomKind::Public,
+            created_by: Uuid::nil(),
+            created_at: 0,
+            archived: false,
+        }
+    }
+
+    /// Room `slug` as `user` (or a reader, with `None`) may see it; `None` for a room that does not
+    /// exist and for one they may not see alike.
+    pub async fn visible(
+        &self,
+        slug: &str,
+        user: Option<Uuid>,
+    ) -> Result<Option<Seen>, StoreError> {
+        if slug == GENERAL_ROOM {
+            return Ok(Some(Seen {
+                room: Self::general(),
+                member: user.is_some(),
+            }));
+        }
+        let Some(room) = self.store.room(slug).await? else {
+            return Ok(None);
+        };
+        let member = match user {
+            Some(user) => self.store.is_member(slug, user).await?,
+            None => false,
+        };
+        Ok((member || room.kind == RoomKind::Public).then_some(Seen { room, member }))
+    }
+
+    /// The rooms `user` is in: `general` first, then the others by slug.
+    pub async fn rooms_of(&self, user: Option<Uuid>) -> Result<Vec<Room>, StoreError> {
+        let mut rooms = vec![Self::general()];
+        if let Some(user) = user {
+            rooms.extend(self.store.rooms_of(user).await?);
+        }
+        Ok(rooms)
+    }
+
+    /// What a connection is told of a room.
+    pub async fn info(&self, seen: &Seen) -> Result<RoomInfo, StoreError> {
+        let room = &seen.room;
+        let members = if room.kind == RoomKind::Direct {
+            let members = self.store.members(&room.slug).await?;
+            members.into_iter().map(|user| user.name).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(RoomInfo {
+            slug: room.slug.clone(),
+            name: room.name.clone(),
+            topic: room.topic.clone(),
+            kind: room.kind,
+            members,
+            member: seen.member,
+            archived: room.archived,
+            head: self.events.head(&room.slug).await?,
+        })
+    }
+
+    /// Counts one room created by `user`; refused with how long until one would be allowed.
+    pub fn may_create(&self, user: Uuid) -> Result<(), Duration> {
+        let now = DefaultClock::default().now();
+        self.creations
+            .check_key(&user)
+            .map_err(|denied| denied.wait_time_from(now))
+    }
+}

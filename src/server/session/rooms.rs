@@ -1,0 +1,367 @@
+//! The rooms a connection hears: `general` and the user's rooms, kept in step with the store when they
+//! change; `open` (a room's history) and `browse` (the public rooms).
+
+use super::history::{read_start, Replay};
+use super::{End, Heard, Session, Start};
+use crate::protocol::{ErrorCode, RoomKind, ServerFrame, GENERAL_ROOM};
+use crate::server::rooms::{Seen, NO_SUCH_ROOM};
+use crate::server::store::StoreError;
+use axum::extract::ws::Message;
+use futures_util::{Sink, Stream};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// How many public rooms `browse` lists.
+const DIRECTORY_LIMIT: usize = 500;
+
+/// What a frame about a room may do with it.
+pub(super) enum Use {
+    /// Read it: its history, its presence.
+    Read,
+    /// Post in it: the user must be a member, and it must not be archived.
+    Post,
+}
+
+impl<S> Session<'_, S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    /// Every connection hears `general`, joined or not.
+    pub(super) fn hear_general(&mut self) {
+        let slug = self
+            .hub
+            .subscribe(GENERAL_ROOM, uuid::Uuid::nil(), &self.mailbox);
+        self.rooms.insert(
+            slug,
+            Heard {
+                last_seq: 0,
+                member: false,
+                archived: false,
+                anchored: false,
+            },
+        );
+    }
+
+    /// Subscribes to room `seen` (again, if already: its user may have changed), anchored at `head` if
+    /// it was not heard yet.
+    pub(super) fn hear(&mut self, seen: &Seen, head: u64) -> Arc<str> {
+        let user = self.user_id().unwrap_or_default();
+        let slug = self.hub.subscribe(&seen.room.slug, user, &self.mailbox);
+        let heard = self.rooms.entry(slug.clone()).or_insert(Heard {
+            last_seq: head,
+            member: seen.member,
+            archived: seen.room.archived,
+            anchored: true,
+        });
+        heard.member = seen.member;
+        heard.archived = seen.room.archived;
+        slug
+    }
+
+    /// Whether the user is (still) a member of `room`, read after subscribing to it: a removal that
+    /// commits before this read is seen here, and one after it evicts the subscription.
+    async fn still_member(&mut self, room: &str) -> bool {
+        let Some(user) = self.user_id() else {
+            return false;
+        };
+        self.ctx
+            .rooms
+            .store
+            .is_member(room, user)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Stops hearing `room`.
+    fn stop_hearing(&mut self, room: &str) {
+        self.rooms.remove(room);
+        self.hub.unsubscribe(room, &self.mailbox);
+    }
+
+    /// On the way out: every room forgets this connection.
+    pub(super) fn unsubscribe_all(&mut self) {
+        for room in std::mem::take(&mut self.rooms).into_keys() {
+            self.hub.unsubscribe(&room, &self.mailbox);
+        }
+    }
+
+    /// Reads the user's rooms and hears exactly those (plus public rooms being read). First, the whole
+    /// list goes out as a `rooms` frame; later, each change as `room` or `room_gone`.
+    pub(super) async fn sync_rooms(&mut self, first: bool) -> Result<(), End> {
+        let user = self.user_id();
+        let wanted = match self.ctx.rooms.rooms_of(user).await {
+            Ok(rooms) => rooms,
+            Err(err) => return self.store_failed(err, first).await,
+        };
+        // Subscribed first, then confirmed: a removal that lands between the read above and the
+        // subscription is either seen by the second read or evicts the subscription itself.
+        let mut heard = Vec::with_capacity(wanted.len());
+        for room in wanted {
+            let seen = Seen {
+                member: user.is_some(),
+                room,
+            };
+            let before = self.rooms.get(seen.room.slug.as_str()).copied();
+            let slug = self.hear(&seen, 0);
+            if before.is_none() {
+                if let Some(heard) = self.rooms.get_mut(&slug) {
+                    heard.anchored = false;
+                }
+            }
+            heard.push((seen, slug, before));
+        }
+        if heard
+            .iter()
+            .any(|(_, slug, before)| before.is_none() && **slug != *GENERAL_ROOM)
+        {
+            let confirmed = match self.ctx.rooms.rooms_of(user).await {
+                Ok(rooms) => rooms,
+                Err(err) => return self.store_failed(err, first).await,
+            };
+            let confirmed: HashSet<&str> = confirmed.iter().map(|r| r.slug.as_str()).collect();
+            let (kept, lost): (Vec<_>, Vec<_>) = heard
+                .into_iter()
+                .partition(|(_, slug, _)| confirmed.contains(&**slug));
+            // Rooms heard before fall to the `room_gone` below; new ones were never announced.
+            for (_, slug, _) in lost.iter().filter(|(_, _, before)| before.is_none()) {
+                self.stop_hearing(slug);
+            }
+            heard = kept;
+        }
+        let mut listed = Vec::with_capacity(heard.len());
+        let mut keep: HashSet<String> = HashSet::with_capacity(heard.len());
+        for (seen, slug, before) in heard {
+            keep.insert(seen.room.slug.clone());
+            let known = before.is_some_and(|heard| heard.member == seen.member);
+            // Subscribed before the head is read: frames up to the head are history, later ones live.
+            let info = match self.ctx.rooms.info(&seen).await {
+                Ok(info) => info,
+                Err(err) => return self.store_failed(err, first).await,
+            };
+            // Only a room not anchored yet is anchored at its head: one anchored already may have
+            // frames queued below the head that are still to be written.
+            if let Some(heard) = self.rooms.get_mut(&slug).filter(|h| !h.anchored) {
+                heard.last_seq = heard.last_seq.max(info.head);
+                heard.anchored = true;
+            }
+            if first {
+                listed.push(info);
+            } else if !known {
+                self.send_frame(&ServerFrame::Room(info)).await?;
+            }
+        }
+        let dropped: Vec<Arc<str>> = self
+            .rooms
+            .iter()
+            .filter(|(slug, heard)| !keep.contains(&***slug) && heard.member)
+            .map(|(slug, _)| slug.clone())
+            .collect();
+        for slug in dropped {
+            self.stop_hearing(&slug);
+            self.send_frame(&ServerFrame::RoomGone {
+                room: slug.to_string(),
+            })
+            .await?;
+        }
+        if first {
+            self.send_frame(&ServerFrame::Rooms { rooms: listed })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn store_failed(&mut self, err: StoreError, starting: bool) -> Result<(), End> {
+        tracing::error!(error = %err, "reading rooms failed");
+        if starting {
+            return Err(self.close_unavailable().await);
+        }
+        self.send_unavailable(None).await
+    }
+
+    /// Room `slug` for `usage`, heard from now on if it was not: `None` (after the answer was sent) when
+    /// the user may not. A room they may not see gets `not_found`, as one that does not exist.
+    pub(super) async fn room_for(
+        &mut self,
+        slug: &str,
+        usage: Use,
+        id: Option<uuid::Uuid>,
+    ) -> Result<Option<Arc<str>>, End> {
+        let heard = self.rooms.get_key_value(slug).map(|(k, h)| (k.clone(), *h));
+        let (slug, heard) = match heard {
+            Some((slug, heard)) if heard.member || matches!(usage, Use::Read) => (slug, heard),
+            _ => {
+                // Not heard yet (or only read): ask the store, which knows of invitations this
+                // connection has not heard of yet.
+                let seen = match self.ctx.rooms.visible(slug, self.user_id()).await {
+                    Ok(seen) => seen,
+                    Err(err) => {
+                        tracing::error!(error = %err, "reading a room failed");
+                        self.send_unavailable(id).await?;
+                        return Ok(None);
+                    }
+                };
+                let Some(seen) = seen else {
+                    self.send_error(ErrorCode::NotFound, NO_SUCH_ROOM, id)
+                        .await?;
+                    return Ok(None);
+                };
+                let head = match self.hub.store().head(&seen.room.slug).await {
+                    Ok(head) => head,
+                    Err(err) => {
+                        tracing::error!(error = %err, "reading a room's head failed");
+                        self.send_unavailable(id).await?;
+                        return Ok(None);
+                    }
+                };
+                let slug = self.hear(&seen, head);
+                if seen.room.kind != RoomKind::Public && !self.still_member(&slug).await {
+                    self.stop_hearing(&slug);
+                    self.send_error(ErrorCode::NotFound, NO_SUCH_ROOM, id)
+                        .await?;
+                    return Ok(None);
+                }
+                (slug.clone(), self.rooms[&slug])
+            }
+        };
+        if let Use::Post = usage {
+            if self.me.is_none() {
+                self.send_error(
+                    ErrorCode::NotJoined,
+                    "Join the chat with a name before sending.",
+                    id,
+                )
+                .await?;
+                return Ok(None);
+            }
+            if !heard.member {
+                let message = format!("Join #{slug} to post in it.");
+                self.send_error(ErrorCode::NotAllowed, &message, id).await?;
+                return Ok(None);
+            }
+            if heard.archived {
+                let message = format!("#{slug} is archived: nobody posts in it any more.");
+                self.send_error(ErrorCode::NotAllowed, &message, id).await?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(slug))
+    }
+
+    /// `open`: the history of `room` from `start` (events one by one after a cursor, or a reset with the
+    /// recent page), then who of it is online.
+    pub(super) async fn open(&mut self, room: &str, start: Start) -> Result<(), End> {
+        let Some(slug) = self.room_for(room, Use::Read, None).await? else {
+            return Ok(());
+        };
+        let fresh_page = matches!(start, Start::Recent) && &*slug != GENERAL_ROOM;
+        match read_start(self.hub.store(), &slug, start).await {
+            // `general` keeps the frames of a connection from before rooms: its recent page as events.
+            Ok(Replay::Events(events)) if !fresh_page => {
+                // After a cursor, everything up to it is what the client has, even if nothing followed.
+                let cursor = match start {
+                    Start::After(after) => after,
+                    Start::Recent => 0,
+                };
+                let last = Some(events.last().map_or(cursor, |e| e.seq.max(cursor)));
+                for event in events {
+                    self.send_text(ServerFrame::encode_event(&event).into())
+                        .await?;
+                }
+                self.heard_up_to(&slug, last);
+            }
+            Ok(Replay::Events(events) | Replay::Reset(events)) => {
+                self.heard_up_to(&slug, events.last().map(|e| e.seq));
+                let complete = crate::protocol::reaches_first_event(&events);
+                self.send_frame(&ServerFrame::Reset {
+                    room: slug.to_string(),
+                    events,
+                    complete,
+                })
+                .await?;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reading history failed");
+                return Err(self.close_unavailable().await);
+            }
+        }
+        if &*slug != GENERAL_ROOM {
+            // `general` sends its presence after the identity, as it always has.
+            self.send_room_presence(&slug).await?;
+        }
+        Ok(())
+    }
+
+    fn heard_up_to(&mut self, room: &str, seq: Option<u64>) {
+        if let Some(heard) = self.rooms.get_mut(room) {
+            heard.last_seq = heard.last_seq.max(seq.unwrap_or(0));
+            heard.anchored = true;
+        }
+    }
+
+    /// Who of `room`'s members is online now (for a public room without members yet, nobody).
+    async fn send_room_presence(&mut self, room: &str) -> Result<(), End> {
+        let members = match self.ctx.rooms.store.members(room).await {
+            Ok(members) => members,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading a room's members failed");
+                Vec::new()
+            }
+        };
+        // Who is online in the chat, on every instance; names are the chat's, so a name online is its
+        // member's.
+        let here = self.presence().online_keyed();
+        let everyone = match self
+            .hub
+            .backplane()
+            .online(GENERAL_ROOM, here.clone())
+            .await
+        {
+            Ok(online) => online,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading who is online elsewhere failed");
+                crate::server::presence::names_of(here)
+            }
+        };
+        let everyone: HashSet<String> = everyone.into_iter().collect();
+        let online = members
+            .into_iter()
+            .filter(|user| everyone.contains(&user.name))
+            .map(|user| user.name)
+            .collect();
+        self.send_frame(&ServerFrame::Presence {
+            room: room.to_owned(),
+            online,
+        })
+        .await
+    }
+
+    /// `browse`: the public rooms, each saying whether the user is in it.
+    pub(super) async fn on_browse(&mut self) -> Result<(), End> {
+        let rooms = match self.ctx.rooms.store.public_rooms(DIRECTORY_LIMIT).await {
+            Ok(rooms) => rooms,
+            Err(err) => {
+                tracing::error!(error = %err, "listing rooms failed");
+                return self.send_unavailable(None).await;
+            }
+        };
+        let mut listed = Vec::with_capacity(rooms.len() + 1);
+        for room in std::iter::once(crate::server::rooms::Directory::general()).chain(rooms) {
+            let member = self
+                .rooms
+                .get(room.slug.as_str())
+                .is_some_and(|heard| heard.member)
+                || (room.slug == GENERAL_ROOM && self.me.is_some());
+            let seen = Seen { room, member };
+            match self.ctx.rooms.info(&seen).await {
+                Ok(info) if info.kind == RoomKind::Public => listed.push(info),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "listing rooms failed");
+                    return self.send_unavailable(None).await;
+                }
+            }
+        }
+        self.send_frame(&ServerFrame::Directory { rooms: listed })
+            .await
+    }
+}

@@ -1,0 +1,25 @@
+-- Rooms besides general, and who is in them. Events already name their room by slug, so history written
+-- before rooms existed stays general's, untouched. general itself has no row: everyone is in it.
+CREATE TABLE directory (
+    -- Derived from the name (lower-case letters and digits joined by '-'), or 'dm.' and a hash of the member
+    -- set for a direct room, so a DM between the same people is found by its key alone.
+    slug TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    topic TEXT NOT NULL DEFAULT '',
+    -- public | private | direct
+    kind TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    archived BOOLEAN NOT NULL DEFAULT FALSE
+) WITHOUT ROWID;
+
+CREATE INDEX directory_by_kind ON directory (kind, slug);
+
+CREATE TABLE memberships (
+    room TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    joined_at INTEGER NOT NULL,
+    PRIMARY KEY (room, user_id)
+) WITHOUT ROWID;
+
+CREATE INDEX memberships_by_user ON memberships (user_id, room);
