@@ -25,20 +25,9 @@ where
         raw_topic: &str,
         private: bool,
     ) -> Result<(), End> {
-        let Some(me) = self.me.clone() else {
-            return self
-                .send_error(
-                    ErrorCode::NotJoined,
-                    "Join the chat with a name before creating a room.",
-                    None,
-                )
-                .await;
+        let Some(me) = self.poster("creating a room").await? else {
+            return Ok(());
         };
-        if self.ctx.config.access == Access::Members && me.identity.kind == UserKind::Guest {
-            return self
-                .send_error(ErrorCode::MembersOnly, super::MEMBERS_ONLY, None)
-                .await;
-        }
         let checked = validate_room_name(raw_name)
             .and_then(|(name, slug)| Ok((name, slug, validate_topic(raw_topic)?)));
         let (name, slug, topic) = match checked {
@@ -136,12 +125,38 @@ where
         }
     }
 
+    /// Who may start something new (a room, a conversation): a joined user, and not a guest where
+    /// only members may post. `None` after saying why not.
+    pub(super) async fn poster(&mut self, doing: &str) -> Result<Option<super::Me>, End> {
+        let Some(me) = self.me.clone() else {
+            let message = format!("Join the chat with a name before {doing}.");
+            self.send_error(ErrorCode::NotJoined, &message, None)
+                .await?;
+            return Ok(None);
+        };
+        if self.ctx.config.access == Access::Members && me.identity.kind == UserKind::Guest {
+            self.send_error(ErrorCode::MembersOnly, super::MEMBERS_ONLY, None)
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some(me))
+    }
+
     /// The room `slug`, which the user must be in, read in full from the store (its owner, its kind).
-    pub(super) async fn own_room(&mut self, slug: &str) -> Result<Option<Room>, End> {
+    /// A direct room's members are fixed: it is refused with `direct`.
+    pub(super) async fn managed_room(
+        &mut self,
+        slug: &str,
+        direct: &str,
+    ) -> Result<Option<Room>, End> {
         let Some(slug) = self.room_for(slug, Use::Post, None).await? else {
             return Ok(None);
         };
         match self.ctx.rooms.store.room(&slug).await {
+            Ok(Some(room)) if room.kind == RoomKind::Direct => {
+                self.send_error(ErrorCode::NotAllowed, direct, None).await?;
+                Ok(None)
+            }
             Ok(Some(room)) => Ok(Some(room)),
             Ok(None) => {
                 self.send_error(

@@ -2,7 +2,7 @@
 //! the hash of the member set, so opening it again is one lookup.
 
 use super::{End, Session};
-use crate::protocol::{Access, ErrorCode, RoomKind, UserKind, MAX_DM_MEMBERS};
+use crate::protocol::{ErrorCode, RoomKind, MAX_DM_MEMBERS};
 use crate::server::backplane::SessionSignal;
 use crate::server::hub::now_ms;
 use crate::server::rooms::Seen;
@@ -16,20 +16,9 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     pub(super) async fn on_dm(&mut self, with: &[String]) -> Result<(), End> {
-        let Some(me) = self.me.clone() else {
-            return self
-                .send_error(
-                    ErrorCode::NotJoined,
-                    "Join the chat with a name before writing to someone.",
-                    None,
-                )
-                .await;
+        let Some(me) = self.poster("writing to someone").await? else {
+            return Ok(());
         };
-        if self.ctx.config.access == Access::Members && me.identity.kind == UserKind::Guest {
-            return self
-                .send_error(ErrorCode::MembersOnly, super::MEMBERS_ONLY, None)
-                .await;
-        }
         if with.is_empty() || with.len() >= MAX_DM_MEMBERS * 2 {
             return self.too_many().await;
         }

@@ -167,8 +167,18 @@ where
             }
             self.seat_user(user, via).await?;
         }
+        let online = self.online_everywhere().await;
+        self.send_frame(&ServerFrame::Presence {
+            room: GENERAL_ROOM.to_owned(),
+            online,
+        })
+        .await
+    }
+
+    /// Everyone online in the chat, on every instance (just this one's, if the others cannot be asked).
+    pub(super) async fn online_everywhere(&mut self) -> Vec<String> {
         let here = self.presence().online_keyed();
-        let online = match self
+        match self
             .hub
             .backplane()
             .online(GENERAL_ROOM, here.clone())
@@ -179,12 +189,7 @@ where
                 tracing::warn!(error = %err, "reading who is online elsewhere failed");
                 crate::server::presence::names_of(here)
             }
-        };
-        self.send_frame(&ServerFrame::Presence {
-            room: GENERAL_ROOM.to_owned(),
-            online,
-        })
-        .await
+        }
     }
 
     /// Seats `user` (this browser's own, or a token's) and tells the client who it is.

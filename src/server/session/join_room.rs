@@ -1,7 +1,7 @@
 //! `join_room` and `leave_room`: coming into a public room, and going out of a room.
 
 use super::{End, Session};
-use crate::protocol::{ErrorCode, EventKind, RoomKind, GENERAL_ROOM};
+use crate::protocol::{ErrorCode, EventKind, GENERAL_ROOM};
 use crate::server::hub::now_ms;
 use crate::server::rooms::NO_SUCH_ROOM;
 use axum::extract::ws::Message;
@@ -69,18 +69,10 @@ where
                 .send_error(ErrorCode::NotAllowed, "Everyone is in #general.", None)
                 .await;
         }
-        let Some(room) = self.own_room(room).await? else {
+        let direct = "A direct conversation cannot be left.";
+        let Some(room) = self.managed_room(room, direct).await? else {
             return Ok(());
         };
-        if room.kind == RoomKind::Direct {
-            return self
-                .send_error(
-                    ErrorCode::NotAllowed,
-                    "A direct conversation cannot be left.",
-                    None,
-                )
-                .await;
-        }
         let user = me.identity.user_id;
         match self.ctx.rooms.store.remove_member(&room.slug, user).await {
             Ok(_) => {}

@@ -2,7 +2,7 @@
 //! stream of the room stops at once, on every connection and instance.
 
 use super::{End, Session};
-use crate::protocol::{validate_name, ErrorCode, EventKind, RoomKind, GENERAL_ROOM};
+use crate::protocol::{validate_name, ErrorCode, EventKind, GENERAL_ROOM};
 use crate::server::backplane::SessionSignal;
 use crate::server::hub::now_ms;
 use crate::server::names::name_key;
@@ -55,18 +55,10 @@ where
     }
 
     pub(super) async fn on_invite(&mut self, room: &str, name: &str) -> Result<(), End> {
-        let Some(room) = self.own_room(room).await? else {
+        let direct = "Nobody can be added to a direct conversation: start a new one with everyone.";
+        let Some(room) = self.managed_room(room, direct).await? else {
             return Ok(());
         };
-        if room.kind == RoomKind::Direct {
-            return self
-                .send_error(
-                    ErrorCode::NotAllowed,
-                    "Nobody can be added to a direct conversation: start a new one with everyone.",
-                    None,
-                )
-                .await;
-        }
         let Some(guest) = self.person(name).await? else {
             return Ok(());
         };
@@ -99,7 +91,8 @@ where
         let Some(me) = self.me.clone() else {
             return Ok(());
         };
-        let Some(room) = self.own_room(room).await? else {
+        let direct = "Nobody can be removed from a direct conversation.";
+        let Some(room) = self.managed_room(room, direct).await? else {
             return Ok(());
         };
         if room.created_by != me.identity.user_id && !me.identity.admin {
@@ -107,15 +100,6 @@ where
                 .send_error(
                     ErrorCode::NotAllowed,
                     "Only the room's owner or an admin can remove people from it.",
-                    None,
-                )
-                .await;
-        }
-        if room.kind == RoomKind::Direct {
-            return self
-                .send_error(
-                    ErrorCode::NotAllowed,
-                    "Nobody can be removed from a direct conversation.",
                     None,
                 )
                 .await;

@@ -309,19 +309,7 @@ where
         };
         // Who is online in the chat, on every instance; names are the chat's, so a name online is its
         // member's.
-        let here = self.presence().online_keyed();
-        let everyone = match self
-            .hub
-            .backplane()
-            .online(GENERAL_ROOM, here.clone())
-            .await
-        {
-            Ok(online) => online,
-            Err(err) => {
-                tracing::warn!(error = %err, "reading who is online elsewhere failed");
-                crate::server::presence::names_of(here)
-            }
-        };
+        let everyone = self.online_everywhere().await;
         let everyone: HashSet<String> = everyone.into_iter().collect();
         let online = members
             .into_iter()

@@ -849,12 +849,7 @@ async fn rooms_and_direct_messages_span_instances_and_stay_private() {
         name: "Bo".into(),
     })
     .await;
-    let gone = bo
-        .next_matching(|f| match f {
-            ServerFrame::RoomGone { room } => Some(room.clone()),
-            _ => None,
-        })
-        .await;
+    let gone = super::rooms::room_gone(&mut bo).await;
     assert_eq!(gone, ops.slug);
     let (_, frame) = in_room(&ops.slug, "after Bo was removed");
     ann.send(&frame).await;

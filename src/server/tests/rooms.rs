@@ -27,6 +27,16 @@ pub(super) async fn room_frame(client: &mut Client) -> RoomInfo {
         .await
 }
 
+/// The next `room_gone` frame's room.
+pub(super) async fn room_gone(client: &mut Client) -> String {
+    client
+        .next_matching(|f| match f {
+            ServerFrame::RoomGone { room } => Some(room.clone()),
+            _ => None,
+        })
+        .await
+}
+
 /// The next event of `room`.
 pub(super) async fn event_in(client: &mut Client, room: &str) -> ChatEvent {
     client
@@ -313,12 +323,7 @@ async fn a_removed_member_stops_hearing_the_room_at_once() {
         name: "Bo".into(),
     })
     .await;
-    let gone = bo
-        .next_matching(|f| match f {
-            ServerFrame::RoomGone { room } => Some(room.clone()),
-            _ => None,
-        })
-        .await;
+    let gone = room_gone(&mut bo).await;
     assert_eq!(gone, room.slug);
     let (_, frame) = in_room(&room.slug, "after Bo left");
     ann.send(&frame).await;
@@ -480,12 +485,7 @@ async fn joining_a_room_says_so_there_and_each_room_resumes_from_its_own_cursor(
         room: "design".into(),
     })
     .await;
-    let gone = bo
-        .next_matching(|f| match f {
-            ServerFrame::RoomGone { room } => Some(room.clone()),
-            _ => None,
-        })
-        .await;
+    let gone = room_gone(&mut bo).await;
     assert_eq!(gone, "design");
     loop {
         let event = event_in(&mut ann, "design").await;
