@@ -220,10 +220,12 @@ pub enum ClientFrame {
     Dm { with: Vec<String> },
     /// List the public rooms, answered by [`ServerFrame::Directory`].
     Browse,
+    /// The user has read `room` up to `seq`: kept on the server, so every device and tab agrees.
+    Read { room: String, seq: u64 },
 }
 
 /// The `type` values [`ClientFrame`] accepts, used to tell an unknown type from a malformed known one.
-pub const CLIENT_FRAME_TYPES: [&str; 15] = [
+pub const CLIENT_FRAME_TYPES: [&str; 16] = [
     "join",
     "send",
     "typing",
@@ -239,6 +241,7 @@ pub const CLIENT_FRAME_TYPES: [&str; 15] = [
     "remove",
     "dm",
     "browse",
+    "read",
 ];
 
 /// Whether a room is listed, invite-only, or between particular people.
@@ -288,6 +291,27 @@ pub struct RoomInfo {
     /// The room's newest sequence number when this was sent.
     #[serde(default)]
     pub head: u64,
+    /// The last sequence number the user has read here, on any device.
+    #[serde(default)]
+    pub last_read: u64,
+    /// Messages by others after `last_read` (counted up to [`RESUME_LIMIT`]).
+    #[serde(default)]
+    pub unread: u32,
+    /// How many of those mention the user (`@name`).
+    #[serde(default)]
+    pub mentions: u32,
+}
+
+/// Whether `text` mentions the person called `name`: `@name`, in any case, not inside a longer word (so
+/// not an e-mail address either).
+pub fn mentions(text: &str, name: &str) -> bool {
+    let text = crate::unicode::to_lower(text);
+    let wanted = format!("@{}", crate::unicode::to_lower(name));
+    text.match_indices(&wanted).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + wanted.len()..].chars().next();
+        before.is_none_or(|c| !c.is_alphanumeric()) && after.is_none_or(|c| !c.is_alphanumeric())
+    })
 }
 
 /// A frame the server sends.
@@ -340,6 +364,8 @@ pub enum ServerFrame {
     RoomGone { room: String },
     /// The public rooms, for "Browse rooms".
     Directory { rooms: Vec<RoomInfo> },
+    /// The user read `room` up to `seq` (in this tab or another, on any device): clear its badge.
+    Read { room: String, seq: u64 },
     /// The `leave` succeeded; the connection stays open as a reader.
     Left,
     /// A frame was refused. `id` names the refused message when there was one; `retry_after_ms`, with
@@ -880,6 +906,9 @@ mod tests {
                     member: true,
                     archived: false,
                     head: 3,
+                    last_read: 2,
+                    unread: 1,
+                    mentions: 1,
                 }],
             },
             ServerFrame::Room(RoomInfo {
@@ -891,6 +920,9 @@ mod tests {
                 member: true,
                 archived: true,
                 head: 0,
+                last_read: 0,
+                unread: 0,
+                mentions: 0,
             }),
             ServerFrame::RoomGone {
                 room: "design".into(),
@@ -1047,6 +1079,17 @@ mod tests {
             .as_deref(),
             Some("Zoë has left #design.")
         );
+    }
+
+    #[test]
+    fn mentions_are_whole_names_in_any_case() {
+        assert!(mentions("hi @Ann", "ann"));
+        assert!(mentions("@ANN, look", "Ann"));
+        assert!(mentions("cc @zoë.", "Zoë"));
+        assert!(mentions("@Ann Lee: yes", "Ann Lee"));
+        assert!(!mentions("hi @Annabel", "Ann"));
+        assert!(!mentions("hi Ann", "Ann"));
+        assert!(!mentions("mail ann@example.com", "example"));
     }
 
     #[test]

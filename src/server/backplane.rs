@@ -29,6 +29,8 @@ pub enum SessionSignal {
     Changed,
     /// The user's rooms changed (invited, joined, a DM opened elsewhere): read them again.
     Rooms,
+    /// The user read further somewhere (another tab or device): read the marks again.
+    Read,
 }
 
 impl SessionSignal {
@@ -37,6 +39,7 @@ impl SessionSignal {
             SessionSignal::Ended => "ended",
             SessionSignal::Changed => "changed",
             SessionSignal::Rooms => "rooms",
+            SessionSignal::Read => "read",
         }
     }
 }
@@ -331,6 +334,7 @@ impl Postgres {
                     "ended" => SessionSignal::Ended,
                     "changed" => SessionSignal::Changed,
                     "rooms" => SessionSignal::Rooms,
+                    "read" => SessionSignal::Read,
                     _ => return None,
                 };
                 if instance != self.instance {

@@ -5,7 +5,7 @@
 //! that does not exist.
 
 use super::store::{EventStore, Room, RoomStore, StoreError};
-use crate::protocol::{RoomInfo, RoomKind, GENERAL_ROOM};
+use crate::protocol::{mentions, EventKind, RoomInfo, RoomKind, GENERAL_ROOM, RESUME_LIMIT};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -88,9 +88,18 @@ impl Directory {
         Ok(rooms)
     }
 
-    /// What a connection is told of a room.
-    pub async fn info(&self, seen: &Seen) -> Result<RoomInfo, StoreError> {
+    /// What a connection is told of a room, with what `reader` (id and name) has not read there yet.
+    pub async fn info(
+        &self,
+        seen: &Seen,
+        reader: Option<(Uuid, &str)>,
+    ) -> Result<RoomInfo, StoreError> {
         let room = &seen.room;
+        let head = self.events.head(&room.slug).await?;
+        let (last_read, unread, mentions) = match reader {
+            Some((user, name)) => self.unread(&room.slug, head, user, name).await?,
+            None => (head, 0, 0),
+        };
         let members = if room.kind == RoomKind::Direct {
             let members = self.store.members(&room.slug).await?;
             members.into_iter().map(|user| user.name).collect()
@@ -105,8 +114,41 @@ impl Directory {
             members,
             member: seen.member,
             archived: room.archived,
-            head: self.events.head(&room.slug).await?,
+            head,
+            last_read,
+            unread,
+            mentions,
         })
+    }
+
+    /// Where `user` read up to in `room`, and how many messages by others (and mentions of `name`) came
+    /// after, counted up to [`RESUME_LIMIT`]. Someone who never read a room has nothing unread in it
+    /// (a new guest is not greeted with the whole history as unread).
+    async fn unread(
+        &self,
+        room: &str,
+        head: u64,
+        user: Uuid,
+        name: &str,
+    ) -> Result<(u64, u32, u32), StoreError> {
+        let Some(mark) = self.store.read_mark(user, room).await? else {
+            return Ok((head, 0, 0));
+        };
+        if mark >= head {
+            return Ok((mark, 0, 0));
+        }
+        let after = self.events.since(room, mark, RESUME_LIMIT).await?;
+        let theirs = after
+            .iter()
+            .filter(|e| e.kind == EventKind::Message && e.user_id != user);
+        let (mut unread, mut mentioned) = (0, 0);
+        for event in theirs {
+            unread += 1;
+            if mentions(&event.text, name) {
+                mentioned += 1;
+            }
+        }
+        Ok((mark, unread, mentioned))
     }
 
     /// Counts one room created by `user`; refused with how long until one would be allowed.

@@ -486,6 +486,7 @@ impl Chat {
             | ServerFrame::Room(_)
             | ServerFrame::RoomGone { .. }
             | ServerFrame::Directory { .. }
+            | ServerFrame::Read { .. }
             | ServerFrame::Unknown => {}
         }
     }

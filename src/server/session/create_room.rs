@@ -108,15 +108,16 @@ where
                 tracing::error!(error = %err, "announcing a room join failed");
             }
         }
-        self.send_room(seen).await?;
         let user = me.identity.user_id;
+        self.start_reading(user, &slug).await;
+        self.send_room(seen).await?;
         self.hub.signal_session(user, SessionSignal::Rooms).await;
         Ok(())
     }
 
     /// Sends what the client should know of `seen`, as a `room` frame.
     pub(super) async fn send_room(&mut self, seen: &Seen) -> Result<(), End> {
-        match self.ctx.rooms.info(seen).await {
+        match self.room_info(seen).await {
             Ok(info) => self.send_frame(&ServerFrame::Room(info)).await,
             Err(err) => {
                 tracing::error!(error = %err, "reading a room failed");

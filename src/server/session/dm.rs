@@ -76,6 +76,7 @@ where
         let seen = Seen { room, member: true };
         self.enter(&seen).await?;
         for other in others {
+            self.start_reading(other, &seen.room.slug).await;
             self.hub.signal_session(other, SessionSignal::Rooms).await;
         }
         Ok(())

@@ -115,6 +115,8 @@ where
         if announce {
             self.announce(&seat).await;
         }
+        // A new guest has read general up to here: what comes next is unread, what came before is not.
+        self.start_reading(guest.id, GENERAL_ROOM).await;
         tracing::info!(name = %guest.name, "joined");
         let identity = identity_of(&guest, Via::Guest);
         self.set_me(Me {

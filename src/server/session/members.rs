@@ -80,6 +80,7 @@ where
             }
         }
         self.room_line(&room.slug, &guest, EventKind::Join).await;
+        self.start_reading(guest.id, &room.slug).await;
         // Their connections start hearing the room, wherever they are.
         self.hub
             .signal_session(guest.id, SessionSignal::Rooms)

@@ -15,6 +15,7 @@ mod join_room;
 mod leave;
 pub mod limits;
 mod members;
+mod read;
 mod rooms;
 
 pub use join::NAME_OWNED;
@@ -170,6 +171,8 @@ struct Heard {
     archived: bool,
     /// `last_seq` has been set (by a replay, or to the head): until then nothing of the room is written.
     anchored: bool,
+    /// How far the user has read the room, as this connection last told its client.
+    read: u64,
 }
 
 struct Session<'a, S> {
@@ -434,6 +437,7 @@ where
                 self.sync_rooms(false).await
             }
             SessionSignal::Rooms => self.sync_rooms(false).await,
+            SessionSignal::Read => self.reread().await,
         }
     }
 
@@ -595,6 +599,7 @@ where
             ClientFrame::Remove { room, name } => self.on_remove(&room, &name).await,
             ClientFrame::Dm { with } => self.on_dm(&with).await,
             ClientFrame::Browse => self.on_browse().await,
+            ClientFrame::Read { room, seq } => self.on_read(&room, seq).await,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::history::{read_start, Replay};
 use super::{End, Heard, Session, Start};
-use crate::protocol::{ErrorCode, RoomKind, ServerFrame, GENERAL_ROOM};
+use crate::protocol::{ErrorCode, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM};
 use crate::server::rooms::{Seen, NO_SUCH_ROOM};
 use crate::server::store::StoreError;
 use axum::extract::ws::Message;
@@ -38,6 +38,7 @@ where
                 member: false,
                 archived: false,
                 anchored: false,
+                read: 0,
             },
         );
     }
@@ -52,6 +53,7 @@ where
             member: seen.member,
             archived: seen.room.archived,
             anchored: true,
+            read: 0,
         });
         heard.member = seen.member;
         heard.archived = seen.room.archived;
@@ -70,6 +72,20 @@ where
             .is_member(room, user)
             .await
             .unwrap_or(false)
+    }
+
+    /// What the client is told of `seen`, with what this user has not read there.
+    pub(super) async fn room_info(&mut self, seen: &Seen) -> Result<RoomInfo, StoreError> {
+        let reader = self
+            .me
+            .as_ref()
+            .map(|me| (me.identity.user_id, me.seat.name.clone()));
+        let reader = reader.as_ref().map(|(id, name)| (*id, name.as_str()));
+        let info = self.ctx.rooms.info(seen, reader).await?;
+        if let Some(heard) = self.rooms.get_mut(seen.room.slug.as_str()) {
+            heard.read = heard.read.max(info.last_read);
+        }
+        Ok(info)
     }
 
     /// Stops hearing `room`.
@@ -134,7 +150,7 @@ where
             keep.insert(seen.room.slug.clone());
             let known = before.is_some_and(|heard| heard.member == seen.member);
             // Subscribed before the head is read: frames up to the head are history, later ones live.
-            let info = match self.ctx.rooms.info(&seen).await {
+            let info = match self.room_info(&seen).await {
                 Ok(info) => info,
                 Err(err) => return self.store_failed(err, first).await,
             };
@@ -340,7 +356,7 @@ where
                 .is_some_and(|heard| heard.member)
                 || (room.slug == GENERAL_ROOM && self.me.is_some());
             let seen = Seen { room, member };
-            match self.ctx.rooms.info(&seen).await {
+            match self.room_info(&seen).await {
                 Ok(info) if info.kind == RoomKind::Public => listed.push(info),
                 Ok(_) => {}
                 Err(err) => {

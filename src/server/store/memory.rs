@@ -31,6 +31,8 @@ struct State {
     users: HashMap<Uuid, MemUser>,
     /// Rooms besides general, by slug, with their members.
     directory: HashMap<String, (Room, HashSet<Uuid>)>,
+    /// How far each user has read each room.
+    read_marks: HashMap<(Uuid, String), u64>,
 }
 
 struct MemSession {
@@ -300,6 +302,21 @@ impl RoomStore for MemoryStore {
         rooms.sort_by(|a, b| a.slug.cmp(&b.slug));
         rooms.truncate(limit);
         Ok(rooms)
+    }
+
+    async fn mark_read(&self, user: Uuid, room: &str, seq: u64) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        let mark = state.read_marks.entry((user, room.to_owned())).or_default();
+        *mark = (*mark).max(seq);
+        Ok(())
+    }
+
+    async fn read_mark(&self, user: Uuid, room: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .lock()
+            .read_marks
+            .get(&(user, room.to_owned()))
+            .copied())
     }
 }
 

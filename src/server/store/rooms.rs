@@ -63,6 +63,12 @@ pub trait RoomStore: Send + Sync + 'static {
 
     /// Public rooms that are not archived, by slug, at most `limit`.
     async fn public_rooms(&self, limit: usize) -> Result<Vec<Room>, StoreError>;
+
+    /// `user` has read `room` up to `seq` (a mark never moves back).
+    async fn mark_read(&self, user: Uuid, room: &str, seq: u64) -> Result<(), StoreError>;
+
+    /// How far `user` has read `room`, if they ever said.
+    async fn read_mark(&self, user: Uuid, room: &str) -> Result<Option<u64>, StoreError>;
 }
 
 /// What a `directory.kind` column holds.
@@ -249,6 +255,40 @@ macro_rules! sql_room_store {
                 .await?;
                 rows.iter().map(Self::room_from_row).collect()
             }
+
+            async fn mark_read(
+                &self,
+                user: uuid::Uuid,
+                room: &str,
+                seq: u64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO read_marks (user_id, room, seq) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, room) DO UPDATE SET seq = excluded.seq \
+                     WHERE read_marks.seq < excluded.seq",
+                )
+                .bind(user.to_string())
+                .bind(room)
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn read_mark(
+                &self,
+                user: uuid::Uuid,
+                room: &str,
+            ) -> Result<Option<u64>, $crate::server::store::StoreError> {
+                let seq: Option<i64> = sqlx::query_scalar(
+                    "SELECT seq FROM read_marks WHERE user_id = $1 AND room = $2",
+                )
+                .bind(user.to_string())
+                .bind(room)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(seq.map(|s| u64::try_from(s).unwrap_or(0)))
+            }
         }
 
         impl $store {
@@ -349,6 +389,15 @@ pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore>(store: &
     assert!(!store.remove_member("design", bo).await.unwrap());
     assert!(!store.is_member("design", bo).await.unwrap());
     assert!(store.is_member("design", ann).await.unwrap());
+
+    // Read marks only move forward, per user and room.
+    assert_eq!(store.read_mark(ann, "general").await.unwrap(), None);
+    store.mark_read(ann, "general", 7).await.unwrap();
+    store.mark_read(ann, "general", 5).await.unwrap();
+    store.mark_read(ann, "design", 2).await.unwrap();
+    assert_eq!(store.read_mark(ann, "general").await.unwrap(), Some(7));
+    assert_eq!(store.read_mark(ann, "design").await.unwrap(), Some(2));
+    assert_eq!(store.read_mark(bo, "general").await.unwrap(), None);
 }
 
 #[cfg(test)]

@@ -539,3 +539,96 @@ async fn rooms_are_held_in_memory_only_while_in_use() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn unread_counts_and_mentions_follow_the_user_across_tabs() {
+    let addr = start(memory()).await;
+    let mut ann = joined(addr, "Ann").await;
+    let bo_browser = browser(addr).await;
+    let mut bo = connect_as(addr, &bo_browser, "").await;
+    bo.join("Bo").await;
+    let mut bo_tab = connect_as(addr, &bo_browser, "").await;
+    bo_tab
+        .next_matching(|f| matches!(f, ServerFrame::Rooms { .. }).then_some(()))
+        .await;
+    create(&mut ann, "News", false).await;
+    bo.send(&ClientFrame::JoinRoom {
+        room: "news".into(),
+    })
+    .await;
+    let joined = room_frame(&mut bo).await;
+    assert_eq!((joined.unread, joined.mentions), (0, 0));
+    assert_eq!(
+        joined.last_read, joined.head,
+        "joining reads up to the join"
+    );
+
+    let mut last = 0;
+    for text in ["one", "hey @bo, look", "three"] {
+        let (id, frame) = in_room("news", text);
+        ann.send(&frame).await;
+        last = ack(&mut ann, id).await;
+    }
+    // A new tab (or device) is told what is unread: Ann's three messages, one of them a mention.
+    let mut phone = connect_as(addr, &bo_browser, "").await;
+    let listed = phone
+        .next_matching(|f| match f {
+            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
+            _ => None,
+        })
+        .await;
+    let news = listed.iter().find(|r| r.slug == "news").unwrap();
+    assert_eq!(
+        (news.last_read, news.unread, news.mentions, news.head),
+        (joined.head, 3, 1, last)
+    );
+    let general = &listed[0];
+    assert_eq!((general.slug.as_str(), general.unread), (GENERAL_ROOM, 0));
+
+    // Reading on the phone clears the badge in the other tabs; a mark past the head means "all".
+    phone
+        .send(&ClientFrame::Read {
+            room: "news".into(),
+            seq: 10_000,
+        })
+        .await;
+    for tab in [&mut bo, &mut bo_tab] {
+        let seq = tab
+            .next_matching(|f| match f {
+                ServerFrame::Read { room, seq } if room == "news" && *seq > joined.head => {
+                    Some(*seq)
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(seq, last);
+    }
+    let mut later = connect_as(addr, &bo_browser, "").await;
+    let listed = later
+        .next_matching(|f| match f {
+            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
+            _ => None,
+        })
+        .await;
+    let news = listed.iter().find(|r| r.slug == "news").unwrap();
+    assert_eq!((news.unread, news.mentions, news.last_read), (0, 0, last));
+
+    // Bad marks: a reader keeps none, and a room one may not see is not there.
+    let mut reader = connect(addr, "").await;
+    reader
+        .send(&ClientFrame::Read {
+            room: GENERAL_ROOM.into(),
+            seq: 1,
+        })
+        .await;
+    reader.expect_error(ErrorCode::NotJoined).await;
+    let secret = create(&mut ann, "Hidden", true).await;
+    refused_as_missing(
+        &mut bo,
+        ClientFrame::Read {
+            room: secret.slug.clone(),
+            seq: 1,
+        },
+    )
+    .await;
+}

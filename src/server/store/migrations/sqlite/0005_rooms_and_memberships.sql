@@ -23,3 +23,12 @@ CREATE TABLE memberships (
 ) WITHOUT ROWID;
 
 CREATE INDEX memberships_by_user ON memberships (user_id, room);
+
+-- How far each user has read in each room (general too), so every device and tab shows the same unread
+-- counts.
+CREATE TABLE read_marks (
+    user_id TEXT NOT NULL,
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room)
+) WITHOUT ROWID;
