@@ -814,7 +814,9 @@ async fn rooms_and_direct_messages_span_instances_and_stay_private() {
     let a = Server::start(db.config()).await;
     let b = Server::start(db.config()).await;
     let mut ann = joined(a.addr, "Ann").await;
-    let mut bo = joined(b.addr, "Bo").await;
+    let bo_browser = browser(b.addr).await;
+    let mut bo = connect_as(b.addr, &bo_browser, "").await;
+    bo.join("Bo").await;
     let mut cy = joined(b.addr, "Cy").await;
 
     // An invitation on A reaches Bo's socket on B, and the room's messages cross both ways.
@@ -842,6 +844,24 @@ async fn rooms_and_direct_messages_span_instances_and_stay_private() {
     let (_, frame) = in_room(&dm.slug, "a word in private");
     ann.send(&frame).await;
     assert_eq!(event_in(&mut bo, &dm.slug).await.text, "a word in private");
+    // Bo reads it on a tab through A: the tab on B clears its badge.
+    let mut bo_on_a = connect_as(a.addr, &bo_browser, "").await;
+    bo_on_a
+        .next_matching(|f| matches!(f, ServerFrame::Rooms { .. }).then_some(()))
+        .await;
+    bo_on_a
+        .send(&ClientFrame::Read {
+            room: dm.slug.clone(),
+            seq: u64::MAX,
+        })
+        .await;
+    let read = bo
+        .next_matching(|f| match f {
+            ServerFrame::Read { room, seq } if *room == dm.slug => Some(*seq),
+            _ => None,
+        })
+        .await;
+    assert_eq!(read, 1);
 
     // Removed on A, Bo's socket on B stops hearing the room before anything more is said in it.
     ann.send(&ClientFrame::Remove {
