@@ -207,6 +207,17 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         private: bool,
     },
+    /// Rename a room, change its topic, or archive it (or bring it back): its owner or an admin. Fields
+    /// left out stay as they are; the slug never changes, so links keep working.
+    UpdateRoom {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        archived: Option<bool>,
+    },
     /// Join a public room.
     JoinRoom { room: String },
     /// Leave a room (not `general`, and not a direct one).
@@ -225,7 +236,7 @@ pub enum ClientFrame {
 }
 
 /// The `type` values [`ClientFrame`] accepts, used to tell an unknown type from a malformed known one.
-pub const CLIENT_FRAME_TYPES: [&str; 16] = [
+pub const CLIENT_FRAME_TYPES: [&str; 17] = [
     "join",
     "send",
     "typing",
@@ -235,6 +246,7 @@ pub const CLIENT_FRAME_TYPES: [&str; 16] = [
     "delete",
     "auth",
     "create_room",
+    "update_room",
     "join_room",
     "leave_room",
     "invite",

@@ -21,6 +21,7 @@ mod rooms;
 pub use join::NAME_OWNED;
 mod send;
 mod typing;
+mod update_room;
 
 use super::backplane::SessionSignal;
 use super::hub::{Frame, Hub, Mailbox, PublishError, Receipt, SessionWatch, EPHEMERAL, WAKE};
@@ -173,6 +174,8 @@ struct Heard {
     anchored: bool,
     /// How far the user has read the room, as this connection last told its client.
     read: u64,
+    /// A hash of the room's name, topic and archived flag as last told, to tell when they change.
+    shown: u64,
 }
 
 struct Session<'a, S> {
@@ -593,6 +596,12 @@ where
                 topic,
                 private,
             } => self.on_create_room(&name, &topic, private).await,
+            ClientFrame::UpdateRoom {
+                room,
+                name,
+                topic,
+                archived,
+            } => self.on_update_room(&room, name, topic, archived).await,
             ClientFrame::JoinRoom { room } => self.on_join_room(&room).await,
             ClientFrame::LeaveRoom { room } => self.on_leave_room(&room).await,
             ClientFrame::Invite { room, name } => self.on_invite(&room, &name).await,

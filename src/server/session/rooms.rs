@@ -11,6 +11,14 @@ use futures_util::{Sink, Stream};
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// What of a room its `room` frame shows that can change, hashed.
+fn fingerprint(room: &crate::server::store::Room) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hash = std::collections::hash_map::DefaultHasher::new();
+    (&room.name, &room.topic, room.archived).hash(&mut hash);
+    hash.finish()
+}
+
 /// How many public rooms `browse` lists.
 const DIRECTORY_LIMIT: usize = 500;
 
@@ -39,6 +47,7 @@ where
                 archived: false,
                 anchored: false,
                 read: 0,
+                shown: fingerprint(&crate::server::rooms::Directory::general()),
             },
         );
     }
@@ -54,9 +63,11 @@ where
             archived: seen.room.archived,
             anchored: true,
             read: 0,
+            shown: fingerprint(&seen.room),
         });
         heard.member = seen.member;
         heard.archived = seen.room.archived;
+        heard.shown = fingerprint(&seen.room);
         slug
     }
 
@@ -148,7 +159,9 @@ where
         let mut keep: HashSet<String> = HashSet::with_capacity(heard.len());
         for (seen, slug, before) in heard {
             keep.insert(seen.room.slug.clone());
-            let known = before.is_some_and(|heard| heard.member == seen.member);
+            let known = before.is_some_and(|heard| {
+                heard.member == seen.member && heard.shown == fingerprint(&seen.room)
+            });
             // Subscribed before the head is read: frames up to the head are history, later ones live.
             let info = match self.room_info(&seen).await {
                 Ok(info) => info,

@@ -304,6 +304,17 @@ impl RoomStore for MemoryStore {
         Ok(rooms)
     }
 
+    async fn update_room(&self, room: &Room) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let Some((stored, _)) = state.directory.get_mut(&room.slug) else {
+            return Ok(false);
+        };
+        stored.name = room.name.clone();
+        stored.topic = room.topic.clone();
+        stored.archived = room.archived;
+        Ok(true)
+    }
+
     async fn mark_read(&self, user: Uuid, room: &str, seq: u64) -> Result<(), StoreError> {
         let mut state = self.lock();
         let mark = state.read_marks.entry((user, room.to_owned())).or_default();

@@ -64,6 +64,9 @@ pub trait RoomStore: Send + Sync + 'static {
     /// Public rooms that are not archived, by slug, at most `limit`.
     async fn public_rooms(&self, limit: usize) -> Result<Vec<Room>, StoreError>;
 
+    /// Replaces the room's name, topic and archived flag; false when there is no such room.
+    async fn update_room(&self, room: &Room) -> Result<bool, StoreError>;
+
     /// `user` has read `room` up to `seq` (a mark never moves back).
     async fn mark_read(&self, user: Uuid, room: &str, seq: u64) -> Result<(), StoreError>;
 
@@ -256,6 +259,23 @@ macro_rules! sql_room_store {
                 rows.iter().map(Self::room_from_row).collect()
             }
 
+            async fn update_room(
+                &self,
+                room: &$crate::server::store::Room,
+            ) -> Result<bool, $crate::server::store::StoreError> {
+                let updated = sqlx::query(
+                    "UPDATE directory SET name = $2, topic = $3, archived = $4 WHERE slug = $1",
+                )
+                .bind(&room.slug)
+                .bind(&room.name)
+                .bind(&room.topic)
+                .bind(room.archived)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(updated > 0)
+            }
+
             async fn mark_read(
                 &self,
                 user: uuid::Uuid,
@@ -389,6 +409,24 @@ pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore>(store: &
     assert!(!store.remove_member("design", bo).await.unwrap());
     assert!(!store.is_member("design", bo).await.unwrap());
     assert!(store.is_member("design", ann).await.unwrap());
+
+    // An update changes what it names and nothing else.
+    let renamed = Room {
+        name: "Design crit".into(),
+        topic: String::new(),
+        archived: true,
+        ..design.clone()
+    };
+    assert!(store.update_room(&renamed).await.unwrap());
+    assert_eq!(store.room("design").await.unwrap(), Some(renamed));
+    assert!(
+        slugs(store.public_rooms(10).await.unwrap()).is_empty(),
+        "archived"
+    );
+    assert!(!store
+        .update_room(&room("nope", RoomKind::Public))
+        .await
+        .unwrap());
 
     // Read marks only move forward, per user and room.
     assert_eq!(store.read_mark(ann, "general").await.unwrap(), None);

@@ -27,6 +27,17 @@ pub(super) async fn room_frame(client: &mut Client) -> RoomInfo {
         .await
 }
 
+/// The public rooms, as "Browse rooms" lists them.
+async fn browse(client: &mut Client) -> Vec<RoomInfo> {
+    client.send(&ClientFrame::Browse).await;
+    client
+        .next_matching(|f| match f {
+            ServerFrame::Directory { rooms } => Some(rooms.clone()),
+            _ => None,
+        })
+        .await
+}
+
 /// The next `room_gone` frame's room.
 pub(super) async fn room_gone(client: &mut Client) -> String {
     client
@@ -124,13 +135,7 @@ async fn a_private_room_is_invisible_to_everyone_outside_it() {
     assert_eq!(heard.text, "the launch is on Friday");
 
     // Cy may read and join the public room...
-    cy.send(&ClientFrame::Browse).await;
-    let listed = cy
-        .next_matching(|f| match f {
-            ServerFrame::Directory { rooms } => Some(rooms.clone()),
-            _ => None,
-        })
-        .await;
+    let listed = browse(&mut cy).await;
     let slugs: Vec<&str> = listed.iter().map(|r| r.slug.as_str()).collect();
     assert_eq!(slugs, [GENERAL_ROOM, "design"]);
     cy.send(&ClientFrame::Open {
@@ -631,4 +636,84 @@ async fn unread_counts_and_mentions_follow_the_user_across_tabs() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_owner_renames_changes_the_topic_and_archives_and_members_see_it() {
+    let addr = start(memory()).await;
+    let mut ann = joined(addr, "Ann").await;
+    let mut bo = joined(addr, "Bo").await;
+    let mut cy = joined(addr, "Cy").await;
+    create(&mut ann, "Design", false).await;
+    bo.send(&ClientFrame::JoinRoom {
+        room: "design".into(),
+    })
+    .await;
+    room_frame(&mut bo).await;
+    let update =
+        |name: Option<&str>, topic: Option<&str>, archived: Option<bool>| ClientFrame::UpdateRoom {
+            room: "design".into(),
+            name: name.map(Into::into),
+            topic: topic.map(Into::into),
+            archived,
+        };
+
+    ann.send(&update(Some("Design crit"), Some("Fridays at 3"), None))
+        .await;
+    for client in [&mut ann, &mut bo] {
+        let info = room_frame(client).await;
+        assert_eq!(
+            (info.slug.as_str(), info.name.as_str(), info.topic.as_str()),
+            ("design", "Design crit", "Fridays at 3"),
+            "the slug stays, so links keep working"
+        );
+    }
+    // Only the owner (or an admin) changes a room, with the same rules as creating one.
+    bo.send(&update(Some("Mine now"), None, None)).await;
+    bo.expect_error(ErrorCode::NotAllowed).await;
+    ann.send(&update(Some("  "), None, None)).await;
+    ann.expect_error(ErrorCode::RoomNameBlank).await;
+    ann.send(&update(None, Some("two\nlines"), None)).await;
+    ann.expect_error(ErrorCode::TopicInvalid).await;
+    ann.send(&ClientFrame::UpdateRoom {
+        room: GENERAL_ROOM.into(),
+        name: Some("Lobby".into()),
+        topic: None,
+        archived: None,
+    })
+    .await;
+    ann.expect_error(ErrorCode::NotAllowed).await;
+    let secret = create(&mut ann, "Hidden", true).await;
+    refused_as_missing(
+        &mut cy,
+        ClientFrame::UpdateRoom {
+            room: secret.slug.clone(),
+            name: Some("Found you".into()),
+            topic: None,
+            archived: None,
+        },
+    )
+    .await;
+
+    // Archived: read-only for everyone, gone from "Browse rooms", and it can come back.
+    ann.send(&update(None, None, Some(true))).await;
+    assert!(room_frame(&mut bo).await.archived);
+    let (_, frame) = in_room("design", "still open?");
+    bo.send(&frame).await;
+    let (message, _) = bo.expect_error(ErrorCode::NotAllowed).await;
+    assert!(message.contains("archived"), "{message}");
+    cy.send(&ClientFrame::JoinRoom {
+        room: "design".into(),
+    })
+    .await;
+    cy.expect_error(ErrorCode::NotAllowed).await;
+    let listed = browse(&mut cy).await;
+    assert!(listed.iter().all(|r| r.slug != "design"));
+    ann.send(&update(None, None, Some(false))).await;
+    assert!(!room_frame(&mut bo).await.archived);
+    let (id, frame) = in_room("design", "open again");
+    bo.send(&frame).await;
+    ack(&mut bo, id).await;
+    settle(&mut cy, Duration::from_millis(100)).await;
+    assert_never_heard(&cy, "Cy", &[secret.slug.as_str(), "Hidden"]);
 }
