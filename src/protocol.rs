@@ -233,10 +233,12 @@ pub enum ClientFrame {
     Browse,
     /// The user has read `room` up to `seq`: kept on the server, so every device and tab agrees.
     Read { room: String, seq: u64 },
+    /// What of `room` notifies the user, on every device.
+    Notify { room: String, level: Notify },
 }
 
 /// The `type` values [`ClientFrame`] accepts, used to tell an unknown type from a malformed known one.
-pub const CLIENT_FRAME_TYPES: [&str; 17] = [
+pub const CLIENT_FRAME_TYPES: [&str; 18] = [
     "join",
     "send",
     "typing",
@@ -254,6 +256,7 @@ pub const CLIENT_FRAME_TYPES: [&str; 17] = [
     "dm",
     "browse",
     "read",
+    "notify",
 ];
 
 /// Whether a room is listed, invite-only, or between particular people.
@@ -278,6 +281,41 @@ impl RoomKind {
             RoomKind::Private => "private",
             RoomKind::Direct => "direct",
             RoomKind::Other => "other",
+        }
+    }
+}
+
+/// What of a room makes a browser notification for the user while the tab is hidden (Campfire's
+/// involvement levels).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notify {
+    /// Every message by someone else.
+    Everything,
+    /// Messages that say `@name` (and, in a direct room, every message).
+    #[default]
+    Mentions,
+    /// Nothing.
+    Nothing,
+    /// A level a newer server knows; treated as the default.
+    #[serde(other)]
+    Other,
+}
+
+impl Notify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Notify::Everything => "everything",
+            Notify::Mentions | Notify::Other => "mentions",
+            Notify::Nothing => "nothing",
+        }
+    }
+
+    pub fn from_column(level: &str) -> Self {
+        match level {
+            "everything" => Notify::Everything,
+            "nothing" => Notify::Nothing,
+            _ => Notify::Mentions,
         }
     }
 }
@@ -312,6 +350,9 @@ pub struct RoomInfo {
     /// How many of those mention the user (`@name`).
     #[serde(default)]
     pub mentions: u32,
+    /// What of the room notifies the user.
+    #[serde(default)]
+    pub notify: Notify,
 }
 
 /// Whether `text` mentions the person called `name`: `@name`, in any case, not inside a longer word (so
@@ -831,6 +872,10 @@ mod tests {
             ClientFrame::Typing {
                 room: GENERAL_ROOM.into(),
             },
+            ClientFrame::Notify {
+                room: "design".into(),
+                level: Notify::Nothing,
+            },
             ClientFrame::Browse,
         ] {
             let json = serde_json::to_string(&frame).unwrap();
@@ -921,6 +966,7 @@ mod tests {
                     last_read: 2,
                     unread: 1,
                     mentions: 1,
+                    notify: Notify::Everything,
                 }],
             },
             ServerFrame::Room(RoomInfo {
@@ -935,6 +981,7 @@ mod tests {
                 last_read: 0,
                 unread: 0,
                 mentions: 0,
+                notify: Notify::Mentions,
             }),
             ServerFrame::RoomGone {
                 room: "design".into(),

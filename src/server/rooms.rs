@@ -5,7 +5,9 @@
 //! that does not exist.
 
 use super::store::{EventStore, Room, RoomStore, StoreError};
-use crate::protocol::{mentions, EventKind, RoomInfo, RoomKind, GENERAL_ROOM, RESUME_LIMIT};
+use crate::protocol::{
+    mentions, EventKind, Notify, RoomInfo, RoomKind, GENERAL_ROOM, RESUME_LIMIT,
+};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -100,6 +102,10 @@ impl Directory {
             Some((user, name)) => self.unread(&room.slug, head, user, name).await?,
             None => (head, 0, 0),
         };
+        let notify = match reader {
+            Some((user, _)) => self.store.notify(user, &room.slug).await?,
+            None => Notify::default(),
+        };
         let members = if room.kind == RoomKind::Direct {
             let members = self.store.members(&room.slug).await?;
             members.into_iter().map(|user| user.name).collect()
@@ -118,6 +124,7 @@ impl Directory {
             last_read,
             unread,
             mentions,
+            notify,
         })
     }
 

@@ -176,6 +176,8 @@ struct Heard {
     read: u64,
     /// A hash of the room's name, topic and archived flag as last told, to tell when they change.
     shown: u64,
+    /// What of the room notifies the user, as last told.
+    notify: crate::protocol::Notify,
 }
 
 struct Session<'a, S> {
@@ -609,6 +611,7 @@ where
             ClientFrame::Dm { with } => self.on_dm(&with).await,
             ClientFrame::Browse => self.on_browse().await,
             ClientFrame::Read { room, seq } => self.on_read(&room, seq).await,
+            ClientFrame::Notify { room, level } => self.on_notify(&room, level).await,
         }
     }
 

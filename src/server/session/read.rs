@@ -1,9 +1,9 @@
-//! `read`: how far the user has read a room, kept on the server, so the unread badges of every tab and
-//! device agree; reading in one clears the badge in the others.
+//! `read` and `notify`: how far the user has read a room, and what of it notifies them, kept on the
+//! server, so every tab and device agrees; reading in one clears the badge in the others.
 
 use super::rooms::Use;
 use super::{End, Session};
-use crate::protocol::{ErrorCode, ServerFrame};
+use crate::protocol::{ErrorCode, Notify, ServerFrame};
 use crate::server::backplane::SessionSignal;
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
@@ -47,6 +47,39 @@ where
             return self.send_unavailable(None).await;
         }
         self.hub.signal_session(user, SessionSignal::Read).await;
+        Ok(())
+    }
+
+    /// `notify`: what of a room notifies the user, kept for every device; the answer (and the other
+    /// tabs' news) is the room's `room` frame.
+    pub(super) async fn on_notify(&mut self, room: &str, level: Notify) -> Result<(), End> {
+        let Some(user) = self.user_id() else {
+            return self
+                .send_error(
+                    ErrorCode::NotJoined,
+                    "Join the chat with a name to choose what notifies you.",
+                    None,
+                )
+                .await;
+        };
+        let Some(room) = self.room_for(room, Use::Read, None).await? else {
+            return Ok(());
+        };
+        if level == Notify::Other {
+            return self
+                .send_error(
+                    ErrorCode::BadFrame,
+                    "Unknown notification level: use everything, mentions or nothing.",
+                    None,
+                )
+                .await;
+        }
+        if let Err(err) = self.ctx.rooms.store.set_notify(user, &room, level).await {
+            tracing::error!(error = %err, "keeping a notification level failed");
+            return self.send_unavailable(None).await;
+        }
+        // Every connection of the user (this one too) reads its rooms again and is told of the change.
+        self.hub.signal_session(user, SessionSignal::Rooms).await;
         Ok(())
     }
 

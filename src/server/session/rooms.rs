@@ -3,7 +3,7 @@
 
 use super::history::{read_start, Replay};
 use super::{End, Heard, Session, Start};
-use crate::protocol::{ErrorCode, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM};
+use crate::protocol::{ErrorCode, Notify, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM};
 use crate::server::rooms::{Seen, NO_SUCH_ROOM};
 use crate::server::store::StoreError;
 use axum::extract::ws::Message;
@@ -48,6 +48,7 @@ where
                 anchored: false,
                 read: 0,
                 shown: fingerprint(&crate::server::rooms::Directory::general()),
+                notify: Notify::default(),
             },
         );
     }
@@ -64,6 +65,7 @@ where
             anchored: true,
             read: 0,
             shown: fingerprint(&seen.room),
+            notify: Notify::default(),
         });
         heard.member = seen.member;
         heard.archived = seen.room.archived;
@@ -95,6 +97,7 @@ where
         let info = self.ctx.rooms.info(seen, reader).await?;
         if let Some(heard) = self.rooms.get_mut(seen.room.slug.as_str()) {
             heard.read = heard.read.max(info.last_read);
+            heard.notify = info.notify;
         }
         Ok(info)
     }
@@ -162,6 +165,7 @@ where
             let known = before.is_some_and(|heard| {
                 heard.member == seen.member && heard.shown == fingerprint(&seen.room)
             });
+            let notify_before = before.map(|heard| heard.notify);
             // Subscribed before the head is read: frames up to the head are history, later ones live.
             let info = match self.room_info(&seen).await {
                 Ok(info) => info,
@@ -173,6 +177,7 @@ where
                 heard.last_seq = heard.last_seq.max(info.head);
                 heard.anchored = true;
             }
+            let known = known && notify_before == Some(info.notify);
             if first {
                 listed.push(info);
             } else if !known {

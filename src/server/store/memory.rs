@@ -33,6 +33,7 @@ struct State {
     directory: HashMap<String, (Room, HashSet<Uuid>)>,
     /// How far each user has read each room.
     read_marks: HashMap<(Uuid, String), u64>,
+    notify_levels: HashMap<(Uuid, String), crate::protocol::Notify>,
 }
 
 struct MemSession {
@@ -328,6 +329,26 @@ impl RoomStore for MemoryStore {
             .read_marks
             .get(&(user, room.to_owned()))
             .copied())
+    }
+
+    async fn set_notify(
+        &self,
+        user: Uuid,
+        room: &str,
+        level: crate::protocol::Notify,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .notify_levels
+            .insert((user, room.to_owned()), level);
+        Ok(())
+    }
+
+    async fn notify(&self, user: Uuid, room: &str) -> Result<crate::protocol::Notify, StoreError> {
+        let levels = &self.lock().notify_levels;
+        Ok(levels
+            .get(&(user, room.to_owned()))
+            .copied()
+            .unwrap_or_default())
     }
 }
 

@@ -4,7 +4,7 @@
 //! `general` is not stored: everyone is in it, and it is public (see `server::rooms`).
 
 use super::{StoreError, User};
-use crate::protocol::RoomKind;
+use crate::protocol::{Notify, RoomKind};
 use async_trait::async_trait;
 use uuid::Uuid;
 
@@ -72,6 +72,12 @@ pub trait RoomStore: Send + Sync + 'static {
 
     /// How far `user` has read `room`, if they ever said.
     async fn read_mark(&self, user: Uuid, room: &str) -> Result<Option<u64>, StoreError>;
+
+    /// What of `room` notifies `user`.
+    async fn set_notify(&self, user: Uuid, room: &str, level: Notify) -> Result<(), StoreError>;
+
+    /// What of `room` notifies `user` ([`Notify::Mentions`] unless they said otherwise).
+    async fn notify(&self, user: Uuid, room: &str) -> Result<Notify, StoreError>;
 }
 
 /// What a `directory.kind` column holds.
@@ -276,6 +282,41 @@ macro_rules! sql_room_store {
                 Ok(updated > 0)
             }
 
+            async fn set_notify(
+                &self,
+                user: uuid::Uuid,
+                room: &str,
+                level: $crate::protocol::Notify,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO notify_levels (user_id, room, level) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, room) DO UPDATE SET level = excluded.level",
+                )
+                .bind(user.to_string())
+                .bind(room)
+                .bind(level.as_str())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn notify(
+                &self,
+                user: uuid::Uuid,
+                room: &str,
+            ) -> Result<$crate::protocol::Notify, $crate::server::store::StoreError> {
+                let level: Option<String> = sqlx::query_scalar(
+                    "SELECT level FROM notify_levels WHERE user_id = $1 AND room = $2",
+                )
+                .bind(user.to_string())
+                .bind(room)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(level.map_or_else(Default::default, |l| {
+                    $crate::protocol::Notify::from_column(&l)
+                }))
+            }
+
             async fn mark_read(
                 &self,
                 user: uuid::Uuid,
@@ -436,6 +477,21 @@ pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore>(store: &
     assert_eq!(store.read_mark(ann, "general").await.unwrap(), Some(7));
     assert_eq!(store.read_mark(ann, "design").await.unwrap(), Some(2));
     assert_eq!(store.read_mark(bo, "general").await.unwrap(), None);
+
+    assert_eq!(store.notify(ann, "design").await.unwrap(), Notify::Mentions);
+    store
+        .set_notify(ann, "design", Notify::Nothing)
+        .await
+        .unwrap();
+    store
+        .set_notify(ann, "design", Notify::Everything)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.notify(ann, "design").await.unwrap(),
+        Notify::Everything
+    );
+    assert_eq!(store.notify(bo, "design").await.unwrap(), Notify::Mentions);
 }
 
 #[cfg(test)]

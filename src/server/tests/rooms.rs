@@ -717,3 +717,67 @@ async fn the_owner_renames_changes_the_topic_and_archives_and_members_see_it() {
     settle(&mut cy, Duration::from_millis(100)).await;
     assert_never_heard(&cy, "Cy", &[secret.slug.as_str(), "Hidden"]);
 }
+
+#[tokio::test]
+async fn what_notifies_is_chosen_per_room_and_kept_for_every_tab() {
+    use crate::protocol::Notify;
+    let addr = start(memory()).await;
+    let mut ann = joined(addr, "Ann").await;
+    let bo_browser = browser(addr).await;
+    let mut bo = connect_as(addr, &bo_browser, "").await;
+    bo.join("Bo").await;
+    let mut bo_tab = connect_as(addr, &bo_browser, "").await;
+    let listed = bo_tab
+        .next_matching(|f| match f {
+            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(listed[0].notify, Notify::Mentions, "the default");
+    bo.send(&ClientFrame::Notify {
+        room: GENERAL_ROOM.into(),
+        level: Notify::Everything,
+    })
+    .await;
+    for tab in [&mut bo, &mut bo_tab] {
+        tab.next_matching(|f| match f {
+            ServerFrame::Room(info) if info.slug == GENERAL_ROOM => {
+                (info.notify == Notify::Everything).then_some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    let mut phone = connect_as(addr, &bo_browser, "").await;
+    let listed = phone
+        .next_matching(|f| match f {
+            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(listed[0].notify, Notify::Everything);
+    let secret = create(&mut ann, "Hidden", true).await;
+    refused_as_missing(
+        &mut bo,
+        ClientFrame::Notify {
+            room: secret.slug.clone(),
+            level: Notify::Nothing,
+        },
+    )
+    .await;
+    let mut reader = connect(addr, "").await;
+    reader
+        .send(&ClientFrame::Notify {
+            room: GENERAL_ROOM.into(),
+            level: Notify::Nothing,
+        })
+        .await;
+    reader.expect_error(ErrorCode::NotJoined).await;
+    let bad = r#"{"type":"notify","room":"general","level":"sometimes"}"#;
+    bo.send_raw(bad).await;
+    let (message, _) = bo.expect_error(ErrorCode::BadFrame).await;
+    assert!(
+        message.contains("everything, mentions or nothing"),
+        "{message}"
+    );
+}

@@ -32,3 +32,11 @@ CREATE TABLE read_marks (
     seq INTEGER NOT NULL,
     PRIMARY KEY (user_id, room)
 ) WITHOUT ROWID;
+
+-- What of each room notifies each user (everything | mentions | nothing); no row means mentions.
+CREATE TABLE notify_levels (
+    user_id TEXT NOT NULL,
+    room TEXT NOT NULL,
+    level TEXT NOT NULL,
+    PRIMARY KEY (user_id, room)
+) WITHOUT ROWID;
