@@ -27,6 +27,25 @@ pub(super) async fn room_frame(client: &mut Client) -> RoomInfo {
         .await
 }
 
+/// The `rooms` frame a connection starts with.
+async fn rooms_listed(client: &mut Client) -> Vec<RoomInfo> {
+    client
+        .next_matching(|f| match f {
+            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
+            _ => None,
+        })
+        .await
+}
+
+/// A browser joined as `name` with two tabs open: its cookie and both connections.
+async fn two_tabs(addr: SocketAddr, name: &str) -> (String, Client, Client) {
+    let cookie = browser(addr).await;
+    let mut first = connect_as(addr, &cookie, "").await;
+    first.join(name).await;
+    let second = connect_as(addr, &cookie, "").await;
+    (cookie, first, second)
+}
+
 /// The public rooms, as "Browse rooms" lists them.
 async fn browse(client: &mut Client) -> Vec<RoomInfo> {
     client.send(&ClientFrame::Browse).await;
@@ -474,12 +493,7 @@ async fn joining_a_room_says_so_there_and_each_room_resumes_from_its_own_cursor(
     let mut tab = connect(addr, &format!("?room=design&after={}", last - 1)).await;
     let resumed = event_in(&mut tab, "design").await;
     assert_eq!((resumed.seq, resumed.text.as_str()), (last, "design 2"));
-    let rooms_listed = tab
-        .next_matching(|f| match f {
-            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
-            _ => None,
-        })
-        .await;
+    let rooms_listed = rooms_listed(&mut tab).await;
     assert_eq!(rooms_listed[0].slug, GENERAL_ROOM);
     // A reader is in general only; a public room it opens is read, not joined.
     assert!(!rooms_listed.iter().any(|r| r.slug == "design"));
@@ -549,10 +563,7 @@ async fn rooms_are_held_in_memory_only_while_in_use() {
 async fn unread_counts_and_mentions_follow_the_user_across_tabs() {
     let addr = start(memory()).await;
     let mut ann = joined(addr, "Ann").await;
-    let bo_browser = browser(addr).await;
-    let mut bo = connect_as(addr, &bo_browser, "").await;
-    bo.join("Bo").await;
-    let mut bo_tab = connect_as(addr, &bo_browser, "").await;
+    let (bo_browser, mut bo, mut bo_tab) = two_tabs(addr, "Bo").await;
     bo_tab
         .next_matching(|f| matches!(f, ServerFrame::Rooms { .. }).then_some(()))
         .await;
@@ -576,12 +587,7 @@ async fn unread_counts_and_mentions_follow_the_user_across_tabs() {
     }
     // A new tab (or device) is told what is unread: Ann's three messages, one of them a mention.
     let mut phone = connect_as(addr, &bo_browser, "").await;
-    let listed = phone
-        .next_matching(|f| match f {
-            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
-            _ => None,
-        })
-        .await;
+    let listed = rooms_listed(&mut phone).await;
     let news = listed.iter().find(|r| r.slug == "news").unwrap();
     assert_eq!(
         (news.last_read, news.unread, news.mentions, news.head),
@@ -609,12 +615,7 @@ async fn unread_counts_and_mentions_follow_the_user_across_tabs() {
         assert_eq!(seq, last);
     }
     let mut later = connect_as(addr, &bo_browser, "").await;
-    let listed = later
-        .next_matching(|f| match f {
-            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
-            _ => None,
-        })
-        .await;
+    let listed = rooms_listed(&mut later).await;
     let news = listed.iter().find(|r| r.slug == "news").unwrap();
     assert_eq!((news.unread, news.mentions, news.last_read), (0, 0, last));
 
@@ -723,16 +724,8 @@ async fn what_notifies_is_chosen_per_room_and_kept_for_every_tab() {
     use crate::protocol::Notify;
     let addr = start(memory()).await;
     let mut ann = joined(addr, "Ann").await;
-    let bo_browser = browser(addr).await;
-    let mut bo = connect_as(addr, &bo_browser, "").await;
-    bo.join("Bo").await;
-    let mut bo_tab = connect_as(addr, &bo_browser, "").await;
-    let listed = bo_tab
-        .next_matching(|f| match f {
-            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
-            _ => None,
-        })
-        .await;
+    let (bo_browser, mut bo, mut bo_tab) = two_tabs(addr, "Bo").await;
+    let listed = rooms_listed(&mut bo_tab).await;
     assert_eq!(listed[0].notify, Notify::Mentions, "the default");
     bo.send(&ClientFrame::Notify {
         room: GENERAL_ROOM.into(),
@@ -749,12 +742,7 @@ async fn what_notifies_is_chosen_per_room_and_kept_for_every_tab() {
         .await;
     }
     let mut phone = connect_as(addr, &bo_browser, "").await;
-    let listed = phone
-        .next_matching(|f| match f {
-            ServerFrame::Rooms { rooms } => Some(rooms.clone()),
-            _ => None,
-        })
-        .await;
+    let listed = rooms_listed(&mut phone).await;
     assert_eq!(listed[0].notify, Notify::Everything);
     let secret = create(&mut ann, "Hidden", true).await;
     refused_as_missing(
