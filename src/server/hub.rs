@@ -163,7 +163,9 @@ struct Subscriber {
 /// A room in use here.
 struct Room {
     slug: Arc<str>,
-    subscribers: Mutex<Vec<Subscriber>>,
+    /// By mailbox id: a connection subscribes and leaves in O(1), however many share the room (a
+    /// join storm into `general` would otherwise scan every subscriber per connection).
+    subscribers: Mutex<HashMap<u64, Subscriber>>,
     /// The writer's queue while it runs; `None` once it stopped for idleness.
     writer: Mutex<Option<mpsc::Sender<Append>>>,
     /// The last sequence number broadcast; `None` until the first. The lock is held while a gap is read
@@ -176,7 +178,7 @@ const CATCH_UP_PAGE: usize = 500;
 
 impl Room {
     fn fan_out(&self, frame: Frame) {
-        for subscriber in lock(&self.subscribers).iter() {
+        for subscriber in lock(&self.subscribers).values() {
             subscriber.mailbox.push(frame.clone());
         }
     }
@@ -436,15 +438,11 @@ impl Hub {
     pub fn subscribe(&self, room: &str, user: Uuid, mailbox: &Arc<Mailbox>) -> Arc<str> {
         let mut rooms = lock(&self.inner.rooms);
         let room = Self::room_in(&mut rooms, room);
-        let mut subscribers = lock(&room.subscribers);
-        if let Some(existing) = subscribers.iter_mut().find(|s| s.mailbox.id == mailbox.id) {
-            existing.user = user;
-        } else {
-            subscribers.push(Subscriber {
-                user,
-                mailbox: mailbox.clone(),
-            });
-        }
+        let subscriber = Subscriber {
+            user,
+            mailbox: mailbox.clone(),
+        };
+        lock(&room.subscribers).insert(mailbox.id, subscriber);
         room.slug.clone()
     }
 
@@ -454,7 +452,7 @@ impl Hub {
         let Some(entry) = rooms.get(room).cloned() else {
             return;
         };
-        lock(&entry.subscribers).retain(|s| s.mailbox.id != mailbox.id);
+        lock(&entry.subscribers).remove(&mailbox.id);
         if entry.unused() {
             rooms.remove(room);
         }
@@ -466,7 +464,7 @@ impl Hub {
         let rooms = lock(&self.inner.rooms);
         let Some(entry) = rooms.get(room) else { return };
         let mut subscribers = lock(&entry.subscribers);
-        subscribers.retain(|s| {
+        subscribers.retain(|_, s| {
             if s.user != user {
                 return true;
             }
