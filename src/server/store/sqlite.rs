@@ -458,6 +458,24 @@ mod upgrade_tests {
             .expect("the joined session survives");
         let user = session.user.expect("acting for Ann");
         assert_eq!((user.id, user.name.as_str()), (ann, "Ann"));
+
+        // The rooms schema came too: the old history is general's, and rooms work on the upgraded file.
+        use crate::server::store::RoomStore;
+        assert!(store.rooms_of(ann).await.unwrap().is_empty());
+        assert_eq!(store.read_mark(ann, "general").await.unwrap(), None);
+        store.mark_read(ann, "general", 4).await.unwrap();
+        assert_eq!(store.read_mark(ann, "general").await.unwrap(), Some(4));
+        let room = crate::server::store::Room {
+            slug: "after".into(),
+            name: "After".into(),
+            topic: String::new(),
+            kind: crate::protocol::RoomKind::Private,
+            created_by: ann,
+            created_at: 9,
+            archived: false,
+        };
+        store.create_room(&room, &[ann, bo], 9).await.unwrap();
+        assert_eq!(store.members("after").await.unwrap().len(), 2);
         assert_eq!(user.kind, crate::protocol::UserKind::Guest);
         // A session that had not joined is not kept; the raw tokens are gone.
         let legacy: i64 =

@@ -751,6 +751,26 @@ async fn a_postgres_database_from_before_accounts_keeps_its_history_names_and_se
         .await
         .unwrap();
     assert_eq!(next[0].event.seq, 4);
+    // The rooms schema came too: the old history is general's, and rooms work on the upgraded database.
+    use crate::server::store::RoomStore;
+    let ann = events[0].user_id;
+    assert!(store.rooms_of(ann).await.unwrap().is_empty());
+    store.mark_read(ann, "general", 4).await.unwrap();
+    assert_eq!(store.read_mark(ann, "general").await.unwrap(), Some(4));
+    let room = crate::server::store::Room {
+        slug: "after".into(),
+        name: "After".into(),
+        topic: String::new(),
+        kind: crate::protocol::RoomKind::Private,
+        created_by: ann,
+        created_at: 9,
+        archived: false,
+    };
+    store
+        .create_room(&room, &[ann, events[2].user_id], 9)
+        .await
+        .unwrap();
+    assert_eq!(store.members("after").await.unwrap().len(), 2);
     store.close().await;
     db.drop_now().await;
 }
