@@ -29,7 +29,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 // Without JavaScript the forms still work (the server handles them); only the live
                 // connection's status means nothing.
                 <noscript>
-                    <style>".status, .load-older, .typing { display: none; }"</style>
+                    <style>".status, .load-older, .typing, .menu-toggle, .sidebar-tools, .room-settings { display: none; }
+                        @media (max-width: 700px) { .layout { flex-direction: column; }
+                        .sidebar { position: static; transform: none; visibility: visible; width: auto; max-height: 30vh; } }"</style>
                 </noscript>
             </head>
             <body>

@@ -329,7 +329,7 @@ pub struct RoomInfo {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub topic: String,
     pub kind: RoomKind,
-    /// For a direct room, everyone in it by name, the user included.
+    /// For a direct or private room, everyone in it by name, the user included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
     /// Whether the user is a member (a public room may be read without joining).
@@ -353,6 +353,67 @@ pub struct RoomInfo {
     /// What of the room notifies the user.
     #[serde(default)]
     pub notify: Notify,
+    /// The user created it, so may rename, archive, invite and remove (admins may too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manage: bool,
+}
+
+impl RoomInfo {
+    /// What the sidebar and the header call it: `#name` for a room, the other people's names for a
+    /// direct one.
+    pub fn label(&self, me: &str) -> String {
+        if self.kind != RoomKind::Direct {
+            let name = if self.name.is_empty() {
+                &self.slug
+            } else {
+                &self.name
+            };
+            return format!("#{name}");
+        }
+        let others: Vec<&str> = self
+            .members
+            .iter()
+            .map(String::as_str)
+            .filter(|name| *name != me)
+            .collect();
+        if others.is_empty() {
+            me.to_owned()
+        } else {
+            others.join(", ")
+        }
+    }
+
+    /// Its page: `/` for `general`, `/dm/<name>` for a conversation with one other person, `/r/<slug>`
+    /// for the rest.
+    pub fn path(&self, me: &str) -> String {
+        if self.slug == GENERAL_ROOM {
+            return "/".to_owned();
+        }
+        if self.kind == RoomKind::Direct {
+            let mut others = self.members.iter().filter(|name| *name != me);
+            if let (Some(other), None) = (others.next(), others.next()) {
+                return format!("/dm/{}", path_segment(other));
+            }
+        }
+        format!("/r/{}", path_segment(&self.slug))
+    }
+}
+
+/// `text` as one URL path segment: unreserved ASCII as is, every other byte as `%XX`. (Names may hold
+/// any printable character, `/` and `?` included.)
+pub fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 15)]));
+        }
+    }
+    out
 }
 
 /// Whether `text` mentions the person called `name`: `@name`, in any case, not inside a longer word (so
@@ -967,6 +1028,7 @@ mod tests {
                     unread: 1,
                     mentions: 1,
                     notify: Notify::Everything,
+                    manage: false,
                 }],
             },
             ServerFrame::Room(RoomInfo {
@@ -982,6 +1044,7 @@ mod tests {
                 unread: 0,
                 mentions: 0,
                 notify: Notify::Mentions,
+                manage: true,
             }),
             ServerFrame::RoomGone {
                 room: "design".into(),

@@ -152,7 +152,7 @@ test("others see who is typing and who is online, and a leave line when someone 
   await expect(bob.page.locator(".typing")).toHaveText("");
 
   await bob.page.locator(".people > summary").click();
-  const list = bob.page.getByRole("list", { name: "Online now" });
+  const list = bob.page.getByRole("list", { name: "People here" });
   await expect(list.getByText(annName, { exact: true })).toBeVisible();
 
   await ann.page.locator(".people > summary").click();

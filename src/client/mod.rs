@@ -5,7 +5,7 @@
 
 use crate::protocol::{ClientFrame, ServerFrame};
 use crate::ui::state::{Chat, Link, Pending};
-use leptos::prelude::{Effect, Get, Update, WithUntracked};
+use leptos::prelude::{Effect, Get, GetUntracked, Set, Update, WithUntracked};
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 use wasm_bindgen::prelude::*;
@@ -59,6 +59,48 @@ impl Link for Browser {
     fn after(&self, delay: Duration, then: Box<dyn FnOnce() + 'static>) {
         leptos::prelude::set_timeout(then, delay);
     }
+
+    fn navigate(&self, path: &str) {
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        let here = window.location().pathname().ok();
+        if here.as_deref() == Some(path) {
+            return;
+        }
+        if let Ok(history) = window.history() {
+            let _ = history.push_state_with_url(&JsValue::NULL, "", Some(path));
+        }
+    }
+
+    fn hidden(&self) -> bool {
+        web_sys::window()
+            .and_then(|w| w.document())
+            .is_some_and(|d| d.visibility_state() != web_sys::VisibilityState::Visible)
+    }
+
+    fn notify(&self, chat: Chat, title: &str, body: &str, room: &str) {
+        if web_sys::Notification::permission() != web_sys::NotificationPermission::Granted {
+            return;
+        }
+        let options = web_sys::NotificationOptions::new();
+        options.set_body(body);
+        // One notification per room: a newer one replaces the last instead of piling up.
+        options.set_tag(room);
+        let Ok(shown) = web_sys::Notification::new_with_options(title, &options) else {
+            return;
+        };
+        let room = room.to_owned();
+        let on_click = Closure::<dyn FnMut()>::new(move || {
+            if let Some(window) = web_sys::window() {
+                let _ = window.focus();
+            }
+            chat.open_room(&room, true);
+        });
+        shown.set_onclick(Some(on_click.as_ref().unchecked_ref()));
+        // It lives as long as the notification may be clicked, which the page cannot know.
+        on_click.forget();
+    }
 }
 
 /// Starts the page's connection: restores the outbox, opens the socket and watches the network.
@@ -67,7 +109,35 @@ pub fn connect(chat: Chat) {
     restore_outbox(chat);
     Effect::new(move |_| save_outbox(&chat.pending.get()));
     watch_network(chat);
+    watch_history(chat);
     open(chat);
+}
+
+/// Back and forward between rooms: the address names the room, which opens without a reload.
+fn watch_history(chat: Chat) {
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    let on_pop = Closure::<dyn FnMut()>::new(move || {
+        let Some(path) = web_sys::window().and_then(|w| w.location().pathname().ok()) else {
+            return;
+        };
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let (prefix, value) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let value = js_sys::decode_uri_component(value)
+            .ok()
+            .and_then(|v| v.as_string())
+            .unwrap_or_default();
+        match chat.room_at(prefix, &value) {
+            Some(slug) => chat.open_room(&slug, false),
+            // A room this tab does not know (any more): the server's page says what it is.
+            None => {
+                let _ = web_sys::window().map(|w| w.location().reload());
+            }
+        }
+    });
+    let _ = window.add_event_listener_with_callback("popstate", on_pop.as_ref().unchecked_ref());
+    on_pop.forget();
 }
 
 fn storage() -> Option<web_sys::Storage> {
@@ -118,6 +188,9 @@ fn watch_network(chat: Chat) {
             .is_some_and(|d| d.visibility_state() == web_sys::VisibilityState::Visible);
         if visible {
             reconnect_now(chat);
+            chat.visible.set(true);
+        } else {
+            chat.visible.set(false);
         }
     });
     let _ = window.add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref());
@@ -164,7 +237,7 @@ fn transmit(frame: &ClientFrame) -> bool {
     })
 }
 
-fn endpoint(after: u64) -> Option<String> {
+fn endpoint(room: &str, after: u64) -> Option<String> {
     let location = web_sys::window()?.location();
     let scheme = if location.protocol().ok()? == "https:" {
         "wss"
@@ -172,15 +245,21 @@ fn endpoint(after: u64) -> Option<String> {
         "ws"
     };
     let host = location.host().ok()?;
-    Some(if after > 0 {
-        format!("{scheme}://{host}/ws?after={after}")
-    } else {
-        format!("{scheme}://{host}/ws")
-    })
+    let mut url = format!("{scheme}://{host}/ws");
+    let mut sep = '?';
+    if room != crate::protocol::GENERAL_ROOM {
+        url.push_str(&format!("?room={}", crate::protocol::path_segment(room)));
+        sep = '&';
+    }
+    if after > 0 {
+        url.push_str(&format!("{sep}after={after}"));
+    }
+    Some(url)
 }
 
 fn open(chat: Chat) {
-    let Some(url) = endpoint(chat.last_seq()) else {
+    let room = chat.room.get_untracked();
+    let Some(url) = endpoint(&room, chat.last_seq()) else {
         return;
     };
     let socket = match WebSocket::new(&url) {

@@ -228,6 +228,8 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .route("/", get(page))
+        .route("/r/{slug}", get(room_page))
+        .route("/dm/{name}", get(dm_page))
         .route("/ws", get(websocket))
         .route(
             "/login",
@@ -262,19 +264,51 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The chat page: reads what it shows (the recent history and who this browser is) from the store, then
-/// renders it. A browser without a session is given one here. With the store down it says so, with a
-/// 503, rather than render an empty chat.
+/// The chat page (`general`): reads what it shows (the recent history and who this browser is) from the
+/// store, then renders it. A browser without a session is given one here. With the store down it says
+/// so, with a 503, rather than render an empty chat.
 async fn page(
     State(state): State<AppState>,
     axum::Extension(pages): axum::Extension<Pages>,
     axum::Extension(nonce): axum::Extension<web::CspNonce>,
     Query(query): Query<PageQuery>,
-    mut browser: Browser,
+    browser: Browser,
 ) -> Response {
     if let Some(token) = query.token.filter(|t| !t.is_empty()) {
         return identity::http::token_sign_in(&state, &pages, nonce, &browser, &token).await;
     }
+    page_of(state, pages, nonce, browser, Shown::GENERAL).await
+}
+
+/// `/r/<slug>`: a room's page, for anyone who may see the room; 404 for everyone else.
+async fn room_page(
+    State(state): State<AppState>,
+    axum::Extension(pages): axum::Extension<Pages>,
+    axum::Extension(nonce): axum::Extension<web::CspNonce>,
+    axum::extract::Path(slug): axum::extract::Path<String>,
+    browser: Browser,
+) -> Response {
+    page_of(state, pages, nonce, browser, Shown::Room(&slug)).await
+}
+
+/// `/dm/<name>`: the user's conversation with `name`, for the two of them; 404 for everyone else.
+async fn dm_page(
+    State(state): State<AppState>,
+    axum::Extension(pages): axum::Extension<Pages>,
+    axum::Extension(nonce): axum::Extension<web::CspNonce>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    browser: Browser,
+) -> Response {
+    page_of(state, pages, nonce, browser, Shown::Dm(&name)).await
+}
+
+async fn page_of(
+    state: AppState,
+    pages: Pages,
+    nonce: web::CspNonce,
+    mut browser: Browser,
+    shown: Shown<'_>,
+) -> Response {
     let cookie = match browser.ensure_session(state.accounts.store.as_ref()).await {
         Ok((_, cookie)) => cookie,
         Err(err) => {
@@ -282,11 +316,12 @@ async fn page(
             return identity::unavailable();
         }
     };
-    let page = identity::http::chat_page(
+    let page = identity::http::chat_page_of(
         &state,
         &pages,
         nonce,
         &browser,
+        shown,
         axum::http::StatusCode::OK,
         None,
         None,
@@ -294,34 +329,95 @@ async fn page(
     identity::with_cookie(page.await, cookie)
 }
 
-/// What the chat page starts from: the newest page of the room's history, and who this browser is. An
-/// invite-only chat shows a stranger nothing but how to get in.
+/// Which room a page shows.
+#[derive(Debug, Clone, Copy)]
+pub enum Shown<'a> {
+    /// `/` and `/r/<slug>`.
+    Room(&'a str),
+    /// `/dm/<name>`: the user's conversation with that one person.
+    Dm(&'a str),
+}
+
+impl Shown<'_> {
+    pub const GENERAL: Shown<'static> = Shown::Room(crate::protocol::GENERAL_ROOM);
+}
+
+/// What the chat page starts from: the sidebar (the user's rooms, with what is unread), the newest
+/// page of the shown room's history, and who this browser is. `None` when the room is not one this
+/// browser may see, which is answered exactly as a room that does not exist. An invite-only chat shows
+/// a stranger nothing but how to get in.
 pub async fn bootstrap(
     state: &AppState,
     browser: &Browser,
+    shown: Shown<'_>,
     form_error: Option<String>,
     flash: Option<crate::ui::state::Flash>,
-) -> Result<Bootstrap, store::StoreError> {
-    use crate::protocol::{Access, GENERAL_ROOM, HISTORY_PAGE};
+) -> Result<Option<Bootstrap>, store::StoreError> {
+    use crate::protocol::{Access, RoomKind, HISTORY_PAGE};
     let me = browser
         .session
         .as_ref()
         .and_then(identity::http::identity_of_session);
     let access = state.sessions.config.access;
     if access == Access::Invite && !identity::http::admitted(browser) {
-        return Ok(Bootstrap {
+        if !matches!(shown, Shown::Room(crate::protocol::GENERAL_ROOM)) {
+            return Ok(None);
+        }
+        return Ok(Some(Bootstrap {
             page: Page::Chat,
             me,
             form_error: form_error.or_else(|| Some(session::INVITE_REQUIRED.to_owned())),
             access,
             complete: true,
             ..Bootstrap::default()
-        });
+        }));
     }
+    let directory = &state.sessions.rooms;
+    let user = me.as_ref().map(|me| me.user_id);
+    let reader = me.as_ref().map(|me| (me.user_id, me.name.as_str()));
+    let mut rooms = Vec::new();
+    for room in directory.rooms_of(user).await? {
+        let seen = rooms::Seen {
+            member: user.is_some(),
+            room,
+        };
+        rooms.push(directory.info(&seen, reader).await?);
+    }
+    let slug = match shown {
+        Shown::Room(slug) if rooms.iter().any(|r| r.slug == slug) => slug.to_owned(),
+        Shown::Room(slug) => {
+            // A public room read without joining it: shown, and listed while it is.
+            let Some(seen) = directory.visible(slug, user).await? else {
+                return Ok(None);
+            };
+            rooms.push(directory.info(&seen, reader).await?);
+            seen.room.slug
+        }
+        Shown::Dm(name) => {
+            let (Some(me), Ok(name)) = (&me, crate::protocol::validate_name(name)) else {
+                return Ok(None);
+            };
+            let (mine, theirs) = (names::name_key(&me.name), names::name_key(&name));
+            let one_to_one = rooms.iter().find(|room| {
+                let mut others = room
+                    .members
+                    .iter()
+                    .map(|n| names::name_key(n))
+                    .filter(|key| *key != mine);
+                room.kind == RoomKind::Direct
+                    && others.next().as_ref() == Some(&theirs)
+                    && others.next().is_none()
+            });
+            match one_to_one {
+                Some(room) => room.slug.clone(),
+                None => return Ok(None),
+            }
+        }
+    };
     let events = state
         .hub
         .store()
-        .before(GENERAL_ROOM, u64::MAX, HISTORY_PAGE)
+        .before(&slug, u64::MAX, HISTORY_PAGE)
         .await?;
     let complete = crate::protocol::reaches_first_event(&events);
     let sessions = match (&browser.session, &me) {
@@ -340,27 +436,34 @@ pub async fn bootstrap(
             .collect(),
         _ => Vec::new(),
     };
-    Ok(Bootstrap {
+    Ok(Some(Bootstrap {
         page: Page::Chat,
         me,
         form_error,
         access,
         flash,
         sessions,
+        room: slug,
+        rooms,
         events,
         complete,
-    })
+    }))
+}
+
+/// The answer for a page that is not there, or a room one may not see: the same bytes for both.
+pub async fn not_found() -> (axum::http::StatusCode, axum::response::Html<&'static str>) {
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        axum::response::Html(
+            "<!DOCTYPE html><html lang=\"en\"><meta charset=\"utf-8\"><title>Confab</title>\
+             <p>Page not found. <a href=\"/\">Go to the chat.</a></p></html>",
+        ),
+    )
 }
 
 /// Static files of the site (the favicon and other assets); anything else is a plain 404.
 fn site_files(options: &LeptosOptions) -> Router {
     use axum::handler::HandlerWithoutStateExt;
-    async fn not_found() -> axum::response::Html<&'static str> {
-        axum::response::Html(
-            "<!DOCTYPE html><html lang=\"en\"><meta charset=\"utf-8\"><title>Confab</title>\
-             <p>Page not found. <a href=\"/\">Go to the chat.</a></p></html>",
-        )
-    }
     let root = std::path::Path::new(options.site_root.as_ref());
     Router::new().fallback_service(
         tower_http::services::ServeDir::new(root).not_found_service(not_found.into_service()),

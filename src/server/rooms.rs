@@ -106,7 +106,9 @@ impl Directory {
             Some((user, _)) => self.store.notify(user, &room.slug).await?,
             None => Notify::default(),
         };
-        let members = if room.kind == RoomKind::Direct {
+        // The people of a room with a fixed or closed membership, for its people list; a public room
+        // may be large, and its presence says who is there.
+        let members = if matches!(room.kind, RoomKind::Direct | RoomKind::Private) {
             let members = self.store.members(&room.slug).await?;
             members.into_iter().map(|user| user.name).collect()
         } else {
@@ -125,6 +127,7 @@ impl Directory {
             unread,
             mentions,
             notify,
+            manage: reader.is_some_and(|(user, _)| user == room.created_by),
         })
     }
 

@@ -82,6 +82,7 @@ pub fn Composer() -> impl IntoView {
         // A real form: without JavaScript (or before the WASM), the server stores the message and renders
         // the page again; hydrated, the message goes over the socket.
         <form class="composer" method="post" action="/messages" on:submit=move |ev| { ev.prevent_default(); submit(); }>
+            <input type="hidden" name="room" value=move || chat.room.get()/>
             <textarea
                 node_ref=field
                 name="text"

@@ -4,7 +4,7 @@
 use super::message_row::{EventRow, PendingRow};
 use super::state::Chat;
 use super::when;
-use crate::protocol::ChatEvent;
+use crate::protocol::{ChatEvent, EventKind};
 use leptos::html;
 use leptos::prelude::*;
 
@@ -12,6 +12,17 @@ use leptos::prelude::*;
 const STICK_DISTANCE: i32 = 80;
 /// How close to the top starts loading the page before.
 const LOAD_OLDER_DISTANCE: i32 = 120;
+
+/// Scrolls the "New messages" divider to the top of the list if there is one, and to the end otherwise.
+fn open_at_divider(list: NodeRef<html::Div>, to_bottom: impl Fn(bool)) {
+    let divider = list
+        .get_untracked()
+        .and_then(|el| el.query_selector(".unread-divider").ok().flatten());
+    match divider {
+        Some(divider) => divider.scroll_into_view(),
+        None => to_bottom(false),
+    }
+}
 
 #[component]
 pub fn MessageList() -> impl IntoView {
@@ -24,6 +35,23 @@ pub fn MessageList() -> impl IntoView {
     // Distance from the bottom when an older page was asked for; the view is put back there once it lands.
     let anchor = StoredValue::new(None::<i32>);
     let unseen = RwSignal::new(false);
+    // The first message by someone else after the read mark the room opened with.
+    let first_unread = Memo::new(move |_| {
+        let after = chat.divider.get()?;
+        let me = chat.me.with(|me| me.as_ref().map(|me| me.user_id));
+        chat.events.with(|events| {
+            events
+                .iter()
+                .find(|e| e.seq > after && e.kind == EventKind::Message && Some(e.user_id) != me)
+                .map(|e| e.seq)
+        })
+    });
+    // The reader sees the end of the list: what is there is read (in every tab, once the mark is in).
+    let read_if_seen = move || {
+        if stick.get_value() && chat.visible.get_untracked() {
+            chat.mark_read();
+        }
+    };
 
     let scroll_to_bottom = move |smooth: bool| {
         if let Some(el) = list.get_untracked() {
@@ -49,6 +77,7 @@ pub fn MessageList() -> impl IntoView {
         if distance <= STICK_DISTANCE {
             stick.set_value(true);
             unseen.set(false);
+            read_if_seen();
         } else if top < last_top.get_value() {
             stick.set_value(false);
         }
@@ -63,23 +92,39 @@ pub fn MessageList() -> impl IntoView {
     };
 
     // Runs after rows render. New rows at the bottom: follow them, or note there is something new below.
-    Effect::new(move |previous: Option<(u64, usize)>| {
+    Effect::new(move |previous: Option<(String, u64, usize)>| {
         let newest = (
+            chat.room.get(),
             chat.events.with(|e| e.last().map_or(0, |e| e.seq)),
             chat.pending.with(Vec::len),
         );
+        // Coming back to the tab reads what came meanwhile.
+        let _ = chat.visible.get();
         match previous {
-            None => request_animation_frame(move || scroll_to_bottom(false)),
-            Some(before) if before != newest => {
-                let ours = newest.1 > before.1;
+            // A room opens at its first unread message (under the divider), or at the end.
+            Some(ref before) if before.0 != newest.0 || before.1 == 0 => {
+                request_animation_frame(move || {
+                    open_at_divider(list, scroll_to_bottom);
+                    read_if_seen();
+                })
+            }
+            None => request_animation_frame(move || {
+                open_at_divider(list, scroll_to_bottom);
+                read_if_seen();
+            }),
+            Some(ref before) if *before != newest => {
+                let ours = newest.2 > before.2;
                 if stick.get_value() || ours {
                     // Wait a frame so the new row has its height before scrolling to it.
-                    request_animation_frame(move || scroll_to_bottom(true));
+                    request_animation_frame(move || {
+                        scroll_to_bottom(true);
+                        read_if_seen();
+                    });
                 } else {
                     unseen.set(true);
                 }
             }
-            Some(_) => {}
+            Some(_) => read_if_seen(),
         }
         newest
     });
@@ -99,7 +144,15 @@ pub fn MessageList() -> impl IntoView {
     });
 
     let my_name = move || chat.name.get().unwrap_or_default();
-    let empty = move || chat.events.with(Vec::is_empty) && chat.pending.with(Vec::is_empty);
+    let shown_pending = move || {
+        let room = chat.room.get();
+        chat.pending
+            .get()
+            .into_iter()
+            .filter(|p| p.room == room)
+            .collect::<Vec<_>>()
+    };
+    let empty = move || chat.events.with(Vec::is_empty) && shown_pending().is_empty();
     view! {
         <div class="messages" node_ref=list on:scroll=on_scroll>
             {when(
@@ -113,9 +166,15 @@ pub fn MessageList() -> impl IntoView {
             {when(empty, || view! { <p class="empty">"No messages yet. Send your first message!"</p> })}
             <ol class="rows" aria-label="Messages">
                 <For each=move || chat.events.get().into_iter().filter(ChatEvent::is_shown) key=|event| event.seq let(event)>
+                    {
+                        let seq = event.seq;
+                        move || (first_unread.get() == Some(seq)).then(|| view! {
+                            <li class="unread-divider" role="separator"><span>"New messages"</span></li>
+                        })
+                    }
                     <EventRow event/>
                 </For>
-                <For each=move || chat.pending.get() key=|p| (p.id, p.failed.clone()) let(pending)>
+                <For each=shown_pending key=|p| (p.id, p.failed.clone()) let(pending)>
                     <PendingRow pending name=my_name()/>
                 </For>
             </ol>

@@ -5,6 +5,8 @@ mod message_list;
 pub(crate) mod message_row;
 mod name_dialog;
 mod people;
+mod room_bar;
+mod sidebar;
 mod sign_in;
 pub mod state;
 mod status;
@@ -14,6 +16,8 @@ use leptos::prelude::*;
 use message_list::MessageList;
 use name_dialog::NameDialog;
 use people::{People, TypingLine, WhoAmI};
+use room_bar::{may_post, ReadOnly, RoomBar};
+use sidebar::Sidebar;
 use sign_in::SignInPage;
 use state::{Bootstrap, Chat, Page};
 use status::{Notice, StatusBadge};
@@ -66,12 +70,31 @@ fn ChatView(boot: Bootstrap) -> impl IntoView {
         Effect::new(move |_| connect(chat));
     }
 
+    // The title counts what is unread everywhere: "(3) Confab".
+    Effect::new(move |_| {
+        let unread = chat.unread_total();
+        if let Some(document) = web_sys::window().and_then(|w| w.document()) {
+            document.set_title(&if unread > 0 {
+                format!("({unread}) Confab")
+            } else {
+                "Confab".to_owned()
+            });
+        }
+    });
+
     // While the name dialog shows, the chat behind it is inert: no focus, no typing into the composer.
     let inert = move || (!chat.joined.get()).then_some("");
+    let may_post = may_post(chat);
     view! {
         <div class="chat">
             <div class="chat-main" inert=inert>
                 <header class="topbar">
+                    <button type="button" class="menu-toggle" aria-controls="sidebar"
+                        aria-expanded=move || chat.menu_open.get().to_string()
+                        aria-label="Rooms" on:click=move |_| chat.menu_open.update(|open| *open = !*open)>
+                        "☰"
+                        {move || (chat.unread_total() > 0).then(|| view! { <span class="badge">{chat.unread_total()}</span> })}
+                    </button>
                     <h1>"Confab"</h1>
                     <div class="topbar-end">
                         <WhoAmI/>
@@ -79,6 +102,13 @@ fn ChatView(boot: Bootstrap) -> impl IntoView {
                         <StatusBadge/>
                     </div>
                 </header>
+                <div class="layout">
+                <Sidebar/>
+                {when(move || chat.menu_open.get(), move || view! {
+                    <div class="menu-backdrop" on:click=move |_| chat.menu_open.set(false)></div>
+                })}
+                <section class="room" aria-label="Conversation">
+                <RoomBar/>
                 <Notice/>
                 <MessageList/>
                 <TypingLine/>
@@ -94,7 +124,13 @@ fn ChatView(boot: Bootstrap) -> impl IntoView {
                         <p class="slow" role="status">"Sending slowly: your messages go out in order as the chat allows."</p>
                     },
                 )}
-                <Composer/>
+                {move || if may_post() {
+                    leptos::either::Either::Left(view! { <Composer/> })
+                } else {
+                    leptos::either::Either::Right(view! { <ReadOnly/> })
+                }}
+                </section>
+                </div>
             </div>
             {when(move || !chat.joined.get(), || view! { <NameDialog/> })}
         </div>

@@ -159,6 +159,26 @@ fn MemberTools() -> impl IntoView {
 pub fn People() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let count = move || chat.online.with(Vec::len);
+    // The room's people: who is online first, then (in a private room or a conversation, whose
+    // members are known) everyone else.
+    let people = move || {
+        let online = chat.online.get();
+        let mut people: Vec<(String, bool)> = online.iter().map(|n| (n.clone(), true)).collect();
+        if let Some(room) = chat.shown() {
+            for name in room.members {
+                if !online.contains(&name) {
+                    people.push((name, false));
+                }
+            }
+        }
+        people
+    };
+    let me = move || chat.name.get().unwrap_or_default();
+    let manage = move || {
+        chat.shown()
+            .filter(|room| chat.may_manage(room))
+            .map(|room| room.slug)
+    };
     // Open when the server refused a form posted from the panel, so its reason shows.
     let open = (chat.form_error.get_untracked().is_some() || chat.flash.get_untracked().is_some())
         && chat.joined.get_untracked();
@@ -166,9 +186,26 @@ pub fn People() -> impl IntoView {
         <details class="people" open=open>
             <summary>{move || format!("{} online", count())}</summary>
             <div class="people-panel">
-                <ul aria-label="Online now">
-                    <For each=move || chat.online.get() key=|name| name.clone() let(name)>
-                        <li>{name}</li>
+                <ul aria-label="People here">
+                    <For each=people key=|person| person.clone() let((name, online))>
+                        <li class="person" class:offline=!online>
+                            <span class="person-name">{name.clone()}</span>
+                            {(!online).then(|| view! { <span class="hint">" (away)"</span> })}
+                            {
+                                let (dm, out) = (name.clone(), name.clone());
+                                move || (chat.joined.get() && dm != me()).then(|| {
+                                    let (dm, out) = (dm.clone(), out.clone());
+                                    view! {
+                                        <button type="button" class="link" title=format!("Write to {dm} directly")
+                                            on:click=move |_| chat.direct(vec![dm.clone()])>"Message"</button>
+                                        {manage().map(|room| view! {
+                                            <button type="button" class="link danger" title=format!("Remove {out} from this room")
+                                                on:click=move |_| chat.remove(&room, &out)>"Remove"</button>
+                                        })}
+                                    }
+                                })
+                            }
+                        </li>
                     </For>
                 </ul>
                 {when(

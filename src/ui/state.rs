@@ -4,11 +4,14 @@
 //! the browser's name); in the browser the connection in `crate::client` feeds it frames and carries its
 //! outgoing frames.
 
+mod rooms;
+
 use crate::protocol::{
     validate_name, validate_text, ChatEvent, ClientFrame, ErrorCode, EventKind, Identity,
-    NameError, ServerFrame, UserKind, GENERAL_ROOM,
+    NameError, RoomInfo, ServerFrame, UserKind, GENERAL_ROOM,
 };
 use leptos::prelude::*;
+pub use rooms::Want;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
@@ -49,7 +52,7 @@ pub struct Flash {
 }
 
 /// What the server renders the page from, and what hydration starts from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bootstrap {
     #[serde(default)]
     pub page: Page,
@@ -67,10 +70,38 @@ pub struct Bootstrap {
     /// A member's own sessions (their devices), to see and end.
     #[serde(default)]
     pub sessions: Vec<Device>,
-    /// The newest page of events, oldest first.
+    /// The room the page shows (its slug).
+    #[serde(default = "general")]
+    pub room: String,
+    /// The sidebar: `general`, the user's rooms and conversations, and the shown room if it is a public
+    /// one the user only reads.
+    #[serde(default)]
+    pub rooms: Vec<RoomInfo>,
+    /// The newest page of the shown room's events, oldest first.
     pub events: Vec<ChatEvent>,
     /// True when `events` reaches back to the room's first event.
     pub complete: bool,
+}
+
+fn general() -> String {
+    GENERAL_ROOM.to_owned()
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Self {
+            page: Page::Chat,
+            me: None,
+            form_error: None,
+            access: crate::protocol::Access::default(),
+            flash: None,
+            sessions: Vec::new(),
+            room: general(),
+            rooms: Vec::new(),
+            events: Vec::new(),
+            complete: false,
+        }
+    }
 }
 
 /// The id of the `<script type="application/json">` that carries the [`Bootstrap`] in the page.
@@ -152,6 +183,9 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub id: Uuid,
+    /// The room it goes to.
+    #[serde(default = "general")]
+    pub room: String,
     pub text: String,
     /// Why the server refused it, if it did; `None` while it is on its way.
     #[serde(default)]
@@ -169,6 +203,12 @@ pub trait Link: Sync {
     fn retry_later(&self, chat: Chat);
     /// Runs `then` after `delay` (for sending held messages when the rate allows).
     fn after(&self, delay: Duration, then: Box<dyn FnOnce() + 'static>);
+    /// Puts `path` in the address bar as a new history entry, without loading it.
+    fn navigate(&self, path: &str);
+    /// Whether the tab is hidden (another tab, a minimised window).
+    fn hidden(&self) -> bool;
+    /// Shows a system notification, if the user allowed them; clicking it opens `room`.
+    fn notify(&self, chat: Chat, title: &str, body: &str, room: &str);
 }
 
 /// How long "<name> is typing…" stays after the last typing signal.
@@ -177,7 +217,19 @@ const TYPING_SHOWN_FOR: Duration = Duration::from_secs(4);
 /// Handle to the chat state; `Copy`, so every component and closure can hold one.
 #[derive(Clone, Copy)]
 pub struct Chat {
-    /// Room events in sequence order.
+    /// The room shown (its slug).
+    pub room: RwSignal<String>,
+    /// The sidebar: `general`, then the user's rooms and conversations, each with what is unread.
+    pub rooms: RwSignal<Vec<RoomInfo>>,
+    /// The public rooms, while "Browse rooms" is open.
+    pub directory: RwSignal<Option<Vec<RoomInfo>>>,
+    /// Where the "New messages" divider goes: after this sequence number of the shown room.
+    pub divider: RwSignal<Option<u64>>,
+    /// The phone-width menu (the sidebar) is open.
+    pub menu_open: RwSignal<bool>,
+    /// The tab is visible (set by the browser's connection).
+    pub visible: RwSignal<bool>,
+    /// The shown room's events in sequence order.
     pub events: RwSignal<Vec<ChatEvent>>,
     /// Our messages not yet seen in `events`, oldest first. This is the outbox: the browser keeps it
     /// across reloads, and it is sent again after every (re)join until the room shows each message.
@@ -219,13 +271,31 @@ pub struct Chat {
     leaving: StoredValue<bool>,
     /// The browser's connection, once it exists (never on the server).
     link: StoredValue<Option<&'static dyn Link>>,
+    /// The room switched to whose history has not come yet: its live events wait for it.
+    opening: StoredValue<Option<String>>,
+    /// A room the user asked for (made, joined, wrote to), shown as soon as the server has it.
+    want: StoredValue<Option<Want>>,
+    /// A read mark is on its way after a short pause (they go at most once a second).
+    read_due: StoredValue<bool>,
 }
 
 impl Chat {
     /// The state the page starts from.
     pub fn new(boot: Bootstrap) -> Self {
         let joined = boot.me.is_some();
+        let divider = boot
+            .rooms
+            .iter()
+            .find(|r| r.slug == boot.room)
+            .filter(|r| r.unread > 0)
+            .map(|r| r.last_read);
         Self {
+            room: RwSignal::new(boot.room),
+            rooms: RwSignal::new(boot.rooms),
+            directory: RwSignal::new(None),
+            divider: RwSignal::new(divider),
+            menu_open: RwSignal::new(false),
+            visible: RwSignal::new(true),
             events: RwSignal::new(boot.events),
             pending: RwSignal::new(Vec::new()),
             name: RwSignal::new(boot.me.as_ref().map(|me| me.name.clone())),
@@ -246,6 +316,9 @@ impl Chat {
             flushed: StoredValue::new(false),
             leaving: StoredValue::new(false),
             link: StoredValue::new(None),
+            opening: StoredValue::new(None),
+            want: StoredValue::new(None),
+            read_due: StoredValue::new(false),
         }
     }
 
@@ -306,9 +379,11 @@ impl Chat {
             }
         };
         let id = Uuid::new_v4();
+        let room = self.room.get_untracked();
         self.pending.update(|p| {
             p.push(Pending {
                 id,
+                room: room.clone(),
                 text: text.clone(),
                 failed: None,
             })
@@ -317,11 +392,7 @@ impl Chat {
         // Offline, the message waits in the outbox and goes out after the next join; held back for the
         // rate, it goes with the others when the wait is over.
         if self.joined.get_untracked() && !self.sending_slowly.get_untracked() {
-            self.transmit(&ClientFrame::Send {
-                room: GENERAL_ROOM.into(),
-                id,
-                text,
-            });
+            self.transmit(&ClientFrame::Send { room, id, text });
         }
         true
     }
@@ -329,7 +400,7 @@ impl Chat {
     /// Deletes message `id` (ours, or anyone's for an admin); it disappears once the server says so.
     pub fn delete(&self, id: Uuid) {
         if !self.transmit(&ClientFrame::Delete {
-            room: GENERAL_ROOM.into(),
+            room: self.room.get_untracked(),
             id,
         }) {
             self.notice.set(Some(
@@ -342,7 +413,7 @@ impl Chat {
     pub fn typing(&self) {
         if self.joined.get_untracked() {
             self.transmit(&ClientFrame::Typing {
-                room: GENERAL_ROOM.into(),
+                room: self.room.get_untracked(),
             });
         }
     }
@@ -356,7 +427,7 @@ impl Chat {
             return;
         };
         if self.transmit(&ClientFrame::History {
-            room: GENERAL_ROOM.into(),
+            room: self.room.get_untracked(),
             before,
         }) {
             self.loading_older.set(true);
@@ -365,19 +436,15 @@ impl Chat {
 
     /// Sends a refused message again.
     pub fn retry(&self, id: Uuid) {
-        let mut text = None;
+        let mut again = None;
         self.pending.update(|pending| {
             if let Some(p) = pending.iter_mut().find(|p| p.id == id) {
                 p.failed = None;
-                text = Some(p.text.clone());
+                again = Some((p.room.clone(), p.text.clone()));
             }
         });
-        if let Some(text) = text {
-            self.transmit(&ClientFrame::Send {
-                room: GENERAL_ROOM.into(),
-                id,
-                text,
-            });
+        if let Some((room, text)) = again {
+            self.transmit(&ClientFrame::Send { room, id, text });
         }
     }
 
@@ -390,6 +457,8 @@ impl Chat {
         }
         self.flushed.set_value(false);
         self.loading_older.set(false);
+        // The connection starts with the shown room's history (see `crate::client`).
+        self.opening.set_value(None);
         if self.leaving.get_value() {
             self.transmit(&ClientFrame::Leave);
         }
@@ -410,15 +479,21 @@ impl Chat {
 
     /// Applies one frame from the server.
     pub fn apply(&self, frame: ServerFrame) {
+        let shown = |room: &str| self.room.with_untracked(|shown| shown == room);
         match frame {
-            // This page shows `general`; frames of the user's other rooms are not for its list.
-            ServerFrame::Event(event) if event.room != GENERAL_ROOM => {}
-            ServerFrame::Presence { ref room, .. }
-            | ServerFrame::Typing { ref room, .. }
+            // The user's other rooms: their unread counts and notifications, not the list.
+            ServerFrame::Event(event) if !shown(&event.room) => self.elsewhere(&event),
+            // The history of a room being opened comes next, and holds this event.
+            ServerFrame::Event(_) if self.opening.with_value(|o| o.is_some()) => {}
+            ServerFrame::Event(event) => {
+                self.heard(&event);
+                self.on_event(event);
+            }
+            ServerFrame::Typing { ref room, .. }
             | ServerFrame::History { ref room, .. }
             | ServerFrame::Reset { ref room, .. }
-                if room != GENERAL_ROOM => {}
-            ServerFrame::Event(event) => self.on_event(event),
+                if !shown(room) => {}
+            ServerFrame::Presence { ref room, .. } if !shown(room) => self.healthy(),
             ServerFrame::Joined(_) if self.leaving.get_value() => {}
             ServerFrame::Joined(identity) => {
                 self.name.set(Some(identity.name.clone()));
@@ -434,15 +509,8 @@ impl Chat {
                 // The event itself follows on the live stream and replaces the pending row.
             }
             ServerFrame::Presence { online, .. } => {
-                // The server sends this once it has read the history and the session: it is healthy.
-                if self.status.get_untracked() == Status::Unavailable {
-                    self.notice.set(None); // the outage notice no longer holds
-                }
                 self.online.set(online);
-                self.status.set(Status::Connected);
-                if let Some(link) = self.link.get_value() {
-                    link.healthy();
-                }
+                self.healthy();
             }
             ServerFrame::Typing { name, .. } => self.on_typing(name),
             ServerFrame::History {
@@ -465,9 +533,13 @@ impl Chat {
                 // it is stored already is in the page, and the rest goes again after the join.
                 self.pending
                     .update(|pending| pending.retain(|p| events.iter().all(|e| e.id != p.id)));
+                if let Some(last) = events.last() {
+                    self.heard(last);
+                }
                 self.events.set(events);
                 self.history_complete.set(complete);
                 self.loading_older.set(false);
+                self.opening.set_value(None);
             }
             ServerFrame::Left => {
                 self.leaving.set_value(false);
@@ -481,13 +553,24 @@ impl Chat {
                 id,
                 retry_after_ms,
             } => self.on_error(code, message, id, retry_after_ms),
+            ServerFrame::Rooms { rooms } => self.on_rooms(rooms),
+            ServerFrame::Room(info) => self.on_room(info),
+            ServerFrame::RoomGone { room } => self.on_room_gone(&room),
+            ServerFrame::Directory { rooms } => self.directory.set(Some(rooms)),
+            ServerFrame::Read { room, seq } => self.on_read(&room, seq),
             // A frame of a newer server: nothing this page knows how to show.
-            ServerFrame::Rooms { .. }
-            | ServerFrame::Room(_)
-            | ServerFrame::RoomGone { .. }
-            | ServerFrame::Directory { .. }
-            | ServerFrame::Read { .. }
-            | ServerFrame::Unknown => {}
+            ServerFrame::Unknown => {}
+        }
+    }
+
+    /// The server sends presence once it has read the history and the session: it is healthy.
+    fn healthy(&self) {
+        if self.status.get_untracked() == Status::Unavailable {
+            self.notice.set(None); // the outage notice no longer holds
+        }
+        self.status.set(Status::Connected);
+        if let Some(link) = self.link.get_value() {
+            link.healthy();
         }
     }
 
@@ -527,7 +610,7 @@ impl Chat {
         for p in self.pending.get_untracked() {
             if p.failed.is_none() {
                 self.transmit(&ClientFrame::Send {
-                    room: GENERAL_ROOM.into(),
+                    room: p.room,
                     id: p.id,
                     text: p.text,
                 });
@@ -647,7 +730,7 @@ impl Chat {
 
     /// Hands a frame to the connection; false when there is none (always, on the server, which renders
     /// state and never sends from it).
-    fn transmit(&self, frame: &ClientFrame) -> bool {
+    pub(crate) fn transmit(&self, frame: &ClientFrame) -> bool {
         self.link
             .get_value()
             .is_some_and(|link| link.transmit(frame))

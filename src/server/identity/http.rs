@@ -84,8 +84,25 @@ pub async fn chat_page(
     error: Option<String>,
     flash: Option<Flash>,
 ) -> Response {
-    match bootstrap(state, browser, error, flash).await {
-        Ok(boot) => (status, pages.render(nonce, boot).await).into_response(),
+    let shown = crate::server::Shown::GENERAL;
+    chat_page_of(state, pages, nonce, browser, shown, status, error, flash).await
+}
+
+/// The page of room `shown`, as [`chat_page`]; a 404 when the browser may not see it.
+#[allow(clippy::too_many_arguments)]
+pub async fn chat_page_of(
+    state: &AppState,
+    pages: &Pages,
+    nonce: web::CspNonce,
+    browser: &Browser,
+    shown: crate::server::Shown<'_>,
+    status: StatusCode,
+    error: Option<String>,
+    flash: Option<Flash>,
+) -> Response {
+    match bootstrap(state, browser, shown, error, flash).await {
+        Ok(Some(boot)) => (status, pages.render(nonce, boot).await).into_response(),
+        Ok(None) => crate::server::not_found().await.into_response(),
         Err(err) => {
             tracing::error!(error = %err, "reading the page's history failed");
             super::unavailable()
@@ -395,6 +412,8 @@ pub struct MessageForm {
     text: String,
     /// The client's id for the message, so a form posted twice stores it once.
     id: Option<Uuid>,
+    /// The room it goes to (`general` without it).
+    room: Option<String>,
 }
 
 /// `POST /messages`: the composer without JavaScript. Stored as the browser's user, with the same
@@ -443,6 +462,36 @@ pub async fn post_message(
         let status = StatusCode::TOO_MANY_REQUESTS;
         return chat_with_error(&state, &pages, nonce, &browser, status, &error).await;
     }
+    let room = form
+        .room
+        .clone()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| crate::protocol::GENERAL_ROOM.to_owned());
+    let seen = match state.sessions.rooms.visible(&room, Some(user.id)).await {
+        Ok(seen) => seen,
+        Err(err) => {
+            tracing::error!(error = %err, "reading a room failed");
+            return super::unavailable();
+        }
+    };
+    let refused = match &seen {
+        None => Some((
+            StatusCode::NOT_FOUND,
+            crate::server::rooms::NO_SUCH_ROOM.to_owned(),
+        )),
+        Some(seen) if !seen.member => Some((
+            StatusCode::FORBIDDEN,
+            format!("Join #{room} to post in it."),
+        )),
+        Some(seen) if seen.room.archived => Some((
+            StatusCode::FORBIDDEN,
+            format!("#{room} is archived: nobody posts in it any more."),
+        )),
+        Some(_) => None,
+    };
+    if let Some((status, error)) = refused {
+        return chat_with_error(&state, &pages, nonce, &browser, status, &error).await;
+    }
     let event = NewEvent {
         id: form.id.unwrap_or_else(Uuid::new_v4),
         kind: EventKind::Message,
@@ -452,12 +501,12 @@ pub async fn post_message(
         text,
         target: None,
     };
-    match state
-        .hub
-        .publish(crate::protocol::GENERAL_ROOM, event)
-        .await
-    {
-        Ok(_) => back_to_chat(None),
+    match state.hub.publish(&room, event).await {
+        Ok(_) if room == crate::protocol::GENERAL_ROOM => back_to_chat(None),
+        Ok(_) => {
+            let page = format!("/r/{}", crate::protocol::path_segment(&room));
+            (StatusCode::SEE_OTHER, [(LOCATION, page)]).into_response()
+        }
         Err(err) => {
             tracing::error!(error = %err, "storing a posted message failed");
             let error = "The chat is temporarily unavailable; your message was not sent.";

@@ -297,7 +297,7 @@ where
     session.hear_general();
     let general_first = shown == crate::protocol::GENERAL_ROOM;
     let ready = if general_first {
-        session.open(shown, start).await
+        session.open(shown, start, false).await
     } else {
         Ok(())
     };
@@ -310,7 +310,7 @@ where
         Err(end) => Err(end),
     };
     let ready = match ready {
-        Ok(()) if !general_first => session.open(shown, start).await,
+        Ok(()) if !general_first => session.open(shown, start, false).await,
         other => other,
     };
     if ready.is_err() {
@@ -587,7 +587,7 @@ where
             ClientFrame::Typing { room } => self.on_typing(&room).await,
             ClientFrame::History { room, before } => self.on_history(&room, before).await,
             ClientFrame::Open { room, after } => {
-                self.open(&room, after.map_or(Start::Recent, Start::After))
+                self.open(&room, after.map_or(Start::Recent, Start::After), true)
                     .await
             }
             ClientFrame::Leave => self.on_leave().await,

@@ -282,12 +282,13 @@ where
     }
 
     /// `open`: the history of `room` from `start` (events one by one after a cursor, or a reset with the
-    /// recent page), then who of it is online.
-    pub(super) async fn open(&mut self, room: &str, start: Start) -> Result<(), End> {
+    /// recent page), then who of it is online. `asked` is an `open` frame (a tab switching rooms), which
+    /// always gets its recent page as a `reset` and its presence, `general` too.
+    pub(super) async fn open(&mut self, room: &str, start: Start, asked: bool) -> Result<(), End> {
         let Some(slug) = self.room_for(room, Use::Read, None).await? else {
             return Ok(());
         };
-        let fresh_page = matches!(start, Start::Recent) && &*slug != GENERAL_ROOM;
+        let fresh_page = matches!(start, Start::Recent) && (asked || &*slug != GENERAL_ROOM);
         match read_start(self.hub.store(), &slug, start).await {
             // `general` keeps the frames of a connection from before rooms: its recent page as events.
             Ok(Replay::Events(events)) if !fresh_page => {
@@ -321,6 +322,13 @@ where
         if &*slug != GENERAL_ROOM {
             // `general` sends its presence after the identity, as it always has.
             self.send_room_presence(&slug).await?;
+        } else if asked {
+            let online = self.online_everywhere().await;
+            self.send_frame(&ServerFrame::Presence {
+                room: slug.to_string(),
+                online,
+            })
+            .await?;
         }
         Ok(())
     }

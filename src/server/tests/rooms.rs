@@ -769,3 +769,127 @@ async fn what_notifies_is_chosen_per_room_and_kept_for_every_tab() {
         "{message}"
     );
 }
+
+/// The body of a response (after its headers).
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+#[tokio::test]
+async fn room_pages_render_history_for_those_who_may_see_it_and_404_for_everyone_else() {
+    use super::accounts::{boot_of, form, get_as, post, status};
+    let addr = start(memory()).await;
+    let origin = format!("http://{addr}");
+    let (ann_cookie, mut ann, _) = two_tabs(addr, "Ann").await;
+    let (bo_cookie, mut bo, _) = two_tabs(addr, "Bo").await;
+    let (cy_cookie, mut cy, _) = two_tabs(addr, "Cy").await;
+
+    let lobby = create(&mut ann, "Lobby", false).await;
+    let secret = create(&mut ann, "Secret plans", true).await;
+    let (_, frame) = in_room(&secret.slug, "the password is swordfish");
+    ann.send(&frame).await;
+    ann.send(&ClientFrame::Dm {
+        with: vec!["Bo".into()],
+    })
+    .await;
+    let dm = room_frame(&mut ann).await;
+    let (_, frame) = in_room(&dm.slug, "between us two");
+    ann.send(&frame).await;
+    event_in(&mut bo, &dm.slug).await;
+
+    // Ann reads her private room without a socket: history in the page, the sidebar beside it.
+    let page = get_as(addr, &format!("/r/{}", secret.slug), &ann_cookie).await;
+    assert_eq!(status(&page), 200);
+    let boot = boot_of(&page);
+    assert_eq!(boot.room, secret.slug);
+    assert!(boot
+        .events
+        .iter()
+        .any(|e| e.text == "the password is swordfish"));
+    let listed: Vec<&str> = boot.rooms.iter().map(|r| r.slug.as_str()).collect();
+    assert!(listed.contains(&lobby.slug.as_str()) && listed.contains(&dm.slug.as_str()));
+    assert!(
+        body_of(&page).contains("the password is swordfish"),
+        "rendered, not only in JSON"
+    );
+
+    // The conversation has its page for both people in it, by the other one's name.
+    for (cookie, other) in [(&ann_cookie, "Bo"), (&bo_cookie, "Ann")] {
+        let page = get_as(addr, &format!("/dm/{other}"), cookie).await;
+        assert_eq!(status(&page), 200, "{other}");
+        assert_eq!(boot_of(&page).room, dm.slug);
+        assert!(body_of(&page).contains("between us two"));
+    }
+
+    // Cy reads the public room without joining it...
+    let page = get_as(addr, "/r/lobby", &cy_cookie).await;
+    assert_eq!(status(&page), 200);
+    let boot = boot_of(&page);
+    let shown = boot.rooms.iter().find(|r| r.slug == "lobby").unwrap();
+    assert!(!shown.member);
+    // ...and gets exactly a missing room's answer for the private room and the conversation.
+    let missing = get_as(addr, "/r/no-such-room", &cy_cookie).await;
+    assert_eq!(status(&missing), 404);
+    for path in [
+        format!("/r/{}", secret.slug),
+        format!("/r/{}", dm.slug),
+        "/dm/Ann".to_owned(),
+        "/dm/Bo".to_owned(),
+    ] {
+        let page = get_as(addr, &path, &cy_cookie).await;
+        assert_eq!(status(&page), 404, "{path}");
+        assert_eq!(body_of(&page), body_of(&missing), "{path}");
+    }
+    // Cy's own pages carry nothing of either.
+    for path in ["/", "/r/lobby"] {
+        let page = get_as(addr, path, &cy_cookie).await;
+        for secret_text in [
+            "swordfish",
+            "Secret",
+            &secret.slug,
+            "between us two",
+            &dm.slug,
+        ] {
+            assert!(!page.contains(secret_text), "{path} shows {secret_text}");
+        }
+    }
+
+    // Posting without JavaScript: into her room for Ann (back to its page), refused for Cy as a
+    // missing room, and nothing of his is stored.
+    let sent = post(
+        addr,
+        "/messages",
+        Some(&ann_cookie),
+        Some(&origin),
+        &form(&[("text", "posted by form"), ("room", &secret.slug)]),
+    )
+    .await;
+    assert_eq!(status(&sent), 303);
+    assert!(sent.contains(&format!("/r/{}", secret.slug)), "{sent}");
+    let refused = post(
+        addr,
+        "/messages",
+        Some(&cy_cookie),
+        Some(&origin),
+        &form(&[("text", "let me in"), ("room", &secret.slug)]),
+    )
+    .await;
+    assert_eq!(status(&refused), 404);
+    assert!(refused.contains(crate::server::rooms::NO_SUCH_ROOM));
+    assert!(!refused.contains("Secret") && !refused.contains("swordfish"));
+    let page = get_as(addr, &format!("/r/{}", secret.slug), &ann_cookie).await;
+    let texts: Vec<String> = boot_of(&page).events.into_iter().map(|e| e.text).collect();
+    assert!(texts.contains(&"posted by form".to_owned()));
+    assert!(!texts.contains(&"let me in".to_owned()));
+    settle(&mut cy, Duration::from_millis(200)).await;
+    assert_never_heard(
+        &cy,
+        "Cy",
+        &[
+            "swordfish",
+            "between us two",
+            "posted by form",
+            &secret.slug,
+        ],
+    );
+}
