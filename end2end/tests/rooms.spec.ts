@@ -9,15 +9,22 @@ function recordFrames(page: Page): string[] {
 }
 
 /** A person in a browser context of their own, joined under `name`, with their socket recorded. */
-async function person(browser: Browser, name: string, options: { width?: number; notifications?: boolean } = {}) {
+async function person(
+  browser: Browser,
+  name: string,
+  options: { width?: number; notifications?: boolean; prompt?: boolean } = {},
+) {
   const context = await browser.newContext({
     viewport: { width: options.width ?? 1100, height: 760 },
     permissions: options.notifications ? ["notifications"] : [],
   });
   // Notifications the page shows, and whether it asked for permission, observed from the page; and a
-  // switch that makes the tab count as hidden.
-  await context.addInitScript(() => {
+  // switch that makes the tab count as hidden. With `prompt`, permission starts undecided, as in a
+  // browser that has never asked, and asking grants it, as a user's "Allow" does (headless Chromium
+  // has no prompt: it denies whatever was not granted).
+  await context.addInitScript((prompt) => {
     const w = window as any;
+    w.__permission = prompt ? "default" : undefined;
     w.__notes = [];
     w.__asked = 0;
     const Real = w.Notification;
@@ -29,16 +36,19 @@ async function person(browser: Browser, name: string, options: { width?: number;
         }
       }
       const ask = Real.requestPermission.bind(Real);
+      Object.defineProperty(Observed, "permission", { get: () => w.__permission ?? Real.permission });
       (Observed as any).requestPermission = () => {
         w.__asked += 1;
-        return ask();
+        if (w.__permission === undefined) return ask();
+        w.__permission = "granted";
+        return Promise.resolve("granted");
       };
       w.Notification = Observed;
     }
     w.__hidden = false;
     Object.defineProperty(document, "visibilityState", { get: () => (w.__hidden ? "hidden" : "visible") });
     Object.defineProperty(document, "hidden", { get: () => w.__hidden });
-  });
+  }, options.prompt ?? false);
   const page = await context.newPage();
   const frames = recordFrames(page);
   const chat = new ChatPage(page);
@@ -52,7 +62,7 @@ const roomLink = (page: Page, label: string) => sidebar(page).getByRole("link", 
 
 async function createRoom(page: Page, name: string, priv: boolean) {
   await sidebar(page).getByRole("button", { name: "+ New room" }).click();
-  await sidebar(page).getByLabel("Name").fill(name);
+  await sidebar(page).getByLabel("Room name").fill(name);
   if (priv) await sidebar(page).getByLabel(/Private/).check();
   await sidebar(page).getByRole("button", { name: "Create room" }).click();
   await expect(page.locator(".room-title h2")).toHaveText(`#${name}`);
@@ -206,10 +216,12 @@ test("a mention and a direct message notify while the tab is hidden, and the not
 });
 
 test("notifications are asked for on a click, never on load, and a room can be set to notify of nothing", async ({ browser }) => {
-  const ann = await person(browser, unique("Ann"));
+  const ann = await person(browser, unique("Ann"), { prompt: true });
   expect(await ann.page.evaluate(() => (window as any).__asked)).toBe(0);
-  await sidebar(ann.page).getByRole("button", { name: "Turn on notifications" }).click();
+  const turnOn = sidebar(ann.page).getByRole("button", { name: "Turn on notifications" });
+  await turnOn.click();
   expect(await ann.page.evaluate(() => (window as any).__asked)).toBe(1);
+  await expect(turnOn).toHaveCount(0);
 
   const room = unique("Quiet ");
   await createRoom(ann.page, room, false);

@@ -131,7 +131,7 @@ pub fn RoomBar() -> impl IntoView {
                 </div>
                 {direct.then(|| view! {
                     <p class="hint dm-hint">
-                        "Only the people in this conversation see it. A guest is in it only while their guest name lasts: once they leave the chat, they cannot come back to it, and a new guest with that name is someone else."
+                        "Only the people in this conversation see it. A guest is in it while their guest name lasts: once they leave the chat, a guest with that name is someone new."
                     </p>
                 })}
             }

@@ -85,7 +85,7 @@ fn NewRoom(open: RwSignal<bool>) -> impl IntoView {
     };
     view! {
         <form class="new-room" on:submit=submit>
-            <label>"Name" <input node_ref=name name="name" required maxlength="40" placeholder="design"/></label>
+            <label>"Room name" <input node_ref=name name="name" required maxlength="40" placeholder="design"/></label>
             <label>"Topic (optional)" <input node_ref=topic name="topic" maxlength="200"/></label>
             <label class="check"><input node_ref=private type="checkbox" name="private"/>
                 " Private: only people you invite can see it"</label>
