@@ -89,6 +89,77 @@ test("two server processes on one database: each side sees the other's people an
   }
 });
 
+test("two server processes: a private room, a DM, its badge and a removal cross instances, and a third person on either sees nothing", async ({ browser }) => {
+  const db = database();
+  test.skip(!db, "no PostgreSQL");
+  const env = { DATABASE_URL: db!.url(), CONFAB_LEAVE_GRACE_MS: "500" };
+  const a = new OwnServer(3106, env);
+  const b = new OwnServer(3107, env);
+  await Promise.all([a.start(), b.start()]);
+  try {
+    const frames: string[] = [];
+    const ann = await ChatPage.open(browser, undefined, a.url);
+    const bob = await ChatPage.open(browser, undefined, b.url);
+    const cy = await ChatPage.open(browser, undefined, b.url);
+    cy.page.on("websocket", (ws) => ws.on("framereceived", (f) => frames.push(String(f.payload))));
+    const annName = unique("Ann");
+    const bobName = unique("Bob");
+    await ann.join(annName);
+    await bob.join(bobName);
+    await cy.join(unique("Cy"));
+    const nav = (chat: ChatPage) => chat.page.getByRole("navigation", { name: "Rooms" });
+
+    // Ann, on A, makes a private room and invites Bob, who is on B.
+    const room = unique("Plans ");
+    await nav(ann).getByRole("button", { name: "+ New room" }).click();
+    await nav(ann).getByLabel("Room name").fill(room);
+    await nav(ann).getByLabel(/Private/).check();
+    await nav(ann).getByRole("button", { name: "Create room" }).click();
+    await expect(ann.page.locator(".room-title h2")).toHaveText(`#${room}`);
+    await ann.page.locator(".room-settings > summary").click();
+    await ann.page.getByLabel("Invite").fill(bobName);
+    await ann.page.getByRole("button", { name: "Invite", exact: true }).click();
+    const secret = unique("across instances ");
+    await ann.say(secret);
+    const link = nav(bob).getByRole("link", { name: new RegExp(`^#${room}`) });
+    await expect(link.locator(".badge")).toHaveText("1");
+    await link.click();
+    await expect(bob.message(secret)).toBeVisible();
+
+    // A DM from Bob (B) to Ann (A), unread on her side until she opens it.
+    await nav(bob).getByRole("link", { name: /^#general/ }).click();
+    await bob.page.locator(".people > summary").click();
+    await bob.page.getByRole("list", { name: "People here" }).locator(".person", { hasText: annName })
+      .getByRole("button", { name: "Message" }).click();
+    const hush = unique("only for Ann ");
+    await bob.say(hush);
+    const dm = nav(ann).getByRole("link", { name: new RegExp(`^${bobName}`) });
+    await expect(dm.locator(".badge")).toHaveText("1");
+    await dm.click();
+    await expect(ann.message(hush)).toBeVisible();
+
+    // Ann removes Bob from the room: his tab on B leaves it at once.
+    await nav(ann).getByRole("link", { name: new RegExp(`^#${room}`) }).click();
+    await ann.page.locator(".people > summary").click();
+    await ann.page.getByRole("list", { name: "People here" }).locator(".person", { hasText: bobName })
+      .getByRole("button", { name: "Remove" }).click();
+    await expect(nav(bob).getByRole("link", { name: new RegExp(`^#${room}`) })).toHaveCount(0);
+
+    // Cy, on B, never heard of either.
+    await cy.page.reload();
+    await expect(cy.status).toHaveAttribute("data-status", "connected");
+    for (const text of [room, secret, hush]) {
+      expect(await cy.page.content()).not.toContain(text);
+      expect(frames.some((f) => f.includes(text))).toBe(false);
+    }
+    for (const chat of [ann, bob, cy]) await chat.close();
+  } finally {
+    await a.stop();
+    await b.stop();
+    db!.drop();
+  }
+});
+
 test("when the database goes away the page says so, keeps the message, and sends it once it is back", async ({ browser }) => {
   const db = database();
   test.skip(!db, "no PostgreSQL");

@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// The CI smoke version: a few hundred clients for seconds; fails on any loss or duplicate.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g), comma-separated.
+    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g, h, i, j), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// First port to serve on; each scenario's server takes the next.
@@ -163,11 +163,19 @@ struct Outcome {
     detail: Option<serde_json::Value>,
 }
 
+#[derive(Default)]
 struct Load {
     clients: usize,
     senders: usize,
     rate: f64,
     duration: Duration,
+    /// Rooms of their own the clients are spread over (0: all in `general`).
+    rooms: usize,
+    /// Time between connecting and the memory sample.
+    settle: Duration,
+    /// Connections outside the rooms, idle.
+    idle: usize,
+    join: Option<JoinMode>,
 }
 
 fn run_args(server: &Server, load: &Load) -> RunArgs {
@@ -178,9 +186,14 @@ fn run_args(server: &Server, load: &Load) -> RunArgs {
         rate: load.rate,
         duration: load.duration,
         warmup: Duration::from_secs(2),
-        ramp: Duration::from_secs_f64((load.clients as f64 / 2_000.0).clamp(1.0, 15.0)),
+        ramp: Duration::from_secs_f64(
+            ((load.clients + load.idle) as f64 / 2_000.0).clamp(1.0, 15.0),
+        ),
         drain: Duration::from_secs(10),
-        join: JoinMode::Senders,
+        join: load.join.unwrap_or(JoinMode::Senders),
+        rooms: load.rooms,
+        idle: load.idle,
+        settle: load.settle,
         pid: Some(server.pid()),
         allow_remote: false,
         check: false,
@@ -235,6 +248,7 @@ async fn sign_in_storm(args: &BenchArgs, port: u16, quick: bool) -> Result<Outco
         senders: 10,
         rate: if quick { 20.0 } else { 100.0 },
         duration: Duration::from_secs(if quick { 4 } else { 15 }),
+        ..Load::default()
     };
     let quiet = run::run(run_args(&server, &load)).await;
     // The sign-ins start a few seconds into the measured window (after the warm-up and ramp).
@@ -286,6 +300,179 @@ async fn sign_in_storm(args: &BenchArgs, port: u16, quick: bool) -> Result<Outco
     })
 }
 
+/// CPU per delivery while measuring, in microseconds.
+fn cpu_per_delivery_us(report: &Report) -> f64 {
+    let cpu = report.server.as_ref().map_or(f64::NAN, |s| s.cpu_percent);
+    cpu / 100.0 / report.deliveries_per_s.max(1.0) * 1e6
+}
+
+fn clean(report: &Report) -> bool {
+    report.lost == 0
+        && report.duplicated == 0
+        && report.unexpected == 0
+        && report.connects_failed == 0
+        && report.disconnects == 0
+}
+
+/// Runs `load` on a fresh server.
+async fn measure(args: &BenchArgs, port: u16, label: &str, load: &Load) -> Result<Report, String> {
+    let server = Server::start(args, port)?;
+    let report = run::run(run_args(&server, load)).await;
+    server.stop();
+    let report = report?;
+    println!("\n({label})\n{}", report.table());
+    Ok(report)
+}
+
+/// (h): many small rooms at once against the same traffic in one room of the same size. p99 is held
+/// against (a)'s, CPU per delivery against the one room's.
+async fn many_rooms(
+    args: &BenchArgs,
+    port: u16,
+    quick: bool,
+    a_p99: Option<f64>,
+) -> Result<Outcome, String> {
+    let (rooms, rate) = if quick { (30, 20.0) } else { (1_000, 100.0) };
+    let duration = Duration::from_secs(if quick { 3 } else { 20 });
+    let one = Load {
+        clients: 10,
+        senders: 1,
+        rate,
+        duration,
+        rooms: 1,
+        ..Load::default()
+    };
+    let many = Load {
+        clients: rooms * 10,
+        senders: rooms,
+        rate,
+        duration,
+        rooms,
+        ..Load::default()
+    };
+    let one = measure(args, port, "h, one room of 10", &one).await?;
+    let many = measure(args, port, &format!("h, {rooms} rooms of 10"), &many).await?;
+    if quick {
+        one.check()
+            .map_err(|e| format!("scenario (h), one room: {e}"))?;
+    }
+    let (cpu_one, cpu_many) = (cpu_per_delivery_us(&one), cpu_per_delivery_us(&many));
+    let p99 = many.latency_ms.p99;
+    let against_a = a_p99.map(|a| p99 / a.max(0.001));
+    let met = clean(&one)
+        && clean(&many)
+        && against_a.is_none_or(|r| r <= 2.0)
+        && cpu_many <= cpu_one * 1.1;
+    Ok(Outcome {
+        id: "h",
+        title: format!(
+            "many rooms: {} clients in {rooms} rooms of 10, {rate} msg/s in all, beside one room of 10 at the same rate",
+            rooms * 10
+        ),
+        target: "p99 ≤ 2× (a); CPU per delivery ≤ one room's; 0 lost",
+        result: format!(
+            "p99 {p99:.1} ms{}; CPU per delivery {cpu_many:.1} µs vs {cpu_one:.1} µs in one room ({:.2}×); {} lost, {} leaked",
+            against_a.map_or(String::new(), |r| format!(" ({r:.2}× (a))")),
+            cpu_many / cpu_one,
+            many.lost + one.lost,
+            many.unexpected + one.unexpected,
+        ),
+        met: Some(met),
+        detail: Some(serde_json::json!({ "one_room": one, "cpu_per_delivery_us": {"one": cpu_one, "many": cpu_many} })),
+        run: Some(many),
+        floor: None,
+    })
+}
+
+/// (i): one room's traffic with 1k and then 10k idle connections elsewhere: what a delivery costs must
+/// not grow with them.
+async fn isolation(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome, String> {
+    let (few, many) = if quick { (100, 1_000) } else { (1_000, 10_000) };
+    let load = |idle: usize| Load {
+        clients: 100,
+        senders: 10,
+        rate: if quick { 20.0 } else { 100.0 },
+        duration: Duration::from_secs(if quick { 3 } else { 15 }),
+        rooms: 1,
+        idle,
+        ..Load::default()
+    };
+    let a = measure(args, port, &format!("i, {few} idle elsewhere"), &load(few)).await?;
+    let b = measure(
+        args,
+        port,
+        &format!("i, {many} idle elsewhere"),
+        &load(many),
+    )
+    .await?;
+    if quick {
+        a.check()
+            .map_err(|e| format!("scenario (i), fewer idle: {e}"))?;
+    }
+    let (cpu_a, cpu_b) = (cpu_per_delivery_us(&a), cpu_per_delivery_us(&b));
+    let ratio = cpu_b / cpu_a;
+    Ok(Outcome {
+        id: "i",
+        title: format!(
+            "isolation: a room of 100 (10 senders, {} msg/s) with {few} and then {many} idle connections elsewhere",
+            load(0).rate
+        ),
+        target: "CPU per delivery does not grow (≤ 1.2×, the noise here); 0 lost, nothing outside the room",
+        result: format!(
+            "CPU per delivery {cpu_a:.1} µs → {cpu_b:.1} µs ({ratio:.2}×); p99 {:.1} → {:.1} ms; {} lost, {} leaked",
+            a.latency_ms.p99,
+            b.latency_ms.p99,
+            a.lost + b.lost,
+            a.unexpected + b.unexpected
+        ),
+        met: Some(clean(&a) && clean(&b) && ratio <= 1.2),
+        detail: Some(serde_json::json!({ "fewer_idle": a, "cpu_per_delivery_us": {"fewer": cpu_a, "more": cpu_b} })),
+        run: Some(b),
+        floor: None,
+    })
+}
+
+/// (j): what an idle room holds: the same joined clients, without and then with a room each (made,
+/// subscribed, nothing said in it for longer than a writer lives), each sampled once queues drained.
+async fn room_memory(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome, String> {
+    let clients = if quick { 200 } else { 2_000 };
+    let idle = |rooms: usize| Load {
+        clients,
+        senders: rooms,
+        rate: 0.0,
+        duration: Duration::from_secs(2),
+        rooms,
+        join: Some(JoinMode::All),
+        // Past the server's 30 s writer idleness: the rooms' writers have stopped, as an idle room's do.
+        settle: Duration::from_secs(if quick { 1 } else { 35 }),
+        ..Load::default()
+    };
+    let without = measure(args, port, "j, joined, no rooms", &idle(0)).await?;
+    let with = measure(args, port, "j, joined, a room each", &idle(clients)).await?;
+    if quick {
+        without
+            .check()
+            .map_err(|e| format!("scenario (j), no rooms: {e}"))?;
+    }
+    let per = |r: &Report| r.server.as_ref().map_or(f64::NAN, |s| s.rss_per_client_kib);
+    let per_room = per(&with) - per(&without);
+    Ok(Outcome {
+        id: "j",
+        title: format!(
+            "memory per idle room: {clients} joined clients, then the same with a room each"
+        ),
+        target: "≤ 2 KiB per idle room",
+        result: format!(
+            "{per_room:.1} KiB per room ({:.1} KiB per joined client without rooms)",
+            per(&without)
+        ),
+        met: Some(per_room <= 2.0 && without.connects_failed == 0 && with.connects_failed == 0),
+        detail: Some(serde_json::json!({ "without_rooms": without })),
+        run: Some(with),
+        floor: None,
+    })
+}
+
 async fn idle_memory(args: &BenchArgs, port: u16, clients: usize) -> Result<Outcome, String> {
     let server = Server::start(args, port)?;
     let load = Load {
@@ -293,6 +480,7 @@ async fn idle_memory(args: &BenchArgs, port: u16, clients: usize) -> Result<Outc
         senders: 0,
         rate: 0.0,
         duration: Duration::from_secs(3),
+        ..Load::default()
     };
     let report = run::run(run_args(&server, &load)).await;
     server.stop();
@@ -327,6 +515,7 @@ async fn ingest(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome, Str
             senders,
             rate,
             duration,
+            ..Load::default()
         };
         let report = run::run(run_args(&server, &load)).await;
         server.stop();
@@ -498,6 +687,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
             senders: 10,
             rate: if quick { 20.0 } else { 100.0 },
             duration: secs(15),
+            ..Load::default()
         };
         outcomes.push(latency(&args, next_port(), "a", load, "p99 ≤ 6 ms, 0 lost", 6.0).await?);
     }
@@ -510,6 +700,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
             senders: 10,
             rate: 10.0,
             duration: secs(20),
+            ..Load::default()
         };
         outcomes.push(latency(&args, next_port(), "b", load, "p99 ≤ 60 ms, 0 lost", 60.0).await?);
     }
@@ -528,6 +719,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
             senders: 10,
             rate: 10.0,
             duration: secs(20),
+            ..Load::default()
         };
         outcomes.push(
             latency(
@@ -549,6 +741,20 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     }
     if wanted("d") {
         outcomes.push(ingest(&args, next_port(), quick).await?);
+    }
+    if wanted("h") {
+        let a_p99 = outcomes
+            .iter()
+            .find(|o| o.id == "a")
+            .and_then(|o| o.run.as_ref())
+            .map(|r| r.latency_ms.p99);
+        outcomes.push(many_rooms(&args, next_port(), quick, a_p99).await?);
+    }
+    if wanted("i") {
+        outcomes.push(isolation(&args, next_port(), quick).await?);
+    }
+    if wanted("j") {
+        outcomes.push(room_memory(&args, next_port(), quick).await?);
     }
     if wanted("e") && !quick {
         outcomes.push(first_load(&args, next_port())?);

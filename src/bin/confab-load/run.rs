@@ -1,4 +1,6 @@
-//! One load run: N clients in the room, S of them sending R messages/s in total.
+//! One load run: N clients in the room, S of them sending R messages/s in total. With `--rooms K`, the
+//! clients are spread over K public rooms of their own (client i in room i mod K, the first sender of
+//! each room making it); with `--idle M`, M more connections sit in `general` and hear none of it.
 //!
 //! Phases: connect (spread over the ramp), warm-up (senders send, nothing is measured), measure, drain
 //! (senders stop; wait until every client has every measured message, or the drain time is up).
@@ -68,6 +70,17 @@ pub struct RunArgs {
     /// Who joins with a name.
     #[arg(long, value_enum, default_value_t = JoinMode::Senders)]
     pub join: JoinMode,
+    /// Spread the clients over this many rooms of their own (0: everyone in `general`). Needs at least
+    /// one sender per room.
+    #[arg(long, default_value_t = 0)]
+    pub rooms: usize,
+    /// Connections besides the clients that only connect and stay, outside the rooms measured.
+    #[arg(long, default_value_t = 0)]
+    pub idle: usize,
+    /// Wait this long after everyone connected before taking the "connected" memory sample (so queues
+    /// have drained, and idle rooms' writers have stopped).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub settle: Duration,
     /// The server's process id, to report its memory and CPU.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -98,8 +111,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 
 impl RunArgs {
     fn validate(&self) -> Result<(), String> {
-        if self.clients == 0 || self.clients > MAX_CLIENTS {
-            return Err(format!("--clients must be 1..={MAX_CLIENTS}"));
+        if self.clients == 0 || self.clients + self.idle > MAX_CLIENTS {
+            return Err(format!("--clients plus --idle must be 1..={MAX_CLIENTS}"));
+        }
+        if self.rooms > 0 && self.senders < self.rooms {
+            return Err("--rooms needs at least one sender per room".into());
         }
         if self.senders > self.clients {
             return Err("--senders cannot exceed --clients".into());
@@ -107,7 +123,13 @@ impl RunArgs {
         if !(self.rate >= 0.0 && self.rate <= MAX_RATE) {
             return Err(format!("--rate must be 0..={MAX_RATE}"));
         }
-        for d in [self.duration, self.warmup, self.ramp, self.drain] {
+        for d in [
+            self.duration,
+            self.warmup,
+            self.ramp,
+            self.drain,
+            self.settle,
+        ] {
             if d > MAX_DURATION {
                 return Err(format!(
                     "durations are capped at {}s",
@@ -174,6 +196,9 @@ struct Shared {
     acks: Mutex<Histogram<u64>>,
     connect: Mutex<Histogram<u64>>,
     ready: AtomicUsize,
+    /// Ready clients per room (one entry when everyone is in `general`).
+    ready_in: Vec<AtomicUsize>,
+    idle_ready: AtomicUsize,
     failed: AtomicUsize,
     disconnected: AtomicUsize,
     /// Unique measured deliveries so far, to know when the drain is complete.
@@ -195,6 +220,10 @@ impl Shared {
 
 /// What a client saw, for the exact count of losses and duplicates.
 struct Seen {
+    /// The room's number (0 in `general`).
+    room: usize,
+    /// An idle connection outside the rooms: it expects nothing.
+    idle: bool,
     /// Deliveries per message index.
     counts: Vec<u8>,
     /// Measured messages whose index no sender used.
@@ -245,6 +274,8 @@ pub struct Report {
     pub rate: f64,
     pub duration_s: f64,
     pub join: JoinMode,
+    pub rooms: usize,
+    pub idle: usize,
     pub connects_ok: usize,
     pub connects_failed: usize,
     pub connect_time_s: f64,
@@ -280,7 +311,7 @@ impl Report {
                 self.lost, self.duplicated, self.unexpected
             ));
         }
-        if self.messages_sent == 0 && self.senders > 0 {
+        if self.messages_sent == 0 && self.senders > 0 && self.rate > 0.0 {
             return Err("no message was sent".into());
         }
         Ok(())
@@ -345,7 +376,10 @@ impl Report {
 
 pub async fn run(args: RunArgs) -> Result<Report, String> {
     args.validate()?;
-    raise_fd_limit(args.clients as u64 * 2 + 1024);
+    raise_fd_limit((args.clients + args.idle) as u64 * 2 + 1024);
+    let groups = args.rooms.max(1);
+    // Which room a client or sender number is in.
+    let room_of = move |i: usize| i % groups;
     let sample = || args.pid.and_then(ProcSample::read);
     let before = sample();
     if args.pid.is_some() && before.is_none() {
@@ -358,6 +392,8 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         acks: Mutex::new(histogram()),
         connect: Mutex::new(histogram()),
         ready: AtomicUsize::new(0),
+        ready_in: (0..groups).map(|_| AtomicUsize::new(0)).collect(),
+        idle_ready: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
         disconnected: AtomicUsize::new(0),
         delivered: AtomicU64::new(0),
@@ -368,14 +404,29 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
     let (phase_tx, phase) = watch::channel(Phase::Connecting);
     let run_id = Uuid::new_v4().simple().to_string()[..6].to_owned();
 
-    let mut clients = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
+    let total = args.clients + args.idle;
+    let mut clients = Vec::with_capacity(total);
+    for i in 0..total {
         let url = args.urls[i % args.urls.len()].clone();
-        let delay = args.ramp.mul_f64(i as f64 / args.clients as f64);
+        let delay = args.ramp.mul_f64(i as f64 / total as f64);
+        let idle = i >= args.clients;
+        let room = (args.rooms > 0 && !idle).then(|| {
+            let r = room_of(i);
+            let (name, slug) = confab::protocol::validate_room_name(&format!("Load {run_id} {r}"))
+                .expect("a valid room name");
+            RoomRole {
+                number: r,
+                name,
+                slug,
+                makes: i < args.rooms,
+            }
+        });
         let role = Role {
             index: i,
+            idle,
+            room,
             sender: (i < args.senders).then_some(i),
-            joins: i < args.senders || args.join == JoinMode::All,
+            joins: i < args.senders || (args.join == JoinMode::All && !idle),
             name: format!("load{i}-{run_id}"),
             interval: if i < args.senders && args.rate > 0.0 {
                 Some(Duration::from_secs_f64(args.senders as f64 / args.rate))
@@ -396,12 +447,16 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
 
     // Connect phase: until every client is ready or failed (bounded by the ramp plus a minute).
     let connect_deadline = Instant::now() + args.ramp + Duration::from_secs(60);
-    while shared.ready.load(Ordering::SeqCst) + shared.failed.load(Ordering::SeqCst) < args.clients
-        && Instant::now() < connect_deadline
-    {
+    let settled = || {
+        shared.ready.load(Ordering::SeqCst)
+            + shared.idle_ready.load(Ordering::SeqCst)
+            + shared.failed.load(Ordering::SeqCst)
+    };
+    while settled() < total && Instant::now() < connect_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connect_time = shared.started.elapsed();
+    tokio::time::sleep(args.settle).await;
     let connected = sample();
 
     phase_tx.send_replace(Phase::Warmup);
@@ -420,17 +475,30 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
 
     let receivers = shared.ready.load(Ordering::SeqCst) as u64;
     let sent_total = || -> u64 { shared.sent.iter().map(|s| s.load(Ordering::SeqCst)).sum() };
+    // Messages sent in each room, and the deliveries that makes: each to every ready client there.
+    let sent_in = |room: usize| -> u64 {
+        shared
+            .sent
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| room_of(*s) == room)
+            .map(|(_, n)| n.load(Ordering::SeqCst))
+            .sum()
+    };
+    let due = || -> u64 {
+        (0..groups)
+            .map(|r| sent_in(r) * shared.ready_in[r].load(Ordering::SeqCst) as u64)
+            .sum()
+    };
     let drain_deadline = Instant::now() + args.drain;
     // (A sender may still be finishing a message it began before the drain: read the total each time.)
-    while shared.delivered.load(Ordering::SeqCst) < sent_total() * receivers
-        && Instant::now() < drain_deadline
-    {
+    while shared.delivered.load(Ordering::SeqCst) < due() && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     phase_tx.send_replace(Phase::Done);
     let end = sample();
     let messages_sent = sent_total();
-    let expected = messages_sent * receivers;
+    let expected = due();
 
     // Exact accounting: which indices were sent, and what each client saw of them.
     let sent_counts: Vec<u64> = shared
@@ -438,24 +506,30 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         .iter()
         .map(|s| s.load(Ordering::SeqCst))
         .collect();
-    let was_sent = |k: usize| -> bool {
+    let was_sent = |k: usize, room: usize| -> bool {
         let senders = sent_counts.len();
-        senders > 0 && (k / senders) < sent_counts[k % senders] as usize
+        senders > 0
+            && room_of(k % senders) == room
+            && (k / senders) < sent_counts[k % senders] as usize
     };
     let (mut received, mut duplicated, mut unexpected, mut lost) = (0u64, 0u64, 0u64, 0u64);
-    let mut ok = 0usize;
+    let mut ok = vec![0u64; groups];
     for handle in clients {
         let Ok(Some(seen)) = handle.await else {
             continue;
         };
-        ok += 1;
         unexpected += seen.unexpected;
+        if seen.idle {
+            continue;
+        }
+        ok[seen.room] += 1;
         let mut got = 0u64;
         for (k, &count) in seen.counts.iter().enumerate() {
             if count == 0 {
                 continue;
             }
-            if was_sent(k) {
+            // A delivery of another room's message is a leak, counted as unexpected.
+            if was_sent(k, seen.room) {
                 got += 1;
                 received += u64::from(count);
                 duplicated += u64::from(count - 1);
@@ -463,10 +537,14 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
                 unexpected += u64::from(count);
             }
         }
-        lost += messages_sent - got;
+        lost += sent_in(seen.room) - got;
     }
     // Clients that connected but did not last: every message they missed is lost.
-    lost += messages_sent * (receivers.saturating_sub(ok as u64));
+    for (r, ok) in ok.iter().enumerate() {
+        let ready = shared.ready_in[r].load(Ordering::SeqCst) as u64;
+        lost += sent_in(r) * ready.saturating_sub(*ok);
+    }
+    let _ = receivers;
 
     let mut latency = histogram();
     for shard in &shared.latency {
@@ -479,7 +557,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
             rss_connected_kib: c.rss_kib,
             rss_end_kib: e.rss_kib,
             peak_rss_kib: e.peak_rss_kib,
-            rss_per_client_kib: c.rss_kib.saturating_sub(b.rss_kib) as f64 / args.clients as f64,
+            rss_per_client_kib: c.rss_kib.saturating_sub(b.rss_kib) as f64 / total as f64,
             cpu_percent: (s1.cpu_s - s0.cpu_s) / measured.as_secs_f64() * 100.0,
         }),
         _ => None,
@@ -491,7 +569,9 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         rate: args.rate,
         duration_s: measured.as_secs_f64(),
         join: args.join,
-        connects_ok: shared.ready.load(Ordering::SeqCst),
+        rooms: args.rooms,
+        idle: args.idle,
+        connects_ok: shared.ready.load(Ordering::SeqCst) + shared.idle_ready.load(Ordering::SeqCst),
         connects_failed: shared.failed.load(Ordering::SeqCst),
         connect_time_s: connect_time.as_secs_f64(),
         connect_ms,
@@ -515,8 +595,20 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
     })
 }
 
+/// A client's room, when the run has rooms.
+struct RoomRole {
+    number: usize,
+    name: String,
+    slug: String,
+    /// This client makes the room (the first sender of each).
+    makes: bool,
+}
+
 struct Role {
     index: usize,
+    /// Connects and stays, outside every room measured.
+    idle: bool,
+    room: Option<RoomRole>,
     /// This client's sender number, if it sends.
     sender: Option<usize>,
     joins: bool,
@@ -591,10 +683,32 @@ async fn client(
             }
         }
     }
-    shared.ready.fetch_add(1, Ordering::SeqCst);
+    if let Some(room) = &role.room {
+        if let Err(err) = enter(&mut socket, room, role.sender.is_some()).await {
+            eprintln!(
+                "client {} could not come into #{}: {err}",
+                role.index, room.slug
+            );
+            shared.failed.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+    }
+    let room_number = role.room.as_ref().map_or(0, |r| r.number);
+    let room_slug = role.room.as_ref().map_or_else(
+        || confab::protocol::GENERAL_ROOM.to_owned(),
+        |r| r.slug.clone(),
+    );
+    if role.idle {
+        shared.idle_ready.fetch_add(1, Ordering::SeqCst);
+    } else {
+        shared.ready.fetch_add(1, Ordering::SeqCst);
+        shared.ready_in[room_number].fetch_add(1, Ordering::SeqCst);
+    }
 
     let shard = role.index % SHARDS;
     let mut seen = Seen {
+        room: room_number,
+        idle: role.idle,
         counts: Vec::new(),
         unexpected: 0,
     };
@@ -642,7 +756,7 @@ async fn client(
                     format!("w {now}")
                 };
                 outstanding.insert(id, now);
-                if socket.send(send(&ClientFrame::Send { room: confab::protocol::GENERAL_ROOM.into(), id, text })).await.is_err() {
+                if socket.send(send(&ClientFrame::Send { room: room_slug.clone(), id, text })).await.is_err() {
                     shared.disconnected.fetch_add(1, Ordering::SeqCst);
                     return None;
                 }
@@ -660,6 +774,12 @@ async fn client(
                     }
                 };
                 let now = shared.micros();
+                if role.idle {
+                    if measured_message(&text, &role.run).is_some() {
+                        seen.unexpected += 1; // nothing measured is for a connection outside the rooms
+                    }
+                    continue;
+                }
                 if let Some((k, sent_at)) = measured_message(&text, &role.run) {
                     shared.latency[shard]
                         .lock()
@@ -688,6 +808,63 @@ async fn client(
     }
     let _ = socket.close(None).await;
     Some(seen)
+}
+
+/// Comes into the client's room: its maker creates it, other senders join it, readers open it (a
+/// public room is heard without joining). The room may not exist yet: joining and opening retry.
+async fn enter<S>(socket: &mut S, room: &RoomRole, sends: bool) -> Result<(), String>
+where
+    S: futures_util::Sink<Message>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let frame = if room.makes {
+            ClientFrame::CreateRoom {
+                name: room.name.clone(),
+                topic: String::new(),
+                private: false,
+            }
+        } else if sends {
+            ClientFrame::JoinRoom {
+                room: room.slug.clone(),
+            }
+        } else {
+            ClientFrame::Open {
+                room: room.slug.clone(),
+                after: None,
+            }
+        };
+        let text = serde_json::to_string(&frame).expect("client frames serialise");
+        socket
+            .send(Message::text(text))
+            .await
+            .map_err(|_| "the socket closed".to_owned())?;
+        let done = if sends {
+            "\"type\":\"room\""
+        } else {
+            "\"type\":\"reset\""
+        };
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.starts_with(&format!("{{{done}")) => {
+                    if text.contains(&format!("\"{}\"", room.slug)) {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(Message::Text(text))) if text.contains("\"type\":\"error\"") => {
+                    if room.makes || Instant::now() > deadline {
+                        return Err(text.to_string());
+                    }
+                    break; // not made yet: ask again shortly
+                }
+                Some(Ok(_)) => {}
+                _ => return Err("the socket closed".into()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The phase after the one `phase` has seen, and the receiver (which now has seen it) for the next wait.
