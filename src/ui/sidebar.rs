@@ -165,33 +165,39 @@ fn NotificationsButton() -> impl IntoView {
     }
 }
 
+/// The rooms, or the direct conversations, of the sidebar.
 #[component]
-pub fn Sidebar() -> impl IntoView {
+fn RoomList(label: &'static str, direct: bool) -> impl IntoView {
     let chat = expect_context::<Chat>();
-    let creating = RwSignal::new(false);
     let rooms = move || {
         chat.rooms
             .get()
             .into_iter()
-            .filter(|r| r.kind != RoomKind::Direct)
-            .collect::<Vec<_>>()
-    };
-    let directs = move || {
-        chat.rooms
-            .get()
-            .into_iter()
-            .filter(|r| r.kind == RoomKind::Direct)
+            .filter(|r| (r.kind == RoomKind::Direct) == direct)
             .collect::<Vec<_>>()
     };
     let key = |room: &RoomInfo| (room.slug.clone(), room.name.clone(), room.members.clone());
     view! {
+        <ul class="room-list" aria-label=label>
+            <For each=rooms key=key let(room)>
+                <RoomLink room/>
+            </For>
+        </ul>
+    }
+}
+
+#[component]
+pub fn Sidebar() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let creating = RwSignal::new(false);
+    let directs = move || {
+        chat.rooms
+            .with(|rooms| rooms.iter().filter(|r| r.kind == RoomKind::Direct).count())
+    };
+    view! {
         <nav class="sidebar" class:open=move || chat.menu_open.get() aria-label="Rooms" id="sidebar">
             <h2>"Rooms"</h2>
-            <ul class="room-list" aria-label="Your rooms">
-                <For each=rooms key=key let(room)>
-                    <RoomLink room/>
-                </For>
-            </ul>
+            <RoomList label="Your rooms" direct=false/>
             {when(
                 move || chat.joined.get(),
                 move || view! {
@@ -205,13 +211,9 @@ pub fn Sidebar() -> impl IntoView {
             )}
             <Directory/>
             <h2>"Direct messages"</h2>
-            <ul class="room-list" aria-label="Direct messages">
-                <For each=directs key=key let(room)>
-                    <RoomLink room/>
-                </For>
-            </ul>
+            <RoomList label="Direct messages" direct=true/>
             {when(
-                move || directs().is_empty(),
+                move || directs() == 0,
                 || view! { <p class="hint">"Open the people list and choose Message to write to someone."</p> },
             )}
             <NotificationsButton/>
