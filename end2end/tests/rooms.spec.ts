@@ -177,6 +177,18 @@ test("a direct message reaches only the two people in it; unread badges, the tit
   expect(await cy.page.content()).not.toContain(hush);
   expect(cy.frames.some((f) => f.includes(hush))).toBe(false);
   await expect(sidebar(cy.page).getByRole("list", { name: "Direct messages" }).getByRole("link")).toHaveCount(0);
+
+  // A group conversation, by names: Cy is in this one, and it is a room of its own.
+  const cyName = await cy.page.locator(".whoami-name").textContent();
+  await sidebar(ann.page).getByLabel("Write to").fill(`${boName}, ${cyName}`);
+  await sidebar(ann.page).getByRole("button", { name: "Start conversation" }).click();
+  await expect(ann.page).toHaveURL(/\/r\/dm\./);
+  const group = unique("to the three of us ");
+  await ann.chat.say(group);
+  const groupLink = roomLink(cy.page, `${annName}, ${boName}`).or(roomLink(cy.page, `${boName}, ${annName}`));
+  await groupLink.click();
+  await expect(cy.chat.message(group)).toBeVisible();
+  expect(await cy.page.content()).not.toContain(hush);
   for (const p of [ann, bo, cy]) await p.chat.close();
 });
 

@@ -94,6 +94,36 @@ fn NewRoom(open: RwSignal<bool>) -> impl IntoView {
     }
 }
 
+/// "Write to": a conversation with one person or a group of up to seven others, by name.
+#[component]
+fn WriteTo() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    let field = NodeRef::<html::Input>::new();
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let Some(input) = field.get_untracked() else {
+            return;
+        };
+        let names: Vec<String> = input
+            .value()
+            .split(',')
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if !names.is_empty() {
+            chat.direct(names);
+            input.set_value("");
+        }
+    };
+    view! {
+        <form class="new-room write-to" on:submit=submit>
+            <label>"Write to" <input node_ref=field name="with" placeholder="Ann, Bo" aria-describedby="write-to-hint"/></label>
+            <p id="write-to-hint" class="hint">"One name, or up to seven separated by commas."</p>
+            <button type="submit" class="link">"Start conversation"</button>
+        </form>
+    }
+}
+
 /// "Browse rooms": the public rooms, to read or join.
 #[component]
 fn Directory() -> impl IntoView {
@@ -190,10 +220,6 @@ fn RoomList(label: &'static str, direct: bool) -> impl IntoView {
 pub fn Sidebar() -> impl IntoView {
     let chat = expect_context::<Chat>();
     let creating = RwSignal::new(false);
-    let directs = move || {
-        chat.rooms
-            .with(|rooms| rooms.iter().filter(|r| r.kind == RoomKind::Direct).count())
-    };
     view! {
         <nav class="sidebar" class:open=move || chat.menu_open.get() aria-label="Rooms" id="sidebar">
             <h2>"Rooms"</h2>
@@ -212,10 +238,7 @@ pub fn Sidebar() -> impl IntoView {
             <Directory/>
             <h2>"Direct messages"</h2>
             <RoomList label="Direct messages" direct=true/>
-            {when(
-                move || directs() == 0,
-                || view! { <p class="hint">"Open the people list and choose Message to write to someone."</p> },
-            )}
+            {when(move || chat.joined.get(), || view! { <WriteTo/> })}
             <NotificationsButton/>
         </nav>
     }

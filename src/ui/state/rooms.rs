@@ -567,6 +567,18 @@ mod tests {
         chat.direct(vec!["bo".into()]);
         chat.apply(ServerFrame::Room(info("dm.ab", RoomKind::Direct, 0)));
         assert_eq!(chat.room.get_untracked(), "dm.ab");
+        // A group: the conversation whose others are exactly those asked for, in any order and case.
+        chat.direct(vec!["Cy".into(), " bo".into()]);
+        let mut pair = info("dm.pair", RoomKind::Direct, 0);
+        pair.members = vec!["Ann".into(), "Cy".into()];
+        chat.apply(ServerFrame::Room(pair));
+        assert_eq!(chat.room.get_untracked(), "dm.ab", "not the one asked for");
+        let mut group = info("dm.abc", RoomKind::Direct, 0);
+        group.members = vec!["Ann".into(), "Bo".into(), "Cy".into()];
+        chat.apply(ServerFrame::Room(group));
+        assert_eq!(chat.room.get_untracked(), "dm.abc");
+        assert_eq!(entry(&chat, "dm.abc").label("Ann"), "Bo, Cy");
+        assert_eq!(entry(&chat, "dm.abc").path("Ann"), "/r/dm.abc");
     }
 
     #[test]
