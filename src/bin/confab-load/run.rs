@@ -684,7 +684,14 @@ async fn client(
         }
     }
     if let Some(room) = &role.room {
-        if let Err(err) = enter(&mut socket, room, role.sender.is_some()).await {
+        // Bounded: a client that never gets into its room must not hold the run up.
+        let entered = tokio::time::timeout(
+            Duration::from_secs(90),
+            enter(&mut socket, room, role.sender.is_some()),
+        )
+        .await
+        .unwrap_or_else(|_| Err("no answer within 90 s".into()));
+        if let Err(err) = entered {
             eprintln!(
                 "client {} could not come into #{}: {err}",
                 role.index, room.slug
