@@ -299,6 +299,17 @@ impl Chat {
                 r.unread += 1;
                 r.mentions += u32::from(mentioned);
             }
+            // A private room's people list follows its join and leave lines (an invitation, a
+            // removal), which every member hears.
+            if r.kind == RoomKind::Private {
+                match event.kind {
+                    EventKind::Join if !r.members.contains(&event.name) => {
+                        r.members.push(event.name.clone())
+                    }
+                    EventKind::Leave => r.members.retain(|n| *n != event.name),
+                    _ => {}
+                }
+            }
             room = Some(r.clone());
         });
         let Some(room) = room else { return };
@@ -526,6 +537,26 @@ mod tests {
         chat.mark_read();
         let design = entry(&chat, "design");
         assert_eq!((design.unread, design.last_read), (0, 12));
+    }
+
+    #[test]
+    fn a_private_rooms_people_follow_its_join_and_leave_lines() {
+        let (_owner, chat) = chat();
+        let line = |seq, kind, name: &str| ChatEvent {
+            kind,
+            name: name.into(),
+            text: String::new(),
+            ..message("design", seq, 9, "")
+        };
+        chat.apply(ServerFrame::Event(line(11, EventKind::Join, "Cy")));
+        assert_eq!(entry(&chat, "design").members, ["Cy"]);
+        chat.apply(ServerFrame::Event(line(12, EventKind::Leave, "Cy")));
+        assert!(entry(&chat, "design").members.is_empty());
+        assert_eq!(
+            entry(&chat, "design").unread,
+            2,
+            "lines are not unread messages"
+        );
     }
 
     #[test]
