@@ -11,14 +11,25 @@ const database = () => {
   return db;
 };
 
-test("two server processes on one database: each side sees the other's people and messages", async ({ browser }) => {
+/** Two server processes on one fresh PostgreSQL database, on `ports`, for the length of `run`. */
+async function twoServers(ports: [number, number], run: (a: OwnServer, b: OwnServer) => Promise<void>) {
   const db = database();
   test.skip(!db, "no PostgreSQL");
   const env = { DATABASE_URL: db!.url(), CONFAB_LEAVE_GRACE_MS: "500" };
-  const a = new OwnServer(3104, env);
-  const b = new OwnServer(3105, env);
+  const a = new OwnServer(ports[0], env);
+  const b = new OwnServer(ports[1], env);
   await Promise.all([a.start(), b.start()]);
   try {
+    await run(a, b);
+  } finally {
+    await a.stop();
+    await b.stop();
+    db!.drop();
+  }
+}
+
+test("two server processes on one database: each side sees the other's people and messages", async ({ browser }) => {
+  await twoServers([3104, 3105], async (a, b) => {
     const ann = await ChatPage.open(browser, undefined, a.url);
     const bob = await ChatPage.open(browser, undefined, b.url);
     const annName = unique("Ann");
@@ -82,21 +93,11 @@ test("two server processes on one database: each side sees the other's people an
     await impostor.close();
     await ann.close();
     await bob.close();
-  } finally {
-    await a.stop();
-    await b.stop();
-    db!.drop();
-  }
+  });
 });
 
 test("two server processes: a private room, a DM, its badge and a removal cross instances, and a third person on either sees nothing", async ({ browser }) => {
-  const db = database();
-  test.skip(!db, "no PostgreSQL");
-  const env = { DATABASE_URL: db!.url(), CONFAB_LEAVE_GRACE_MS: "500" };
-  const a = new OwnServer(3106, env);
-  const b = new OwnServer(3107, env);
-  await Promise.all([a.start(), b.start()]);
-  try {
+  await twoServers([3106, 3107], async (a, b) => {
     const frames: string[] = [];
     const ann = await ChatPage.open(browser, undefined, a.url);
     const bob = await ChatPage.open(browser, undefined, b.url);
@@ -153,11 +154,7 @@ test("two server processes: a private room, a DM, its badge and a removal cross 
       expect(frames.some((f) => f.includes(text))).toBe(false);
     }
     for (const chat of [ann, bob, cy]) await chat.close();
-  } finally {
-    await a.stop();
-    await b.stop();
-    db!.drop();
-  }
+  });
 });
 
 test("when the database goes away the page says so, keeps the message, and sends it once it is back", async ({ browser }) => {

@@ -73,12 +73,6 @@ impl Link for Browser {
         }
     }
 
-    fn hidden(&self) -> bool {
-        web_sys::window()
-            .and_then(|w| w.document())
-            .is_some_and(|d| d.visibility_state() != web_sys::VisibilityState::Visible)
-    }
-
     fn notify(&self, chat: Chat, title: &str, body: &str, room: &str) {
         if web_sys::Notification::permission() != web_sys::NotificationPermission::Granted {
             return;
@@ -182,16 +176,19 @@ fn watch_network(chat: Chat) {
         chat.on_close(false);
         schedule_reconnect(chat);
     });
-    let on_visible = Closure::<dyn FnMut()>::new(move || {
-        let visible = web_sys::window()
+    let is_visible = || {
+        web_sys::window()
             .and_then(|w| w.document())
-            .is_some_and(|d| d.visibility_state() == web_sys::VisibilityState::Visible);
+            .is_some_and(|d| d.visibility_state() == web_sys::VisibilityState::Visible)
+    };
+    // A page opened in a background tab starts hidden.
+    chat.visible.set(is_visible());
+    let on_visible = Closure::<dyn FnMut()>::new(move || {
+        let visible = is_visible();
         if visible {
             reconnect_now(chat);
-            chat.visible.set(true);
-        } else {
-            chat.visible.set(false);
         }
+        chat.visible.set(visible);
     });
     let _ = window.add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref());
     let _ = window.add_event_listener_with_callback("offline", on_offline.as_ref().unchecked_ref());

@@ -18,6 +18,18 @@ use uuid::Uuid;
 /// The answer about a room one may not see, the same as about one that does not exist.
 pub const NO_SUCH_ROOM: &str = "There is no such room.";
 
+/// Why someone may not post in room `slug` (not a member, or it is archived), for the socket and the
+/// form alike; `None` when they may.
+pub fn post_refusal(slug: &str, member: bool, archived: bool) -> Option<String> {
+    if !member {
+        Some(format!("Join #{slug} to post in it."))
+    } else if archived {
+        Some(format!("#{slug} is archived: nobody posts in it any more."))
+    } else {
+        None
+    }
+}
+
 /// A room as one user may see it.
 #[derive(Debug, Clone)]
 pub struct Seen {

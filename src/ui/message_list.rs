@@ -100,15 +100,13 @@ pub fn MessageList() -> impl IntoView {
         );
         // Coming back to the tab reads what came meanwhile.
         let _ = chat.visible.get();
+        // A room opens (the page, a switch, its first history) at its first unread message, under the
+        // divider, or at the end.
+        let opened = previous
+            .as_ref()
+            .is_none_or(|before| before.0 != newest.0 || before.1 == 0);
         match previous {
-            // A room opens at its first unread message (under the divider), or at the end.
-            Some(ref before) if before.0 != newest.0 || before.1 == 0 => {
-                request_animation_frame(move || {
-                    open_at_divider(list, scroll_to_bottom);
-                    read_if_seen();
-                })
-            }
-            None => request_animation_frame(move || {
+            _ if opened => request_animation_frame(move || {
                 open_at_divider(list, scroll_to_bottom);
                 read_if_seen();
             }),
@@ -124,7 +122,7 @@ pub fn MessageList() -> impl IntoView {
                     unseen.set(true);
                 }
             }
-            Some(_) => read_if_seen(),
+            _ => read_if_seen(),
         }
         newest
     });

@@ -11,7 +11,7 @@ use crate::protocol::{
     NameError, RoomInfo, ServerFrame, UserKind, GENERAL_ROOM,
 };
 use leptos::prelude::*;
-pub use rooms::Want;
+use rooms::Want;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
@@ -205,8 +205,6 @@ pub trait Link: Sync {
     fn after(&self, delay: Duration, then: Box<dyn FnOnce() + 'static>);
     /// Puts `path` in the address bar as a new history entry, without loading it.
     fn navigate(&self, path: &str);
-    /// Whether the tab is hidden (another tab, a minimised window).
-    fn hidden(&self) -> bool;
     /// Shows a system notification, if the user allowed them; clicking it opens `room`.
     fn notify(&self, chat: Chat, title: &str, body: &str, room: &str);
 }
@@ -227,7 +225,7 @@ pub struct Chat {
     pub divider: RwSignal<Option<u64>>,
     /// The phone-width menu (the sidebar) is open.
     pub menu_open: RwSignal<bool>,
-    /// The tab is visible (set by the browser's connection).
+    /// The tab is visible (set by the browser's connection, from the page's visibility state).
     pub visible: RwSignal<bool>,
     /// The shown room's events in sequence order.
     pub events: RwSignal<Vec<ChatEvent>>,

@@ -479,15 +479,8 @@ pub async fn post_message(
             StatusCode::NOT_FOUND,
             crate::server::rooms::NO_SUCH_ROOM.to_owned(),
         )),
-        Some(seen) if !seen.member => Some((
-            StatusCode::FORBIDDEN,
-            format!("Join #{room} to post in it."),
-        )),
-        Some(seen) if seen.room.archived => Some((
-            StatusCode::FORBIDDEN,
-            format!("#{room} is archived: nobody posts in it any more."),
-        )),
-        Some(_) => None,
+        Some(seen) => crate::server::rooms::post_refusal(&room, seen.member, seen.room.archived)
+            .map(|why| (StatusCode::FORBIDDEN, why)),
     };
     if let Some((status, error)) = refused {
         return chat_with_error(&state, &pages, nonce, &browser, status, &error).await;

@@ -169,12 +169,7 @@ where
             }
             self.seat_user(user, via).await?;
         }
-        let online = self.online_everywhere().await;
-        self.send_frame(&ServerFrame::Presence {
-            room: GENERAL_ROOM.to_owned(),
-            online,
-        })
-        .await
+        self.send_room_presence(GENERAL_ROOM).await
     }
 
     /// Everyone online in the chat, on every instance (just this one's, if the others cannot be asked).

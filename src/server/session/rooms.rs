@@ -4,7 +4,7 @@
 use super::history::{read_start, Replay};
 use super::{End, Heard, Session, Start};
 use crate::protocol::{ErrorCode, Notify, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM};
-use crate::server::rooms::{Seen, NO_SUCH_ROOM};
+use crate::server::rooms::{post_refusal, Seen, NO_SUCH_ROOM};
 use crate::server::store::StoreError;
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
@@ -267,13 +267,7 @@ where
                 .await?;
                 return Ok(None);
             }
-            if !heard.member {
-                let message = format!("Join #{slug} to post in it.");
-                self.send_error(ErrorCode::NotAllowed, &message, id).await?;
-                return Ok(None);
-            }
-            if heard.archived {
-                let message = format!("#{slug} is archived: nobody posts in it any more.");
+            if let Some(message) = post_refusal(&slug, heard.member, heard.archived) {
                 self.send_error(ErrorCode::NotAllowed, &message, id).await?;
                 return Ok(None);
             }
@@ -319,16 +313,9 @@ where
                 return Err(self.close_unavailable().await);
             }
         }
-        if &*slug != GENERAL_ROOM {
-            // `general` sends its presence after the identity, as it always has.
+        // At the start, `general` sends its presence after the identity, as it always has.
+        if asked || &*slug != GENERAL_ROOM {
             self.send_room_presence(&slug).await?;
-        } else if asked {
-            let online = self.online_everywhere().await;
-            self.send_frame(&ServerFrame::Presence {
-                room: slug.to_string(),
-                online,
-            })
-            .await?;
         }
         Ok(())
     }
@@ -340,8 +327,18 @@ where
         }
     }
 
-    /// Who of `room`'s members is online now (for a public room without members yet, nobody).
-    async fn send_room_presence(&mut self, room: &str) -> Result<(), End> {
+    /// Who of `room`'s members is online now (for a public room without members yet, nobody; for
+    /// `general`, everyone online).
+    pub(super) async fn send_room_presence(&mut self, room: &str) -> Result<(), End> {
+        if room == GENERAL_ROOM {
+            let online = self.online_everywhere().await;
+            return self
+                .send_frame(&ServerFrame::Presence {
+                    room: room.to_owned(),
+                    online,
+                })
+                .await;
+        }
         let members = match self.ctx.rooms.store.members(room).await {
             Ok(members) => members,
             Err(err) => {

@@ -273,8 +273,7 @@ impl Chat {
     /// An event of the shown room: its head moves, and, while nobody looks (the tab is hidden), it
     /// counts as unread and may notify.
     pub(super) fn heard(&self, event: &ChatEvent) {
-        let hidden = self.link.get_value().is_some_and(|link| link.hidden());
-        self.count(event, hidden);
+        self.count(event, !self.visible.get_untracked());
     }
 
     /// An event of a room not shown: it counts as unread, and may notify.
@@ -292,6 +291,7 @@ impl Chat {
         let theirs = event.kind == EventKind::Message && me != Some(event.user_id);
         let name = self.my_name();
         let mentioned = theirs && !name.is_empty() && mentions(&event.text, &name);
+        // What the notification needs, without copying the whole entry on every event.
         let mut room = None;
         self.edit(&event.room, |r| {
             r.head = r.head.max(event.seq);
@@ -310,23 +310,23 @@ impl Chat {
                     _ => {}
                 }
             }
-            room = Some(r.clone());
+            room = Some((r.notify, r.kind));
         });
-        let Some(room) = room else { return };
-        let wanted = match room.notify {
+        let Some((notify, kind)) = room else { return };
+        let wanted = match notify {
             Notify::Nothing => false,
             Notify::Everything => true,
-            Notify::Mentions | Notify::Other => mentioned || room.kind == RoomKind::Direct,
+            Notify::Mentions | Notify::Other => mentioned || kind == RoomKind::Direct,
         };
         let Some(link) = self.link.get_value() else {
             return;
         };
-        if theirs && wanted && link.hidden() {
-            let title = match room.kind {
+        if theirs && wanted && !self.visible.get_untracked() {
+            let title = match kind {
                 RoomKind::Direct => event.name.clone(),
-                _ => format!("{} in #{}", event.name, room.slug),
+                _ => format!("{} in #{}", event.name, event.room),
             };
-            link.notify(*self, &title, &event.text, &room.slug);
+            link.notify(*self, &title, &event.text, &event.room);
         }
     }
 
