@@ -635,6 +635,14 @@ pub enum ErrorCode {
     TopicInvalid,
     /// A direct message to more than [`MAX_DM_MEMBERS`] people, or to nobody.
     TooManyMembers,
+    /// The API: no bot token, or one that is not valid (never says which).
+    Unauthorized,
+    /// The API: the request body is larger than the API takes.
+    BodyTooLarge,
+    /// The API: a message with this id exists with other text or by someone else.
+    Conflict,
+    /// A `/command` the server does not know; nothing was posted.
+    UnknownCommand,
     /// A code a newer server sends; treat it by its message.
     #[serde(other)]
     Other,

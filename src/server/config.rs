@@ -47,6 +47,11 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// `CONFAB_JWT_PUBLIC_KEY`: RS256 or EdDSA tokens verified with this PEM key (text or a path).
     pub jwt_public_key: Option<String>,
+    /// Bots and their webhooks (`CONFAB_WEBHOOK_ALLOW_PRIVATE`, `CONFAB_BOT_RATE_*`).
+    pub bots: super::bots::BotConfig,
+    /// `CONFAB_PUBLIC_URL`: the chat's address as bots reach it (for webhooks' `reply_url`); unset,
+    /// `http://` and the listening address.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -64,6 +69,8 @@ impl Default for Config {
             jwt_secret: None,
             jwt_public_key: None,
             metrics_addr: None,
+            bots: super::bots::BotConfig::default(),
+            public_url: None,
         }
     }
 }
@@ -171,6 +178,32 @@ impl Config {
             config.jwt_secret.as_deref(),
             config.jwt_public_key.as_deref(),
         )?;
+        if let Some(raw) = get("CONFAB_WEBHOOK_ALLOW_PRIVATE") {
+            config.bots.allow_private = match raw.trim() {
+                "true" | "1" | "yes" => true,
+                "" | "false" | "0" | "no" => false,
+                other => {
+                    return Err(format!(
+                        "CONFAB_WEBHOOK_ALLOW_PRIVATE must be true or false, not {other:?}"
+                    ))
+                }
+            };
+        }
+        if let Some(raw) = get("CONFAB_BOT_RATE_PER_SECOND") {
+            config.bots.per_second = nonzero("CONFAB_BOT_RATE_PER_SECOND", &raw)?;
+        }
+        if let Some(raw) = get("CONFAB_BOT_RATE_BURST") {
+            config.bots.burst = nonzero("CONFAB_BOT_RATE_BURST", &raw)?;
+        }
+        if let Some(raw) = get("CONFAB_PUBLIC_URL").filter(|raw| !raw.trim().is_empty()) {
+            let url = raw.trim().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "CONFAB_PUBLIC_URL must start with http:// or https://, not {raw:?}"
+                ));
+            }
+            config.public_url = Some(url.to_owned());
+        }
         if let Some(raw) = get("CONFAB_CLIENT_IP_HEADER").filter(|raw| !raw.trim().is_empty()) {
             let header = axum::http::HeaderName::from_str(raw.trim()).map_err(|_| {
                 format!("CONFAB_CLIENT_IP_HEADER must be a header name, not {raw:?}")

@@ -150,6 +150,8 @@ struct Inner {
     /// The connections of each browser session, reached by [`Hub::signal_session`]. A std Mutex: each
     /// use is a map lookup and never awaits.
     signals: Mutex<HashMap<Uuid, broadcast::Sender<SessionSignal>>>,
+    /// Which bots a message calls.
+    callees: Arc<super::callees::Callees>,
 }
 
 type Rooms = Arc<Mutex<HashMap<Arc<str>, Arc<Room>>>>;
@@ -281,6 +283,7 @@ impl Hub {
                 presence: Presence::default(),
                 next_mailbox: AtomicU64::new(1),
                 signals: Mutex::default(),
+                callees: Arc::default(),
             }),
         };
         hub.inner.backplane.start(Arc::new(hub.clone()));
@@ -289,6 +292,11 @@ impl Hub {
 
     pub fn backplane(&self) -> &dyn Backplane {
         self.inner.backplane.as_ref()
+    }
+
+    /// Which bots messages call; the webhook sender waits on it.
+    pub fn callees(&self) -> &Arc<super::callees::Callees> {
+        &self.inner.callees
     }
 
     /// Who holds which name in the chat.
@@ -519,6 +527,7 @@ impl Hub {
         *writer = Some(queue.clone());
         tokio::spawn(run_writer(
             self.inner.store.clone(),
+            self.inner.callees.clone(),
             self.inner.rooms.clone(),
             room.clone(),
             appends,
@@ -530,8 +539,11 @@ impl Hub {
     /// Queues an event for the room's writer and returns at once (waiting only while the writer's queue
     /// is full); the [`Receipt`] resolves once it is stored and broadcast. A connection can so have
     /// several messages in flight, and the writer commits them together instead of one per round trip.
-    pub async fn submit(&self, room: &str, event: NewEvent) -> Result<Receipt, PublishError> {
+    pub async fn submit(&self, room: &str, mut event: NewEvent) -> Result<Receipt, PublishError> {
         let id = event.id;
+        if event.kind == EventKind::Message {
+            event.call = self.inner.callees.for_message(room, &event.text);
+        }
         let (stored, reply) = oneshot::channel();
         let mut append = Append { event, stored };
         // A writer that stopped for idleness just as this was queued refuses it; the next one takes it.
@@ -621,6 +633,7 @@ impl Seat {
             user_kind: self.kind,
             text: String::new(),
             target: None,
+            call: Vec::new(),
         }
     }
 }
@@ -666,6 +679,7 @@ pub fn now_ms() -> i64 {
 /// A room's writer: stores batches in order and broadcasts them, until it has been idle for `idle`.
 async fn run_writer(
     store: Arc<dyn EventStore>,
+    callees: Arc<super::callees::Callees>,
     rooms: Rooms,
     room: Arc<Room>,
     mut appends: mpsc::Receiver<Append>,
@@ -688,7 +702,10 @@ async fn run_writer(
         if received == 0 {
             break;
         }
-        store_batch(store.as_ref(), &room, &mut batch).await;
+        let calls = batch.iter().any(|a| !a.event.call.is_empty());
+        if store_batch(store.as_ref(), &room, &mut batch).await && calls {
+            callees.ring();
+        }
     }
 }
 
@@ -714,7 +731,8 @@ fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Append>)
     true
 }
 
-async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Append>) {
+/// Stores and broadcasts a batch; whether it was stored.
+async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Append>) -> bool {
     let started = std::time::Instant::now();
     let (events, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|a| (a.event, a.stored)).unzip();
     let result = store.append(&room.slug, events, now_ms()).await;
@@ -732,6 +750,7 @@ async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Append
             for (appended, reply) in stored.into_iter().zip(replies) {
                 let _ = reply.send(Ok(appended));
             }
+            true
         }
         Err(err) => {
             tracing::error!(room = %room.slug, error = %err, "storing a batch failed");
@@ -739,6 +758,7 @@ async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Append
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
+            false
         }
     }
 }

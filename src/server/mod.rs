@@ -1,6 +1,8 @@
 //! The server half: configuration, state, the hub, WebSocket sessions and storage. Compiled with `ssr` only.
 
 pub mod backplane;
+pub mod bots;
+pub mod callees;
 pub mod config;
 pub mod hub;
 pub mod identity;
@@ -34,7 +36,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use store::{EventStore, IdentityStore, MemoryStore, PgStore, RoomStore, SqliteStore};
+use store::{BotStore, EventStore, IdentityStore, MemoryStore, PgStore, RoomStore, SqliteStore};
 use tokio::net::TcpListener;
 
 /// Everything a request handler may need; cheap to clone.
@@ -44,6 +46,7 @@ pub struct AppState {
     pub hub: Hub,
     pub accounts: Accounts,
     pub sessions: session::Context,
+    pub bots: bots::Bots,
     /// `/metrics` is on the main port (no `CONFAB_METRICS_ADDR`).
     pub metrics_here: bool,
 }
@@ -53,17 +56,19 @@ pub struct Stores {
     pub events: Arc<dyn EventStore>,
     pub identity: Arc<dyn IdentityStore>,
     pub rooms: Arc<dyn RoomStore>,
+    pub bots: Arc<dyn BotStore>,
     pub backplane: Arc<dyn Backplane>,
 }
 
 impl Stores {
     /// One store that keeps events, identities and rooms, on one instance.
-    pub fn local<T: EventStore + IdentityStore + RoomStore>(store: T) -> Self {
+    pub fn local<T: EventStore + IdentityStore + RoomStore + BotStore>(store: T) -> Self {
         let store = Arc::new(store);
         Self {
             events: store.clone(),
             identity: store.clone(),
-            rooms: store,
+            rooms: store.clone(),
+            bots: store,
             backplane: Arc::new(Local),
         }
     }
@@ -97,6 +102,15 @@ impl AppState {
             writer_idle: config.writer_idle,
         };
         let hub = Hub::new(stores.events, stores.backplane, hub_config);
+        let bots = bots::Bots::new(
+            stores.bots,
+            stores.rooms.clone(),
+            hub.clone(),
+            config.bots.clone(),
+        );
+        bots.refresh()
+            .await
+            .map_err(|e| format!("cannot read the bots: {e}"))?;
         let accounts = Accounts {
             store: stores.identity.clone(),
             hasher: identity::password::Hasher::default(),
@@ -112,20 +126,33 @@ impl AppState {
             )?
             .map(Arc::new),
         };
-        let sessions =
-            session::Context::new(hub.clone(), accounts.clone(), rooms, config.session.clone());
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", leptos_options.site_addr));
+        let sender =
+            bots::webhook::Sender::new(bots.clone(), hub.clone(), rooms.clone(), public_url);
+        tokio::spawn(sender.run());
+        let sessions = session::Context::new(
+            hub.clone(),
+            accounts.clone(),
+            rooms,
+            bots.clone(),
+            config.session.clone(),
+        );
         Ok(Self {
             leptos_options,
             hub,
             accounts,
             sessions,
+            bots,
             metrics_here: config.metrics_addr.is_none(),
         })
     }
 }
 
 /// The store `config` names, and the backplane that goes with it.
-async fn open_store(config: &Config) -> Result<Stores, String> {
+pub(crate) async fn open_store(config: &Config) -> Result<Stores, String> {
     Ok(match &config.store {
         StoreConfig::Memory => Stores::local(MemoryStore::new(config.history_capacity)),
         StoreConfig::Sqlite(path) => {
@@ -153,7 +180,8 @@ async fn open_store(config: &Config) -> Result<Stores, String> {
             Stores {
                 events: store.clone(),
                 identity: store.clone(),
-                rooms: store,
+                rooms: store.clone(),
+                bots: store,
                 backplane: Arc::new(backplane),
             }
         }
@@ -254,6 +282,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/users/{id}/ban", post(identity::http::ban))
         .route("/admin/users/{id}/admin", post(identity::http::make_admin))
+        .merge(bots::api::routes())
         .route("/healthz", get(|| async { "ok" }))
         // The hashed bundle, served precompressed (brotli or gzip, as the browser accepts) when the
         // build made the .br/.gz files (`cargo leptos build --release --precompress`).
@@ -550,14 +579,27 @@ async fn websocket(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    let mut unknown = browser.unknown;
     let token = match bearer {
+        // A bot's token: one answer for every token that is not a live one.
+        Some(raw) if bots::is_bot_token(&raw) => match sessions.bots.authenticate(&raw).await {
+            Ok(Some(user)) => Some(Ok(user)),
+            Ok(None) => Some(Err(identity::token::TokenError::Invalid(
+                "it is not a valid bot token".into(),
+            ))),
+            Err(err) => {
+                tracing::error!(error = %err, "checking a bot token failed");
+                unknown = true;
+                None
+            }
+        },
         Some(raw) => Some(sessions.accounts.token_user(&raw).await),
         None => None,
     };
     let visitor = Visitor {
         session: browser.session,
         ip: browser.ip,
-        unknown: browser.unknown,
+        unknown,
         token,
     };
     upgrade
@@ -581,8 +623,11 @@ pub async fn command(args: &[String]) -> Option<Result<(), String>> {
     match args.first().map(String::as_str) {
         None => None,
         Some("invite") => Some(print_invite(&args[1..]).await),
+        Some("bot") => Some(bots::admin::command(&args[1..]).await),
         Some(other) => Some(Err(format!(
-            "unknown command {other:?}; the commands are: (none) to serve, `invite [USES] [HOURS]`"
+            "unknown command {other:?}; the commands are: (none) to serve, `invite [USES] [HOURS]`, \
+             `bot …` ({})",
+            bots::admin::USAGE
         ))),
     }
 }

@@ -181,3 +181,59 @@ impl Directory {
             .map_err(|denied| denied.wait_time_from(now))
     }
 }
+
+/// Who deletes a message, and whether they may delete anyone's.
+pub struct Deleter<'a> {
+    pub user: Uuid,
+    pub name: &'a str,
+    pub kind: crate::protocol::UserKind,
+    pub admin: bool,
+}
+
+/// How a delete ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// Gone from the history, and everyone was told.
+    Done,
+    /// No such message in the room (or it was deleted already).
+    NoSuchMessage,
+    /// Someone else's, and the deleter is not an admin.
+    NotYours,
+}
+
+/// Deletes message `id` of `room`, for the socket and the API alike: its author may, and so may an admin.
+/// It keeps its place as a tombstone, and a `delete` event tells every connection.
+pub async fn delete_message(
+    hub: &super::hub::Hub,
+    room: &str,
+    id: Uuid,
+    by: Deleter<'_>,
+) -> Result<Deleted, super::hub::PublishError> {
+    use super::hub::PublishError;
+    let store_failed = |err: StoreError| PublishError::Store(Arc::new(err));
+    let found = hub.store().find(room, id).await.map_err(store_failed)?;
+    let Some(message) = found.filter(|e| e.kind == EventKind::Message) else {
+        return Ok(Deleted::NoSuchMessage);
+    };
+    if message.user_id != by.user && !by.admin {
+        return Ok(Deleted::NotYours);
+    }
+    if !hub.store().redact(room, id).await.map_err(store_failed)? {
+        // Deleted meanwhile (by its author and an admin at once): the first delete tells everyone.
+        return Ok(Deleted::Done);
+    }
+    let event = super::store::NewEvent {
+        id: Uuid::new_v4(),
+        kind: EventKind::Delete,
+        name: by.name.to_owned(),
+        user_id: by.user,
+        user_kind: by.kind,
+        text: String::new(),
+        target: Some(id),
+        call: Vec::new(),
+    };
+    // If this fails the message is gone from the history already; pages loaded from now on do not show it.
+    hub.publish(room, event).await?;
+    tracing::info!(by = %by.name, admin = by.admin, "a message was deleted");
+    Ok(Deleted::Done)
+}

@@ -3,7 +3,7 @@
 use super::state::{Chat, Pending};
 use super::when;
 use crate::avatar;
-use crate::protocol::ChatEvent;
+use crate::protocol::{ChatEvent, UserKind};
 use leptos::prelude::*;
 
 /// A circle with the initials, coloured by a stable hash of the name.
@@ -33,7 +33,14 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
                 .me
                 .with(|me| me.as_ref().is_some_and(|me| me.user_id == author))
     };
-    let member = !event.user_kind.is_guest();
+    // What kind of account wrote it, as a badge: a program's messages say so (AppEngine's `fromAgent`).
+    let mark = match event.user_kind {
+        UserKind::Guest => None,
+        UserKind::Bot => Some(("bot", "Bot: a program writes as this account", "bot")),
+        UserKind::Member | UserKind::Other => Some(("member", "Member", "member")),
+    };
+    // Only members can be made admins.
+    let member = event.user_kind == UserKind::Member;
     let admin = move || chat.me.with(|me| me.as_ref().is_some_and(|me| me.admin));
     let id = event.id;
     let author_name = event.name.clone();
@@ -43,7 +50,7 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
             <div class="body">
                 <div class="meta">
                     <span class="name">{event.name}</span>
-                    {member.then(|| view! { <span class="mark" data-kind="member" title="Member">"member"</span> })}
+                    {mark.map(|(kind, title, label)| view! { <span class="mark" data-kind=kind title=title>{label}</span> })}
                     <LocalTime at=event.at/>
                     {when(
                         move || mine() || admin(),

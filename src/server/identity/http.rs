@@ -493,6 +493,7 @@ pub async fn post_message(
         user_kind: user.kind,
         text,
         target: None,
+        call: Vec::new(),
     };
     match state.hub.publish(&room, event).await {
         Ok(_) if room == crate::protocol::GENERAL_ROOM => back_to_chat(None),

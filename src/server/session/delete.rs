@@ -3,8 +3,8 @@
 
 use super::rooms::Use;
 use super::{End, Session};
-use crate::protocol::{ErrorCode, EventKind};
-use crate::server::store::NewEvent;
+use crate::protocol::ErrorCode;
+use crate::server::rooms::{delete_message, Deleted, Deleter};
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
 use uuid::Uuid;
@@ -22,51 +22,30 @@ where
         let Some(room) = self.room_for(room, Use::Post, None).await? else {
             return Ok(());
         };
-        let found = match self.hub.store().find(&room, id).await {
-            Ok(found) => found.filter(|e| e.kind == EventKind::Message),
-            Err(err) => {
-                tracing::error!(error = %err, "finding a message to delete failed");
-                return self.send_unavailable(None).await;
+        let by = Deleter {
+            user: me.identity.user_id,
+            name: &me.seat.name,
+            kind: me.identity.kind,
+            admin: me.identity.admin,
+        };
+        match delete_message(self.hub, &room, id, by).await {
+            Ok(Deleted::Done) => Ok(()),
+            Ok(Deleted::NoSuchMessage) => {
+                self.send_error(ErrorCode::NotFound, "There is no such message.", None)
+                    .await
             }
-        };
-        let Some(message) = found else {
-            return self
-                .send_error(ErrorCode::NotFound, "There is no such message.", None)
-                .await;
-        };
-        if message.user_id != me.identity.user_id && !me.identity.admin {
-            return self
-                .send_error(
+            Ok(Deleted::NotYours) => {
+                self.send_error(
                     ErrorCode::NotAllowed,
                     "Only its author or an admin can delete a message.",
                     None,
                 )
-                .await;
-        }
-        match self.hub.store().redact(&room, id).await {
-            Ok(true) => {}
-            // Deleted meanwhile (by its author and an admin at once): the first delete tells everyone.
-            Ok(false) => return Ok(()),
+                .await
+            }
             Err(err) => {
                 tracing::error!(error = %err, "deleting a message failed");
-                return self.send_unavailable(None).await;
+                self.send_unavailable(None).await
             }
         }
-        let event = NewEvent {
-            id: Uuid::new_v4(),
-            kind: EventKind::Delete,
-            name: me.seat.name.clone(),
-            user_id: me.identity.user_id,
-            user_kind: me.identity.kind,
-            text: String::new(),
-            target: Some(id),
-        };
-        if let Err(err) = self.hub.publish(&room, event).await {
-            // The message is gone from the history already; pages loaded from now on do not show it.
-            tracing::error!(error = %err, "announcing a delete failed");
-            return self.send_unavailable(None).await;
-        }
-        tracing::info!(by = %me.seat.name, admin = me.identity.admin, "a message was deleted");
-        Ok(())
     }
 }

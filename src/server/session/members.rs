@@ -151,6 +151,7 @@ where
             user_kind: user.kind,
             text: String::new(),
             target: None,
+            call: Vec::new(),
         };
         if let Err(err) = self.hub.publish(room, line).await {
             tracing::error!(error = %err, "announcing a room change failed");

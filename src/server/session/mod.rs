@@ -112,6 +112,8 @@ pub struct Context {
     /// For sign-in tokens.
     pub accounts: crate::server::identity::Accounts,
     pub limits: Arc<MessageLimits>,
+    /// For bot tokens.
+    pub bots: crate::server::bots::Bots,
     pub config: SessionConfig,
 }
 
@@ -120,12 +122,14 @@ impl Context {
         hub: Hub,
         accounts: crate::server::identity::Accounts,
         rooms: crate::server::rooms::Directory,
+        bots: crate::server::bots::Bots,
         config: SessionConfig,
     ) -> Self {
         Self {
             limits: Arc::new(MessageLimits::new(&config)),
             hub,
             rooms,
+            bots,
             identity: accounts.store.clone(),
             accounts,
             config,

@@ -83,6 +83,7 @@ where
             user_kind,
             text,
             target: None,
+            call: Vec::new(),
         };
         match self.hub.submit(&room, event).await {
             Ok(receipt) => {

@@ -1,10 +1,11 @@
 //! An in-memory store: history for the life of the process, bounded so memory stays flat. Used by tests
 //! and by `CONFAB_STORE=memory`.
 
+use super::bots::{Bot, Delivery, NewBot, Webhook};
 use super::identity::MAX_DEVICE_CHARS;
 use super::{
-    Appended, EventStore, IdentityError, IdentityStore, NewEvent, Room, RoomError, RoomStore,
-    SessionInfo, SessionRecord, StoreError, User,
+    Appended, BotStore, EventStore, IdentityError, IdentityStore, NewEvent, Room, RoomError,
+    RoomStore, SessionInfo, SessionRecord, StoreError, User,
 };
 use crate::protocol::{ChatEvent, EventKind, UserKind, Via};
 use async_trait::async_trait;
@@ -34,6 +35,25 @@ struct State {
     /// How far each user has read each room.
     read_marks: HashMap<(Uuid, String), u64>,
     notify_levels: HashMap<(Uuid, String), crate::protocol::Notify>,
+    /// By user id.
+    bots: HashMap<Uuid, MemBot>,
+    /// Webhook calls, by id.
+    deliveries: HashMap<Uuid, MemDelivery>,
+}
+
+struct MemBot {
+    token_hash: Option<String>,
+    secret: String,
+    webhook: String,
+    created_at: i64,
+}
+
+struct MemDelivery {
+    delivery: Delivery,
+    state: &'static str,
+    next_at: i64,
+    error: String,
+    created_at: i64,
 }
 
 struct MemSession {
@@ -122,9 +142,10 @@ impl EventStore for MemoryStore {
     async fn append(
         &self,
         room: &str,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
         at: i64,
     ) -> Result<Vec<Appended>, StoreError> {
+        let wanted = super::bots::take_calls(&mut events);
         let mut state = self.lock();
         let log = state.rooms.entry(room.to_owned()).or_default();
         let mut appended = Vec::with_capacity(events.len());
@@ -146,6 +167,28 @@ impl EventStore for MemoryStore {
             log.ids.insert(event.id, event.seq);
             log.events.push_back(event.clone());
             appended.push(Appended { event, fresh: true });
+        }
+        for (id, bot, message) in super::bots::calls(wanted, &appended) {
+            let in_room = room == crate::protocol::GENERAL_ROOM
+                || state
+                    .directory
+                    .get(room)
+                    .is_some_and(|(_, members)| members.contains(&bot));
+            if in_room {
+                state.deliveries.entry(id).or_insert(MemDelivery {
+                    delivery: Delivery {
+                        id,
+                        bot,
+                        room: room.to_owned(),
+                        message,
+                        attempts: 0,
+                    },
+                    state: "pending",
+                    next_at: at,
+                    error: String::new(),
+                    created_at: at,
+                });
+            }
         }
         Ok(appended)
     }
@@ -736,5 +779,193 @@ mod identity_tests {
     #[tokio::test]
     async fn the_memory_store_keeps_the_room_contract() {
         super::super::rooms::check_contract(&super::MemoryStore::new(10)).await;
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_bot_contract() {
+        super::super::bots::check_contract(&super::MemoryStore::new(10)).await;
+    }
+}
+
+#[async_trait]
+impl BotStore for MemoryStore {
+    async fn create_bot(&self, bot: &NewBot, at: i64) -> Result<(), IdentityError> {
+        let mut state = self.lock();
+        if state
+            .owner_of(&bot.name_key)
+            .is_some_and(|u| u.user.kind != UserKind::Guest)
+        {
+            return Err(IdentityError::NameOwned);
+        }
+        let user = User {
+            id: bot.id,
+            name: bot.name.clone(),
+            kind: UserKind::Bot,
+            admin: false,
+            banned: false,
+        };
+        state.users.insert(
+            bot.id,
+            MemUser {
+                user,
+                name_key: bot.name_key.clone(),
+                password_hash: None,
+                external_id: None,
+            },
+        );
+        state.bots.insert(
+            bot.id,
+            MemBot {
+                token_hash: Some(bot.token_hash.clone()),
+                secret: bot.secret.clone(),
+                webhook: bot.webhook.clone(),
+                created_at: at,
+            },
+        );
+        Ok(())
+    }
+
+    async fn bot_by_token(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .bots
+            .iter()
+            .find(|(_, bot)| bot.token_hash.as_deref() == Some(token_hash))
+            .and_then(|(id, _)| state.users.get(id))
+            .map(|u| u.user.clone())
+            .filter(|user| !user.banned))
+    }
+
+    async fn bots(&self) -> Result<Vec<Bot>, StoreError> {
+        let state = self.lock();
+        let mut bots: Vec<(String, Bot)> = state
+            .bots
+            .iter()
+            .filter_map(|(id, bot)| {
+                let user = state.users.get(id)?;
+                let mut failed: Vec<&MemDelivery> = state
+                    .deliveries
+                    .values()
+                    .filter(|d| d.delivery.bot == *id && d.state == "failed")
+                    .collect();
+                failed.sort_by_key(|d| d.created_at);
+                Some((
+                    user.name_key.clone(),
+                    Bot {
+                        user: user.user.clone(),
+                        webhook: bot.webhook.clone(),
+                        active: bot.token_hash.is_some(),
+                        created_at: bot.created_at,
+                        failed: u32::try_from(failed.len()).unwrap_or(u32::MAX),
+                        last_error: failed.last().map(|d| d.error.clone()).unwrap_or_default(),
+                    },
+                ))
+            })
+            .collect();
+        bots.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(bots.into_iter().map(|(_, bot)| bot).collect())
+    }
+
+    async fn set_bot_token(
+        &self,
+        id: Uuid,
+        token: Option<(&str, &str)>,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let Some(bot) = state.bots.get_mut(&id) else {
+            return Ok(false);
+        };
+        match token {
+            Some((hash, secret)) => {
+                bot.token_hash = Some(hash.to_owned());
+                secret.clone_into(&mut bot.secret);
+            }
+            None => bot.token_hash = None,
+        }
+        Ok(true)
+    }
+
+    async fn set_webhook(&self, id: Uuid, url: &str) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let Some(bot) = state.bots.get_mut(&id) else {
+            return Ok(false);
+        };
+        url.clone_into(&mut bot.webhook);
+        Ok(true)
+    }
+
+    async fn callable_bots(&self) -> Result<Vec<(Uuid, String)>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .bots
+            .iter()
+            .filter(|(_, bot)| !bot.webhook.is_empty() && bot.token_hash.is_some())
+            .filter_map(|(id, _)| state.users.get(id))
+            .filter(|u| !u.user.banned)
+            .map(|u| (u.user.id, u.user.name.clone()))
+            .collect())
+    }
+
+    async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        let state = self.lock();
+        let user = state.users.get(&id).filter(|u| !u.user.banned);
+        Ok(state
+            .bots
+            .get(&id)
+            .filter(|bot| !bot.webhook.is_empty() && bot.token_hash.is_some())
+            .zip(user)
+            .map(|(bot, user)| Webhook {
+                url: bot.webhook.clone(),
+                secret: bot.secret.clone(),
+                name: user.user.name.clone(),
+            }))
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut state = self.lock();
+        let mut due: Vec<&mut MemDelivery> = state
+            .deliveries
+            .values_mut()
+            .filter(|d| d.state == "pending" && d.next_at <= now)
+            .collect();
+        due.sort_by_key(|d| d.next_at);
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|d| {
+                let claimed = d.delivery.clone();
+                d.next_at = lease_until;
+                d.delivery.attempts += 1;
+                claimed
+            })
+            .collect())
+    }
+
+    async fn delivery_done(&self, id: Uuid) -> Result<(), StoreError> {
+        if let Some(d) = self.lock().deliveries.get_mut(&id) {
+            d.state = "done";
+        }
+        Ok(())
+    }
+
+    async fn delivery_failed(
+        &self,
+        id: Uuid,
+        retry_at: Option<i64>,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(d) = self.lock().deliveries.get_mut(&id) {
+            match retry_at {
+                Some(at) => d.next_at = at,
+                None => d.state = "failed",
+            }
+            error.clone_into(&mut d.error);
+        }
+        Ok(())
     }
 }

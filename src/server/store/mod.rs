@@ -2,12 +2,14 @@
 //! store is the one authority on order: it gives each event of a room its sequence number, and live fan-out
 //! and history replay both use those numbers.
 
+pub mod bots;
 pub mod identity;
 mod memory;
 mod postgres;
 pub mod rooms;
 mod sqlite;
 
+pub use bots::BotStore;
 pub use identity::{IdentityError, IdentityStore, SessionInfo, SessionRecord, User};
 pub use memory::MemoryStore;
 pub use postgres::{PgStore, EVENTS_CHANNEL};
@@ -33,6 +35,9 @@ pub struct NewEvent {
     pub text: String,
     /// For a `delete`: the message it deletes.
     pub target: Option<Uuid>,
+    /// Bots whose webhooks this message calls (mentioned, or in its direct room); the store keeps a call
+    /// for each one in the room, in the same transaction as the message. Filled in by the hub.
+    pub call: Vec<Uuid>,
 }
 
 impl NewEvent {
@@ -220,5 +225,6 @@ pub(super) fn test_message(text: &str) -> NewEvent {
         user_kind: UserKind::Guest,
         text: text.into(),
         target: None,
+        call: Vec::new(),
     }
 }

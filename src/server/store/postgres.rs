@@ -74,9 +74,10 @@ impl EventStore for PgStore {
     async fn append(
         &self,
         room: &str,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
         at: i64,
     ) -> Result<Vec<Appended>, StoreError> {
+        let wanted = super::bots::take_calls(&mut events);
         let mut tx = self.pool.begin().await?;
         // Creates the room on its first event, and in every case locks its row until commit: the lock is
         // what serialises appends across instances (see the module's comment).
@@ -139,6 +140,8 @@ impl EventStore for PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        let calls = super::bots::calls(wanted, &appended);
+        super::bots::write_calls::<sqlx::Postgres>(&mut tx, room, &calls, at).await?;
         tx.commit().await?;
         Ok(appended)
     }
@@ -195,6 +198,7 @@ impl EventStore for PgStore {
 
 super::identity::sql_identity_store!(PgStore);
 super::rooms::sql_room_store!(PgStore);
+super::bots::sql_bot_store!(PgStore);
 
 /// New events as columns, for one multi-row INSERT.
 #[derive(Default)]

@@ -120,9 +120,10 @@ impl EventStore for SqliteStore {
     async fn append(
         &self,
         room: &str,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
         at: i64,
     ) -> Result<Vec<Appended>, StoreError> {
+        let wanted = super::bots::take_calls(&mut events);
         // IMMEDIATE takes the write lock up front. A deferred transaction would start as a reader and fail
         // with SQLITE_BUSY_SNAPSHOT (which busy_timeout does not retry) if another connection of the pool
         // (a session's name being saved) wrote in between.
@@ -172,6 +173,8 @@ impl EventStore for SqliteStore {
             });
             insert.build().execute(&mut *tx).await?;
         }
+        let calls = super::bots::calls(wanted, &appended);
+        super::bots::write_calls::<Sqlite>(&mut tx, room, &calls, at).await?;
         tx.commit().await?;
         Ok(appended)
     }
@@ -230,6 +233,7 @@ impl EventStore for SqliteStore {
 
 super::identity::sql_identity_store!(SqliteStore);
 super::rooms::sql_room_store!(SqliteStore);
+super::bots::sql_bot_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
@@ -520,5 +524,14 @@ mod identity_tests {
             .await
             .unwrap();
         super::super::rooms::check_contract(&store).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_keeps_the_bot_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteStore::open(&dir.path().join("bots.db"))
+            .await
+            .unwrap();
+        super::super::bots::check_contract(&store).await;
     }
 }

@@ -913,7 +913,7 @@ fn in_an_hour() -> u64 {
 }
 
 /// Connects with `Authorization: Bearer <token>`.
-async fn connect_with_bearer(addr: SocketAddr, token: &str) -> Client {
+pub(super) async fn connect_with_bearer(addr: SocketAddr, token: &str) -> Client {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
     request
@@ -1200,6 +1200,7 @@ async fn an_invite_only_chat_shows_strangers_nothing_until_they_use_an_invite() 
         events: store.clone(),
         identity: store.clone(),
         rooms: store.clone(),
+        bots: store.clone(),
         backplane: Arc::new(Local),
     };
     let server = Server::start_with(config, Some(stores)).await;

@@ -4,6 +4,8 @@ mod postgres;
 
 mod accounts;
 
+mod bots;
+
 mod privacy;
 mod rooms;
 
@@ -53,6 +55,7 @@ fn memory() -> Config {
 struct Server {
     addr: SocketAddr,
     hub: super::hub::Hub,
+    bots: super::bots::Bots,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -77,6 +80,7 @@ impl Server {
             None => AppState::new(options, &config).await.unwrap(),
         };
         let hub = state.hub.clone();
+        let bots = state.bots.clone();
         let handle = hub.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let closing = hub.clone();
@@ -92,6 +96,7 @@ impl Server {
         Self {
             addr,
             hub: handle,
+            bots,
             stop: Some(stop),
             done,
         }
@@ -715,6 +720,7 @@ async fn a_burst_from_one_connection_is_committed_together_and_acknowledged_in_o
         events: disk.clone(),
         identity: Arc::new(MemoryStore::new(10)),
         rooms: Arc::new(MemoryStore::new(10)),
+        bots: Arc::new(MemoryStore::new(10)),
         backplane: Arc::new(Local),
     };
     let server = Server::start_with(config, Some(stores)).await;

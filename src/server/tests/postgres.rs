@@ -621,6 +621,7 @@ async fn concurrent_appends_commit_in_sequence_order_so_readers_never_skip() {
                         user_kind: crate::protocol::UserKind::Guest,
                         text: format!("{t}-{i}"),
                         target: None,
+                        call: Vec::new(),
                     };
                     store.append(room, vec![event], 0).await.unwrap();
                 }
@@ -652,6 +653,17 @@ async fn postgres_keeps_the_identity_contract() {
     };
     let store = PgStore::open(&db.url).await.unwrap();
     crate::server::store::identity::check_contract(&store).await;
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn postgres_keeps_the_bot_contract() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::open(&db.url).await.unwrap();
+    crate::server::store::bots::check_contract(&store).await;
     store.close().await;
     db.drop_now().await;
 }
@@ -745,6 +757,7 @@ async fn a_postgres_database_from_before_accounts_keeps_its_history_names_and_se
                 user_kind: crate::protocol::UserKind::Guest,
                 text: "after the upgrade".into(),
                 target: None,
+                call: Vec::new(),
             }],
             9,
         )
