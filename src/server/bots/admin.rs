@@ -151,8 +151,10 @@ mod tests {
             Arc::new(crate::server::backplane::Local),
             crate::server::hub::HubConfig::default(),
         );
-        let mut config = crate::server::bots::BotConfig::default();
-        config.allow_private = true;
+        let config = crate::server::bots::BotConfig {
+            allow_private: true,
+            ..Default::default()
+        };
         let bots = Bots::new(store.clone(), store.clone(), hub, config);
         let people = store.as_ref();
         run(
