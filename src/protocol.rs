@@ -416,6 +416,60 @@ pub fn path_segment(text: &str) -> String {
     out
 }
 
+/// What a composed text asks for: a message, or one of the slash commands the server carries out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slash<'a> {
+    /// Post this text (a text starting with `//` is posted with one `/` fewer, so `//shrug` says
+    /// `/shrug`).
+    Text(&'a str),
+    /// `/me <action>`: an action line, "Ann waves".
+    Me(&'a str),
+    /// `/topic <text>`: the room's topic (its owner or an admin).
+    Topic(&'a str),
+    /// `/invite <name>`: add someone to the room.
+    Invite(&'a str),
+    /// `/leave`: leave the room.
+    Leave,
+    /// `/help`: what the commands are.
+    Help,
+    /// A command nobody knows; refused, never posted.
+    Unknown(&'a str),
+}
+
+/// The slash commands, as `/help` and the README list them.
+pub const SLASH_HELP: &str = "Commands: /me <action> says what you do · /topic <text> sets this \
+    room's topic · /invite <name> adds someone to this room · /leave leaves this room · /help shows \
+    this. Start a message with // to post a text that starts with /.";
+
+impl<'a> Slash<'a> {
+    /// Reads a (validated) text.
+    pub fn parse(text: &'a str) -> Self {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Slash::Text(text);
+        };
+        if rest.starts_with('/') {
+            return Slash::Text(rest);
+        }
+        let (command, argument) = match rest.split_once(char::is_whitespace) {
+            Some((command, argument)) => (command, argument.trim()),
+            None => (rest, ""),
+        };
+        match command {
+            "me" => Slash::Me(argument),
+            "topic" => Slash::Topic(argument),
+            "invite" => Slash::Invite(argument.trim_start_matches('@')),
+            "leave" => Slash::Leave,
+            "help" => Slash::Help,
+            other => Slash::Unknown(other),
+        }
+    }
+
+    /// Whether the text becomes an event of the room (so the composer shows it as pending).
+    pub fn posts(&self) -> bool {
+        matches!(self, Slash::Text(_) | Slash::Me(_))
+    }
+}
+
 /// Whether `text` mentions the person called `name`: `@name`, in any case, not inside a longer word (so
 /// not an e-mail address either).
 pub fn mentions(text: &str, name: &str) -> bool {
@@ -482,6 +536,8 @@ pub enum ServerFrame {
     Read { room: String, seq: u64 },
     /// The `leave` succeeded; the connection stays open as a reader.
     Left,
+    /// The answer to a slash command sent as message `id` that posts nothing (`/help`): show `reply`.
+    Command { id: Uuid, reply: String },
     /// A frame was refused. `id` names the refused message when there was one; `retry_after_ms`, with
     /// `rate_limited`, says when the same message will be accepted.
     Error {
@@ -544,6 +600,8 @@ pub struct ChatEvent {
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Message,
+    /// `/me waves`: a message shown as an action of its author ("Ann waves"); its text is the action.
+    Action,
     Join,
     Leave,
     /// Message `target` was deleted (by its author or an admin): clients remove it.
@@ -567,17 +625,25 @@ impl ChatEvent {
         match self.kind {
             EventKind::Join => Some(format!("{} has joined {place}.", self.name)),
             EventKind::Leave => Some(format!("{} has left {place}.", self.name)),
-            EventKind::Message | EventKind::Delete | EventKind::Deleted | EventKind::Unknown => {
-                None
-            }
+            EventKind::Message
+            | EventKind::Action
+            | EventKind::Delete
+            | EventKind::Deleted
+            | EventKind::Unknown => None,
         }
+    }
+
+    /// Whether someone said it (a message or a `/me` action): what is unread, mentions, and may be
+    /// deleted.
+    pub fn is_message(&self) -> bool {
+        matches!(self.kind, EventKind::Message | EventKind::Action)
     }
 
     /// Whether the event is a row of the list (a message or a system line), not bookkeeping.
     pub fn is_shown(&self) -> bool {
         matches!(
             self.kind,
-            EventKind::Message | EventKind::Join | EventKind::Leave
+            EventKind::Message | EventKind::Action | EventKind::Join | EventKind::Leave
         )
     }
 }
@@ -1262,5 +1328,23 @@ mod tests {
             validate_topic(&"t".repeat(MAX_TOPIC_CHARS + 1)),
             Err(RoomNameError::TopicTooLong)
         );
+    }
+
+    #[test]
+    fn slash_commands_are_read_and_everything_else_is_text() {
+        assert_eq!(Slash::parse("hello"), Slash::Text("hello"));
+        assert_eq!(Slash::parse("/me waves"), Slash::Me("waves"));
+        assert_eq!(Slash::parse("/me"), Slash::Me(""));
+        assert_eq!(
+            Slash::parse("/topic  New\ttopic "),
+            Slash::Topic("New\ttopic")
+        );
+        assert_eq!(Slash::parse("/invite @Ann Lee"), Slash::Invite("Ann Lee"));
+        assert_eq!(Slash::parse("/leave"), Slash::Leave);
+        assert_eq!(Slash::parse("/help"), Slash::Help);
+        assert_eq!(Slash::parse("/shrug ok"), Slash::Unknown("shrug"));
+        assert_eq!(Slash::parse("//shrug"), Slash::Text("/shrug"));
+        assert_eq!(Slash::parse("a /me b"), Slash::Text("a /me b"));
+        assert!(Slash::parse("/me x").posts() && !Slash::parse("/help").posts());
     }
 }

@@ -541,7 +541,7 @@ impl Hub {
     /// several messages in flight, and the writer commits them together instead of one per round trip.
     pub async fn submit(&self, room: &str, mut event: NewEvent) -> Result<Receipt, PublishError> {
         let id = event.id;
-        if event.kind == EventKind::Message {
+        if matches!(event.kind, EventKind::Message | EventKind::Action) {
             event.call = self.inner.callees.for_message(room, &event.text);
         }
         let (stored, reply) = oneshot::channel();

@@ -160,9 +160,7 @@ impl Directory {
             return Ok((mark, 0, 0));
         }
         let after = self.events.since(room, mark, RESUME_LIMIT).await?;
-        let theirs = after
-            .iter()
-            .filter(|e| e.kind == EventKind::Message && e.user_id != user);
+        let theirs = after.iter().filter(|e| e.is_message() && e.user_id != user);
         let (mut unread, mut mentioned) = (0, 0);
         for event in theirs {
             unread += 1;
@@ -212,7 +210,7 @@ pub async fn delete_message(
     use super::hub::PublishError;
     let store_failed = |err: StoreError| PublishError::Store(Arc::new(err));
     let found = hub.store().find(room, id).await.map_err(store_failed)?;
-    let Some(message) = found.filter(|e| e.kind == EventKind::Message) else {
+    let Some(message) = found.filter(crate::protocol::ChatEvent::is_message) else {
         return Ok(Deleted::NoSuchMessage);
     };
     if message.user_id != by.user && !by.admin {

@@ -4,7 +4,7 @@
 use super::message_row::{EventRow, PendingRow};
 use super::state::Chat;
 use super::when;
-use crate::protocol::{ChatEvent, EventKind};
+use crate::protocol::ChatEvent;
 use leptos::html;
 use leptos::prelude::*;
 
@@ -42,7 +42,7 @@ pub fn MessageList() -> impl IntoView {
         chat.events.with(|events| {
             events
                 .iter()
-                .find(|e| e.seq > after && e.kind == EventKind::Message && Some(e.user_id) != me)
+                .find(|e| e.seq > after && e.is_message() && Some(e.user_id) != me)
                 .map(|e| e.seq)
         })
     });

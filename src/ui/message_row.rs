@@ -3,7 +3,7 @@
 use super::state::{Chat, Pending};
 use super::when;
 use crate::avatar;
-use crate::protocol::{ChatEvent, UserKind};
+use crate::protocol::{ChatEvent, EventKind, UserKind};
 use leptos::prelude::*;
 
 /// A circle with the initials, coloured by a stable hash of the name.
@@ -44,8 +44,11 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
     let admin = move || chat.me.with(|me| me.as_ref().is_some_and(|me| me.admin));
     let id = event.id;
     let author_name = event.name.clone();
+    // `/me waves` reads "Ann waves", in italics.
+    let is_action = event.kind == EventKind::Action;
+    let action = is_action.then(|| event.name.clone());
     Either::Right(view! {
-        <li class="message" class:mine=mine data-seq=event.seq>
+        <li class="message" class:mine=mine class:action=is_action data-seq=event.seq>
             <Avatar name=event.name.clone()/>
             <div class="body">
                 <div class="meta">
@@ -73,7 +76,7 @@ pub fn EventRow(event: ChatEvent) -> impl IntoView {
                         },
                     )}
                 </div>
-                <div class="text">{event.text}</div>
+                <div class="text">{action.map(|name| view! { <span class="actor">{name}" "</span> })}{event.text}</div>
             </div>
         </li>
     })

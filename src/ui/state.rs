@@ -378,6 +378,18 @@ impl Chat {
         };
         let id = Uuid::new_v4();
         let room = self.room.get_untracked();
+        if !crate::protocol::Slash::parse(&text).posts() {
+            // A command the server carries out: nothing to show as pending, and nothing to keep for
+            // later, since it means "now".
+            if !self.joined.get_untracked() {
+                self.notice.set(Some(
+                    "Commands need the connection; try again once connected.".into(),
+                ));
+                return false;
+            }
+            self.transmit(&ClientFrame::Send { room, id, text });
+            return true;
+        }
         self.pending.update(|p| {
             p.push(Pending {
                 id,
@@ -556,6 +568,7 @@ impl Chat {
             ServerFrame::RoomGone { room } => self.on_room_gone(&room),
             ServerFrame::Directory { rooms } => self.directory.set(Some(rooms)),
             ServerFrame::Read { room, seq } => self.on_read(&room, seq),
+            ServerFrame::Command { reply, .. } => self.notice.set(Some(reply)),
             // A frame of a newer server: nothing this page knows how to show.
             ServerFrame::Unknown => {}
         }
@@ -587,7 +600,7 @@ impl Chat {
             EventKind::Leave => self
                 .online
                 .update(|online| online.retain(|n| *n != event.name)),
-            EventKind::Message => self.clear_typing(Some(&event.name)),
+            EventKind::Message | EventKind::Action => self.clear_typing(Some(&event.name)),
             EventKind::Delete => {
                 if let Some(target) = event.target {
                     self.events
@@ -801,6 +814,36 @@ mod tests {
             [1, 2]
         );
         assert_eq!(chat.last_seq(), 2);
+    }
+
+    #[test]
+    fn commands_are_not_pending_messages_and_their_answers_are_notices() {
+        let (_owner, chat) = chat();
+        assert!(
+            !chat.send("/help"),
+            "offline, a command is not kept for later"
+        );
+        assert!(chat.notice.get_untracked().unwrap().contains("connection"));
+        chat.apply(joined("Ann"));
+        assert!(chat.send("/help"));
+        assert!(chat.send("/me waves"));
+        assert!(chat.send("//shrug"));
+        let texts: Vec<String> = chat
+            .pending
+            .get_untracked()
+            .into_iter()
+            .map(|p| p.text)
+            .collect();
+        assert_eq!(
+            texts,
+            ["/me waves", "//shrug"],
+            "only what posts is pending"
+        );
+        chat.apply(ServerFrame::Command {
+            id: Uuid::new_v4(),
+            reply: "Commands: …".into(),
+        });
+        assert_eq!(chat.notice.get_untracked().as_deref(), Some("Commands: …"));
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl Sender {
             .store()
             .find(&delivery.room, delivery.message)
             .await?;
-        let Some(event) = event.filter(|e| e.kind == EventKind::Message) else {
+        let Some(event) = event.filter(ChatEvent::is_message) else {
             return Ok(None);
         };
         let Some(seen) = self

@@ -454,6 +454,22 @@ pub async fn post_message(
             return chat_with_error(&state, &pages, nonce, &browser, status, err.message()).await;
         }
     };
+    // Without JavaScript, `/me` works as in the live chat; the commands that change a room need it.
+    let (kind, text) = match crate::protocol::Slash::parse(&text) {
+        crate::protocol::Slash::Text(text) => (EventKind::Message, text.to_owned()),
+        crate::protocol::Slash::Me(action) if !action.is_empty() => {
+            (EventKind::Action, action.to_owned())
+        }
+        _ => {
+            let command = text.split_whitespace().next().unwrap_or_default();
+            let error = format!(
+                "{command} is not something this page can do without JavaScript; nothing was posted. \
+                 Start a message with // to post a text that starts with /."
+            );
+            let status = StatusCode::BAD_REQUEST;
+            return chat_with_error(&state, &pages, nonce, &browser, status, &error).await;
+        }
+    };
     if let Err(wait) = state.sessions.limits.check(user.id, browser.ip) {
         let error = format!(
             "You are sending messages too fast; this one was not sent. {}",
@@ -487,7 +503,7 @@ pub async fn post_message(
     }
     let event = NewEvent {
         id: form.id.unwrap_or_else(Uuid::new_v4),
-        kind: EventKind::Message,
+        kind,
         name: user.name,
         user_id: user.id,
         user_kind: user.kind,

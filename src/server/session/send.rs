@@ -1,9 +1,11 @@
-//! `send`: a message into the room, stored before anyone sees it, acknowledged in the order sent.
+//! `send`: a message into the room, stored before anyone sees it, acknowledged in the order sent. A text
+//! that starts with `/` is a slash command (see [`Slash`]): `/me` posts an action, the others do what
+//! their frames do, and an unknown one is refused without posting anything.
 
 use super::limits::Hold;
 use super::rooms::Use;
 use super::{End, Session, MAX_IN_FLIGHT};
-use crate::protocol::{validate_text, ErrorCode, EventKind, ServerFrame};
+use crate::protocol::{validate_text, ErrorCode, EventKind, ServerFrame, Slash, SLASH_HELP};
 use crate::server::hub::PublishError;
 use crate::server::store::{Appended, NewEvent};
 use axum::extract::ws::Message;
@@ -45,6 +47,17 @@ where
             Ok(text) => text,
             Err(err) => return self.send_error(err.code(), err.message(), Some(id)).await,
         };
+        let (kind, text) = match Slash::parse(&text) {
+            Slash::Text(text) => (EventKind::Message, text.to_owned()),
+            Slash::Me(action) => match validate_text(action) {
+                Ok(action) => (EventKind::Action, action),
+                Err(err) => {
+                    let message = format!("/me needs an action: {}", err.message());
+                    return self.send_error(err.code(), &message, Some(id)).await;
+                }
+            },
+            command => return self.on_command(room, id, command).await,
+        };
         let Some(room) = self.room_for(room, Use::Post, Some(id)).await? else {
             return Ok(());
         };
@@ -77,7 +90,7 @@ where
         }
         let event = NewEvent {
             id,
-            kind: EventKind::Message,
+            kind,
             name,
             user_id,
             user_kind,
@@ -91,6 +104,42 @@ where
                 Ok(())
             }
             Err(err) => self.on_publish_error(err, Some(id)).await,
+        }
+    }
+
+    /// A slash command that posts nothing: it does what its frame does, and answers as that frame does.
+    async fn on_command(&mut self, room: &str, id: Uuid, command: Slash<'_>) -> Result<(), End> {
+        match command {
+            Slash::Topic(topic) => {
+                self.on_update_room(room, None, Some(topic.to_owned()), None)
+                    .await
+            }
+            Slash::Invite("") => {
+                self.send_error(
+                    ErrorCode::NameBlank,
+                    "/invite needs a name: /invite Ann",
+                    Some(id),
+                )
+                .await
+            }
+            Slash::Invite(name) => self.on_invite(room, name).await,
+            Slash::Leave => self.on_leave_room(room).await,
+            Slash::Help => {
+                self.send_frame(&ServerFrame::Command {
+                    id,
+                    reply: SLASH_HELP.to_owned(),
+                })
+                .await
+            }
+            Slash::Unknown(name) => {
+                let message = format!(
+                    "There is no command /{name}; nothing was posted. /help lists the commands, and \
+                     // starts a message with /."
+                );
+                self.send_error(ErrorCode::UnknownCommand, &message, Some(id))
+                    .await
+            }
+            Slash::Text(_) | Slash::Me(_) => Ok(()),
         }
     }
 

@@ -234,7 +234,7 @@ impl EventStore for MemoryStore {
     async fn redact(&self, room: &str, id: Uuid) -> Result<bool, StoreError> {
         Ok(self
             .find_mut(room, id, |event| {
-                let message = event.kind == EventKind::Message;
+                let message = event.is_message();
                 if message {
                     event.kind = EventKind::Deleted;
                     event.text.clear();

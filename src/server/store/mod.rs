@@ -137,6 +137,7 @@ fn seq_param(seq: u64) -> i64 {
 fn kind_name(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Message => "message",
+        EventKind::Action => "action",
         EventKind::Join => "join",
         EventKind::Leave => "leave",
         EventKind::Delete => "delete",
@@ -186,6 +187,7 @@ where
     let corrupt = |what: &str| StoreError::Corrupt(format!("{what} in room {room}"));
     let kind = match row.try_get::<&str, _>("kind")? {
         "message" => EventKind::Message,
+        "action" => EventKind::Action,
         "join" => EventKind::Join,
         "leave" => EventKind::Leave,
         "delete" => EventKind::Delete,
@@ -212,7 +214,7 @@ where
 
 /// `UPDATE` that turns a message into its tombstone; `$1` the room, `$2` the id. Shared by the SQL stores.
 const REDACT: &str =
-    "UPDATE events SET kind = 'deleted', text = '' WHERE room = $1 AND id = $2 AND kind = 'message'";
+    "UPDATE events SET kind = 'deleted', text = '' WHERE room = $1 AND id = $2 AND kind IN ('message', 'action')";
 
 /// A message from "Ann" with a fresh id, for the stores' tests.
 #[cfg(test)]

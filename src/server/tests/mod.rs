@@ -5,6 +5,7 @@ mod postgres;
 mod accounts;
 
 mod bots;
+mod commands;
 
 mod privacy;
 mod rooms;

@@ -288,7 +288,7 @@ impl Chat {
         let me = self
             .me
             .with_untracked(|me| me.as_ref().map(|me| me.user_id));
-        let theirs = event.kind == EventKind::Message && me != Some(event.user_id);
+        let theirs = event.is_message() && me != Some(event.user_id);
         let name = self.my_name();
         let mentioned = theirs && !name.is_empty() && mentions(&event.text, &name);
         // What the notification needs, without copying the whole entry on every event.
