@@ -283,6 +283,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/users/{id}/ban", post(identity::http::ban))
         .route("/admin/users/{id}/admin", post(identity::http::make_admin))
         .merge(bots::api::routes())
+        .merge(bots::admin::routes())
         .route("/healthz", get(|| async { "ok" }))
         // The hashed bundle, served precompressed (brotli or gzip, as the browser accepts) when the
         // build made the .br/.gz files (`cargo leptos build --release --precompress`).

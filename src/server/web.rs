@@ -51,7 +51,8 @@ pub async fn security_headers(mut request: Request, next: Next) -> Response {
             CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=31536000, immutable"),
         );
-    } else if is_html {
+    } else if is_html && !response.headers().contains_key(CACHE_CONTROL) {
+        // Pages that said otherwise (no-store, for a page with a token on it) keep their word.
         response
             .headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

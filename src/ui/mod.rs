@@ -1,5 +1,6 @@
 //! Components, one per file, and the page that puts them together.
 
+mod bots;
 mod composer;
 mod message_list;
 pub(crate) mod message_row;
@@ -27,16 +28,20 @@ use status::{Notice, StatusBadge};
 /// carries as JSON (see [`Bootstrap::current`]).
 #[component]
 pub fn ChatPage() -> impl IntoView {
-    use leptos::either::EitherOf3;
+    use leptos::either::EitherOf4;
     match Bootstrap::current() {
         Some(Bootstrap {
             page: Page::SignIn { name, error },
             ..
-        }) => EitherOf3::A(view! { <SignInPage name error/> }),
-        Some(boot) => EitherOf3::B(view! { <ChatView boot/> }),
+        }) => EitherOf4::A(view! { <SignInPage name error/> }),
+        Some(Bootstrap {
+            page: Page::Bots { bots, made, error },
+            ..
+        }) => EitherOf4::D(view! { <bots::BotsPage bots made error/> }),
+        Some(boot) => EitherOf4::B(view! { <ChatView boot/> }),
         // The server answers 503 instead of rendering without a bootstrap, so only a page whose JSON
         // was tampered with gets here.
-        None => EitherOf3::C(
+        None => EitherOf4::C(
             view! { <p class="loading">"Confab is unavailable right now. Reload to try again."</p> },
         ),
     }

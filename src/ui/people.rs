@@ -141,6 +141,7 @@ fn MemberTools() -> impl IntoView {
         <form class="tool" method="post" action="/account/link">
             <button type="submit" class="link">"Sign in on another device"</button>
         </form>
+        {when(admin, || view! { <a class="tool link" href="/admin/bots">"Bots"</a> })}
         {when(
             move || admin() && chat.access == Access::Invite,
             || view! {

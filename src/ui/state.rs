@@ -25,6 +25,35 @@ pub enum Page {
     Chat,
     /// The sign-in form, with the name typed and why the last attempt failed.
     SignIn { name: String, error: Option<String> },
+    /// An admin's bots (`/admin/bots`): with the token and secret of one just made or rotated, shown
+    /// this once, and why the last form was refused.
+    Bots {
+        bots: Vec<BotEntry>,
+        made: Option<BotSecrets>,
+        error: Option<String>,
+    },
+}
+
+/// A bot, as the admin page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotEntry {
+    pub id: Uuid,
+    pub name: String,
+    /// Empty: nobody calls it.
+    pub webhook: String,
+    /// Its token works (not revoked).
+    pub active: bool,
+    /// Webhook calls given up on, and the last one's reason.
+    pub failed: u32,
+    pub last_error: String,
+}
+
+/// A bot's token and webhook secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotSecrets {
+    pub name: String,
+    pub token: String,
+    pub secret: String,
 }
 
 /// One of a member's sessions, as their session list shows it.

@@ -1,5 +1,6 @@
-//! Managing bots from the server binary's command line, for operators without a browser session:
-//! `fly ssh console -C "confab bot create helper"`.
+//! Managing bots: the admin page at `/admin/bots` (plain forms; a token and secret are rendered into the
+//! answer to the form that made them, never stored or redirected), and the server binary's command line
+//! for operators without a browser session: `fly ssh console -C "confab bot create helper"`.
 //!
 //! ```text
 //! confab bot create <name> [--webhook URL]
@@ -132,6 +133,227 @@ fn say(err: BotError) -> String {
         BotError::NameOwned => "that name belongs to a member or another bot".into(),
         other => other.to_string(),
     }
+}
+
+/// The admin page's forms.
+#[derive(Debug, serde::Deserialize)]
+pub struct BotForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    webhook: String,
+}
+
+/// What an admin's form asks of a bot.
+enum Change {
+    Rotate,
+    Revoke,
+    Webhook(String),
+}
+
+/// Renders the bots page for an admin; `None` (a 403 for them) for anyone else.
+async fn page(
+    state: &crate::server::AppState,
+    pages: &crate::server::Pages,
+    nonce: crate::server::web::CspNonce,
+    status: axum::http::StatusCode,
+    made: Option<crate::ui::state::BotSecrets>,
+    error: Option<String>,
+) -> axum::response::Response {
+    use crate::ui::state::{Bootstrap, BotEntry, Page};
+    use axum::response::IntoResponse;
+    let bots = match state.bots.store.bots().await {
+        Ok(bots) => bots,
+        Err(err) => {
+            tracing::error!(error = %err, "listing bots failed");
+            return crate::server::identity::unavailable();
+        }
+    };
+    let bots = bots
+        .into_iter()
+        .map(|bot| BotEntry {
+            id: bot.user.id,
+            name: bot.user.name,
+            webhook: bot.webhook,
+            active: bot.active,
+            failed: bot.failed,
+            last_error: bot.last_error,
+        })
+        .collect();
+    let boot = Bootstrap {
+        page: Page::Bots { bots, made, error },
+        ..Bootstrap::default()
+    };
+    let mut response = (status, pages.render(nonce, boot).await).into_response();
+    // A token on the page: no cache may keep it.
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn only_admins() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::FORBIDDEN,
+        "Only an admin can do that.",
+    )
+        .into_response()
+}
+
+/// `GET /admin/bots`.
+pub async fn bots_page(
+    axum::extract::State(state): axum::extract::State<crate::server::AppState>,
+    axum::Extension(pages): axum::Extension<crate::server::Pages>,
+    axum::Extension(nonce): axum::Extension<crate::server::web::CspNonce>,
+    browser: crate::server::identity::Browser,
+) -> axum::response::Response {
+    if crate::server::identity::http::admin(&browser).is_none() {
+        return only_admins();
+    }
+    page(
+        &state,
+        &pages,
+        nonce,
+        axum::http::StatusCode::OK,
+        None,
+        None,
+    )
+    .await
+}
+
+/// `POST /admin/bots`: makes a bot, and shows its token and secret this once.
+pub async fn create_bot(
+    axum::extract::State(state): axum::extract::State<crate::server::AppState>,
+    axum::Extension(pages): axum::Extension<crate::server::Pages>,
+    axum::Extension(nonce): axum::Extension<crate::server::web::CspNonce>,
+    headers: axum::http::HeaderMap,
+    browser: crate::server::identity::Browser,
+    axum::Form(form): axum::Form<BotForm>,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    if let Some(refused) = crate::server::identity::http::cross_site(&headers) {
+        return refused;
+    }
+    let Some(by) = crate::server::identity::http::admin(&browser) else {
+        return only_admins();
+    };
+    match state.bots.create(&form.name, &form.webhook, by).await {
+        Ok(made) => {
+            let secrets = crate::ui::state::BotSecrets {
+                name: made.user.name,
+                token: made.token,
+                secret: made.secret,
+            };
+            page(
+                &state,
+                &pages,
+                nonce,
+                StatusCode::CREATED,
+                Some(secrets),
+                None,
+            )
+            .await
+        }
+        Err(BotError::Store(err)) => {
+            tracing::error!(error = %err, "making a bot failed");
+            crate::server::identity::unavailable()
+        }
+        Err(err) => {
+            let status = StatusCode::BAD_REQUEST;
+            page(&state, &pages, nonce, status, None, Some(say(err))).await
+        }
+    }
+}
+
+async fn change_bot(
+    state: crate::server::AppState,
+    pages: crate::server::Pages,
+    nonce: crate::server::web::CspNonce,
+    headers: axum::http::HeaderMap,
+    browser: crate::server::identity::Browser,
+    id: uuid::Uuid,
+    change: Change,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    if let Some(refused) = crate::server::identity::http::cross_site(&headers) {
+        return refused;
+    }
+    if crate::server::identity::http::admin(&browser).is_none() {
+        return only_admins();
+    }
+    let bots = &state.bots;
+    let done = match change {
+        Change::Rotate => bots.rotate(id).await.map(|(token, secret)| {
+            let name = String::new();
+            Some(crate::ui::state::BotSecrets {
+                name,
+                token,
+                secret,
+            })
+        }),
+        Change::Revoke => bots.revoke(id).await.map(|()| None),
+        Change::Webhook(url) => bots.set_webhook(id, &url).await.map(|()| None),
+    };
+    match done {
+        Ok(mut made) => {
+            if let Some(made) = &mut made {
+                let listed = bots.store.bots().await.unwrap_or_default();
+                if let Some(bot) = listed.into_iter().find(|b| b.user.id == id) {
+                    made.name = bot.user.name;
+                }
+            }
+            page(&state, &pages, nonce, StatusCode::OK, made, None).await
+        }
+        Err(BotError::Store(err)) => {
+            tracing::error!(error = %err, "changing a bot failed");
+            crate::server::identity::unavailable()
+        }
+        Err(BotError::NoSuchBot) => {
+            let error = Some("There is no such bot.".to_owned());
+            page(&state, &pages, nonce, StatusCode::NOT_FOUND, None, error).await
+        }
+        Err(err) => {
+            let status = StatusCode::BAD_REQUEST;
+            page(&state, &pages, nonce, status, None, Some(say(err))).await
+        }
+    }
+}
+
+/// The routes of the admin page.
+pub fn routes() -> axum::Router<crate::server::AppState> {
+    use axum::extract::{Path, State};
+    use axum::routing::{get, post};
+    use axum::Extension;
+    type Parts = (
+        State<crate::server::AppState>,
+        Extension<crate::server::Pages>,
+        Extension<crate::server::web::CspNonce>,
+        axum::http::HeaderMap,
+        crate::server::identity::Browser,
+    );
+    async fn rotate(parts: Parts, Path(id): Path<uuid::Uuid>) -> axum::response::Response {
+        let (State(s), Extension(p), Extension(n), h, b) = parts;
+        change_bot(s, p, n, h, b, id, Change::Rotate).await
+    }
+    async fn revoke(parts: Parts, Path(id): Path<uuid::Uuid>) -> axum::response::Response {
+        let (State(s), Extension(p), Extension(n), h, b) = parts;
+        change_bot(s, p, n, h, b, id, Change::Revoke).await
+    }
+    async fn webhook(
+        parts: Parts,
+        Path(id): Path<uuid::Uuid>,
+        axum::Form(form): axum::Form<BotForm>,
+    ) -> axum::response::Response {
+        let (State(s), Extension(p), Extension(n), h, b) = parts;
+        change_bot(s, p, n, h, b, id, Change::Webhook(form.webhook)).await
+    }
+    axum::Router::new()
+        .route("/admin/bots", get(bots_page).post(create_bot))
+        .route("/admin/bots/{id}/rotate", post(rotate))
+        .route("/admin/bots/{id}/revoke", post(revoke))
+        .route("/admin/bots/{id}/webhook", post(webhook))
 }
 
 #[cfg(test)]

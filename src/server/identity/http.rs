@@ -49,7 +49,7 @@ fn back_to_chat(cookie: Option<HeaderValue>) -> Response {
 
 /// A form posted from another site: refused, whatever it carries. (SameSite=Lax already keeps the cookie
 /// off such a post; this also stops a post that needs no cookie, such as signing in as someone.)
-fn cross_site(headers: &HeaderMap) -> Option<Response> {
+pub(crate) fn cross_site(headers: &HeaderMap) -> Option<Response> {
     (!web::same_origin(headers)).then(|| {
         tracing::warn!(origin = ?headers.get("origin"), "refused a cross-site form post");
         (
@@ -889,7 +889,7 @@ pub async fn use_signin_link(
 }
 
 /// The admin behind a request, if it is one.
-fn admin(browser: &Browser) -> Option<Uuid> {
+pub(crate) fn admin(browser: &Browser) -> Option<Uuid> {
     let user = browser.session.as_ref()?.user.as_ref()?;
     (user.admin && !user.banned).then_some(user.id)
 }

@@ -840,3 +840,162 @@ async fn webhook_urls_are_checked_when_saved() {
         .unwrap_err();
     assert!(matches!(err, crate::server::bots::BotError::NameOwned));
 }
+
+#[tokio::test]
+async fn an_admin_makes_rotates_and_revokes_bots_on_the_admin_page_and_nobody_else_can() {
+    use super::accounts::{boot_of, form, get_as, member, post, status};
+    use crate::ui::state::Page;
+    let server = Server::start(bot_config()).await;
+    let addr = server.addr;
+    let (admin, _ann) = member(addr, "Ann", "correct horse").await;
+    let (other, _cy) = member(addr, "Cy", "cy password").await;
+    let guest = browser(addr).await;
+
+    let page = get_as(addr, "/admin/bots", &admin).await;
+    assert_eq!(status(&page), 200);
+    assert!(matches!(boot_of(&page).page, Page::Bots { ref bots, .. } if bots.is_empty()));
+    for stranger in [&other, &guest] {
+        assert_eq!(status(&get_as(addr, "/admin/bots", stranger).await), 403);
+        let refused = post(
+            addr,
+            "/admin/bots",
+            Some(stranger),
+            None,
+            &form(&[("name", "sneaky")]),
+        )
+        .await;
+        assert_eq!(status(&refused), 403);
+    }
+    let cross = post(
+        addr,
+        "/admin/bots",
+        Some(&admin),
+        Some("https://evil.example"),
+        &form(&[("name", "x")]),
+    )
+    .await;
+    assert_eq!(status(&cross), 403);
+
+    let made = post(
+        addr,
+        "/admin/bots",
+        Some(&admin),
+        None,
+        &form(&[("name", "helper"), ("webhook", "")]),
+    )
+    .await;
+    assert_eq!(status(&made), 201, "{made}");
+    assert!(header(&made, "cache-control").unwrap().contains("no-store"));
+    let Page::Bots {
+        bots,
+        made: Some(secrets),
+        ..
+    } = boot_of(&made).page
+    else {
+        panic!("the page shows the new token");
+    };
+    assert_eq!((bots.len(), secrets.name.as_str()), (1, "helper"));
+    let (status_code, _, _) = api(
+        addr,
+        reqwest::Method::GET,
+        "/api/v1/rooms",
+        Some(&secrets.token),
+        None,
+    )
+    .await;
+    assert_eq!(status_code, 200);
+    // Shown once: the list page has no token.
+    let listed = get_as(addr, "/admin/bots", &admin).await;
+    assert!(!listed.contains(&secrets.token) && !listed.contains(&secrets.secret));
+
+    for (fields, why) in [
+        (&[("name", "")][..], "blank"),
+        (&[("name", "Ann")][..], "belongs"),
+        (&[("name", "hook"), ("webhook", "gopher://x")][..], "http"),
+    ] {
+        let refused = post(addr, "/admin/bots", Some(&admin), None, &form(fields)).await;
+        assert_eq!(status(&refused), 400, "{fields:?}");
+        let Page::Bots {
+            error: Some(error), ..
+        } = boot_of(&refused).page
+        else {
+            panic!()
+        };
+        assert!(error.to_lowercase().contains(why), "{fields:?}: {error}");
+    }
+
+    let id = bots[0].id;
+    let rotated = post(
+        addr,
+        &format!("/admin/bots/{id}/rotate"),
+        Some(&admin),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&rotated), 200);
+    let Page::Bots {
+        made: Some(fresh), ..
+    } = boot_of(&rotated).page
+    else {
+        panic!()
+    };
+    assert_ne!(fresh.token, secrets.token);
+    let (old, _, _) = api(
+        addr,
+        reqwest::Method::GET,
+        "/api/v1/rooms",
+        Some(&secrets.token),
+        None,
+    )
+    .await;
+    let (new, _, _) = api(
+        addr,
+        reqwest::Method::GET,
+        "/api/v1/rooms",
+        Some(&fresh.token),
+        None,
+    )
+    .await;
+    assert_eq!((old, new), (401, 200));
+    let revoked = post(
+        addr,
+        &format!("/admin/bots/{id}/revoke"),
+        Some(&admin),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&revoked), 200);
+    let (after, _, _) = api(
+        addr,
+        reqwest::Method::GET,
+        "/api/v1/rooms",
+        Some(&fresh.token),
+        None,
+    )
+    .await;
+    assert_eq!(after, 401);
+    let missing = post(
+        addr,
+        &format!("/admin/bots/{}/revoke", Uuid::new_v4()),
+        Some(&admin),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status(&missing), 404);
+    assert_eq!(
+        status(
+            &post(
+                addr,
+                &format!("/admin/bots/{id}/revoke"),
+                Some(&other),
+                None,
+                ""
+            )
+            .await
+        ),
+        403
+    );
+}
