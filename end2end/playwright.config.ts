@@ -62,6 +62,8 @@ export default defineConfig({
       CONFAB_RATE_ADDRESS_BURST: "2000",
       // Every browser of the suite signs in from 127.0.0.1.
       CONFAB_SIGNIN_ATTEMPTS: "1000",
+      // The bots spec's webhook receiver listens on 127.0.0.1.
+      CONFAB_WEBHOOK_ALLOW_PRIVATE: "true",
     },
   },
 });

@@ -93,6 +93,7 @@ pub enum Access {
 }
 
 /// What kind of account wrote an event or holds a connection.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UserKind {
@@ -260,6 +261,7 @@ pub const CLIENT_FRAME_TYPES: [&str; 18] = [
 ];
 
 /// Whether a room is listed, invite-only, or between particular people.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomKind {
@@ -287,6 +289,7 @@ impl RoomKind {
 
 /// What of a room makes a browser notification for the user while the tab is hidden (Campfire's
 /// involvement levels).
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Notify {
@@ -321,6 +324,7 @@ impl Notify {
 }
 
 /// A room as a connection sees it.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomInfo {
     /// Its id in frames and URLs (`/r/<slug>`).
@@ -571,6 +575,7 @@ impl ServerFrame {
 }
 
 /// One stored event of a room.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatEvent {
     /// Position in the room, starting at 1 and without gaps: the server's one ordering authority.
@@ -596,6 +601,7 @@ pub struct ChatEvent {
     pub target: Option<Uuid>,
 }
 
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -649,6 +655,7 @@ impl ChatEvent {
 }
 
 /// Stable, machine-readable reasons for an [`ServerFrame::Error`]; the `message` beside it is for people.
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

@@ -38,6 +38,45 @@ pub fn routes() -> Router<AppState> {
             get(read_messages).post(post_message),
         )
         .route("/api/v1/rooms/{room}/messages/{id}", delete(delete_own))
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+/// The API's OpenAPI 3.1 document, generated from the handlers below and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Confab bot API",
+        description = "Post and read messages as a bot. Authenticate with `Authorization: Bearer <token>`."
+    ),
+    paths(list_rooms, post_message, read_messages, delete_own),
+    modifiers(&BearerToken),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+/// Declares the bearer token every route needs.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A bot token (cfb_…), from the admin page or `confab bot create`",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// `GET /api/v1/openapi.json`: needs no token, so tools can read it.
+async fn openapi() -> Response {
+    use utoipa::OpenApi;
+    Json(ApiDoc::openapi()).into_response()
 }
 
 /// An API error: a status, a stable code and a sentence.
@@ -77,12 +116,12 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ErrorDetail<'a> {
     code: ErrorCode,
     message: &'a str,
@@ -145,12 +184,16 @@ async fn room_of(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Rooms {
     rooms: Vec<RoomInfo>,
 }
 
 /// `GET /api/v1/rooms`: the rooms the bot is in, `general` first.
+#[utoipa::path(get, path = "/api/v1/rooms", responses(
+    (status = 200, description = "The bot's rooms, `general` first", body = Rooms),
+    (status = 401, description = "No valid bot token", body = ErrorBody),
+))]
 async fn list_rooms(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -173,7 +216,7 @@ async fn list_rooms(
     Ok(Json(Rooms { rooms: infos }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PostBody {
     /// Chosen by the bot, so a retry is recognised; made up when left out.
@@ -182,7 +225,7 @@ struct PostBody {
     text: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Posted {
     id: Uuid,
     seq: u64,
@@ -190,6 +233,20 @@ struct Posted {
 
 /// `POST /api/v1/rooms/{room}/messages` with `{"id"?: uuid, "text": …}`: 201 with the message's `seq`;
 /// the same `id` again answers 200 with the same `seq`, and with other text 409.
+#[utoipa::path(post, path = "/api/v1/rooms/{room}/messages",
+    params(("room" = String, Path, description = "The room's slug (`general`, …)")),
+    request_body = PostBody,
+    responses(
+        (status = 201, description = "Stored as event `seq`", body = Posted),
+        (status = 200, description = "A message with this `id` was stored before: the same `seq`", body = Posted),
+        (status = 400, description = "Malformed JSON, a wrong field, or a refused text", body = ErrorBody),
+        (status = 401, description = "No valid bot token", body = ErrorBody),
+        (status = 403, description = "The room is archived", body = ErrorBody),
+        (status = 404, description = "The bot is not in such a room", body = ErrorBody),
+        (status = 409, description = "Another message has this `id`", body = ErrorBody),
+        (status = 413, description = "The body is over 64 KiB", body = ErrorBody),
+        (status = 429, description = "Over the bot's rate; see `Retry-After`", body = ErrorBody),
+    ))]
 async fn post_message(
     State(state): State<AppState>,
     Path(room): Path<String>,
@@ -253,15 +310,19 @@ async fn post_message(
     Ok((status, Json(posted)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Paging {
+    /// Events after this `seq` (newer), oldest first.
     after: Option<u64>,
+    /// The page of events before this `seq` (older).
     before: Option<u64>,
+    /// At most this many (1 to 200, 50 without it).
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Page {
     messages: Vec<ChatEvent>,
     /// Nothing is older than this page.
@@ -270,6 +331,14 @@ struct Page {
 
 /// `GET /api/v1/rooms/{room}/messages?after=&before=&limit=`: events oldest first; with neither cursor
 /// the newest page. `Link` headers give the older (`prev`) and newer (`next`) pages.
+#[utoipa::path(get, path = "/api/v1/rooms/{room}/messages",
+    params(("room" = String, Path, description = "The room's slug"), Paging),
+    responses(
+        (status = 200, description = "Events, oldest first; `Link` has the older and newer pages", body = Page),
+        (status = 400, description = "A wrong query parameter", body = ErrorBody),
+        (status = 401, description = "No valid bot token", body = ErrorBody),
+        (status = 404, description = "The bot is not in such a room", body = ErrorBody),
+    ))]
 async fn read_messages(
     State(state): State<AppState>,
     Path(room): Path<String>,
@@ -336,6 +405,14 @@ async fn read_messages(
 }
 
 /// `DELETE /api/v1/rooms/{room}/messages/{id}`: the bot's own message; 204.
+#[utoipa::path(delete, path = "/api/v1/rooms/{room}/messages/{id}",
+    params(("room" = String, Path, description = "The room's slug"), ("id" = uuid::Uuid, Path, description = "The message's id")),
+    responses(
+        (status = 204, description = "Deleted for everyone"),
+        (status = 401, description = "No valid bot token", body = ErrorBody),
+        (status = 403, description = "Not the bot's own message", body = ErrorBody),
+        (status = 404, description = "No such room for the bot, or no such message", body = ErrorBody),
+    ))]
 async fn delete_own(
     State(state): State<AppState>,
     Path((room, id)): Path<(String, String)>,

@@ -999,3 +999,152 @@ async fn an_admin_makes_rotates_and_revokes_bots_on_the_admin_page_and_nobody_el
         403
     );
 }
+
+/// The code block after `marker` in the README, without its fence and indentation.
+fn readme_block(marker: &str) -> String {
+    let readme = include_str!("../../../README.md");
+    let after = &readme[readme
+        .find(marker)
+        .unwrap_or_else(|| panic!("README has {marker}"))..];
+    let mut lines = after.lines().skip(1);
+    let fence = lines.next().expect("a code block follows the marker");
+    let indent = fence.len() - fence.trim_start().len();
+    lines
+        .take_while(|line| line.trim() != "```")
+        .map(|line| line.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn the_readmes_curl_examples_work_as_written_against_the_real_server() {
+    let server = Server::start(bot_config()).await;
+    let addr = server.addr;
+    let helper = make_bot(&server, "helper", "").await;
+    let mut ann = joined(addr, "Ann").await;
+    let script = readme_block("<!-- curl examples: run by src/server/tests/bots.rs -->");
+    assert!(script.matches("curl ").count() >= 5, "{script}");
+    let (token, base) = (helper.token.clone(), format!("http://{addr}"));
+    let ran = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .env("TOKEN", token)
+            .env("CONFAB", base)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        out.contains("\"rooms\"") && out.contains("\"seq\"") && out.contains("Hello from curl"),
+        "{out}"
+    );
+    let id: Uuid = "6f1c2a4e-8d7b-4c1e-9f0a-3b5d7e9f1a2c".parse().unwrap();
+    let posted = ann
+        .next_matching(|f| match f {
+            ServerFrame::Event(e) if e.id == id => Some(e.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (posted.text.as_str(), posted.user_kind),
+        ("Hello from curl", UserKind::Bot)
+    );
+    let deleted = ann
+        .next_matching(|f| match f {
+            ServerFrame::Event(e) if e.kind == EventKind::Delete => e.target,
+            _ => None,
+        })
+        .await;
+    assert_eq!(deleted, id);
+}
+
+#[tokio::test]
+async fn the_readmes_verification_example_accepts_fresh_signatures_and_refuses_replays() {
+    use crate::server::bots::webhook::signature;
+    let code = readme_block("<!-- verification example: run by src/server/tests/bots.rs -->");
+    let body = r#"{"message":{"text":"@dice 2d6"}}"#;
+    let t = 1_795_312_346;
+    let header = signature("whsec", t, body.as_bytes());
+    let check = |secret: &str, header: &str, now: i64| {
+        let program = format!(
+            "{code}\nimport sys\nprint(verify(sys.argv[1], sys.argv[2], sys.argv[3].encode(), float(sys.argv[4])))"
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &program, secret, header, body, &now.to_string()])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(check("whsec", &header, t + 10), "True");
+    assert_eq!(
+        check("whsec", &header, t + 301),
+        "False",
+        "a replay after five minutes"
+    );
+    assert_eq!(check("whsec", &header, t - 301), "False", "from the future");
+    assert_eq!(check("other", &header, t), "False");
+    assert_eq!(check("whsec", "t=1795312346", t), "False");
+    assert_eq!(check("whsec", "garbage", t), "False");
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_the_bearer_token() {
+    let addr = start(memory()).await;
+    let (status, _, doc) = api(
+        addr,
+        reqwest::Method::GET,
+        "/api/v1/openapi.json",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/v1/rooms", "get"),
+        ("/api/v1/rooms/{room}/messages", "get"),
+        ("/api/v1/rooms/{room}/messages", "post"),
+        ("/api/v1/rooms/{room}/messages/{id}", "delete"),
+    ] {
+        assert!(paths[path].get(method).is_some(), "{method} {path}");
+    }
+    let post = &paths["/api/v1/rooms/{room}/messages"]["post"];
+    for status in ["201", "400", "401", "404", "409", "413", "429"] {
+        assert!(
+            post["responses"].get(status).is_some(),
+            "POST answers {status}"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for schema in [
+        "PostBody",
+        "Posted",
+        "Page",
+        "ChatEvent",
+        "RoomInfo",
+        "ErrorCode",
+    ] {
+        assert!(
+            schemas.contains_key(schema),
+            "{schema}: {:?}",
+            schemas.keys()
+        );
+    }
+}
