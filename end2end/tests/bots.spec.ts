@@ -17,6 +17,7 @@ function confab(...args: string[]): string {
     cwd: dataDir,
     env: { ...process.env, CONFAB_DATA_DIR: ".", CONFAB_WEBHOOK_ALLOW_PRIVATE: "true", RUST_LOG: "warn" },
     encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
   });
 }
 
@@ -55,6 +56,8 @@ test("a bot made on the command line answers a mention in Chromium, marked as a 
   const token = /token: (\S+)/.exec(made)?.[1] ?? "";
   secret = /webhook secret: (\S+)/.exec(made)?.[1] ?? "";
   expect(token).toMatch(/^cfb_/);
+  // A bot made by another process is heard by the running server within its refresh (2 s).
+  await new Promise((resolve) => setTimeout(resolve, 2_500));
 
   const ann = await ChatPage.open(browser);
   await ann.join(unique("Ann"));

@@ -1,6 +1,8 @@
 //! `make bench`: the standard scenarios against the release build, each on a fresh server, and a report
 //! (markdown, JSON and an SVG latency plot) that says where each target stands.
 
+mod webhooks;
+
 use crate::floor::{self, FloorArgs, FloorReport};
 use crate::proc::fd_limit;
 use crate::run::{self, JoinMode, Percentiles, Report, RunArgs};
@@ -28,7 +30,7 @@ pub struct BenchArgs {
     /// The CI smoke version: a few hundred clients for seconds; fails on any loss or duplicate.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g, h, i, j), comma-separated.
+    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g, h, i, j, k), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// First port to serve on; each scenario's server takes the next.
@@ -46,7 +48,18 @@ struct Server {
 
 impl Server {
     fn start(args: &BenchArgs, port: u16) -> Result<Self, String> {
+        Self::start_prepared(args, port, |_| Ok(()))
+    }
+
+    /// Starts a server after `prepare` has run with its data directory (to make bots, say, with the
+    /// binary's own commands before it serves).
+    fn start_prepared(
+        args: &BenchArgs,
+        port: u16,
+        prepare: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<Self, String> {
         let data = TempDir::new()?;
+        prepare(&data.0)?;
         let started = Instant::now();
         let child = Command::new(&args.server)
             .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
@@ -61,6 +74,10 @@ impl Server {
             .env("CONFAB_RATE_ADDRESS_BURST", "100000")
             // Scenario (g) signs a hundred members in from one address at once.
             .env("CONFAB_SIGNIN_ATTEMPTS", "100000")
+            // Scenario (k) posts through the API and calls a receiver on loopback.
+            .env("CONFAB_BOT_RATE_PER_SECOND", "100000")
+            .env("CONFAB_BOT_RATE_BURST", "100000")
+            .env("CONFAB_WEBHOOK_ALLOW_PRIVATE", "true")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -755,6 +772,9 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     }
     if wanted("j") {
         outcomes.push(room_memory(&args, next_port(), quick).await?);
+    }
+    if wanted("k") {
+        outcomes.push(webhooks::webhooks_beside_chat(&args, next_port(), quick).await?);
     }
     if wanted("e") && !quick {
         outcomes.push(first_load(&args, next_port())?);

@@ -28,10 +28,13 @@ use uuid::Uuid;
 
 /// Retries after the first attempt.
 pub const MAX_RETRIES: u32 = 5;
-/// Calls in flight at once, per instance.
-const PARALLEL: usize = 16;
+/// Calls in flight at once, per instance: enough for 50 calls a second to receivers that take a
+/// second each (`make bench` scenario k).
+const PARALLEL: usize = 64;
 /// The most of an answer read: a reply is a chat message, and a 10 MB answer must not cost 10 MB.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// How often each instance rereads which bots have webhooks.
+pub const REFRESH: Duration = Duration::from_secs(2);
 /// The header with the signature.
 pub const SIGNATURE_HEADER: &str = "Confab-Signature";
 
@@ -259,8 +262,23 @@ impl Sender {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(PARALLEL));
         let mut closing = this.hub.closing();
-        // Refreshed now and then, for bots changed on another instance.
-        let mut refresh = tokio::time::interval(Duration::from_secs(10));
+        // Reread now and then, for bots changed elsewhere: on another instance, or by `confab bot`
+        // beside this one (one small query every REFRESH).
+        let bots = this.bots.clone();
+        let mut stop = this.hub.closing();
+        tokio::spawn(async move {
+            let mut refresh = tokio::time::interval(REFRESH);
+            loop {
+                tokio::select! {
+                    _ = refresh.tick() => {
+                        if let Err(err) = bots.refresh().await {
+                            tracing::warn!(error = %err, "rereading the bots failed");
+                        }
+                    }
+                    () = async { let _ = stop.wait_for(|closing| *closing).await; } => return,
+                }
+            }
+        });
         loop {
             let free = slots.available_permits();
             let claimed = if free == 0 {
@@ -293,11 +311,6 @@ impl Sender {
             tokio::select! {
                 () = this.hub.callees().rung() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = refresh.tick() => {
-                    if let Err(err) = this.bots.refresh().await {
-                        tracing::warn!(error = %err, "reloading the bots failed");
-                    }
-                }
                 // The guard `wait_for` gives is dropped inside, so this future stays `Send`.
                 () = async { let _ = closing.wait_for(|closing| *closing).await; } => return,
             }
