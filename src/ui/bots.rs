@@ -39,7 +39,9 @@ pub fn BotsPage(
                 <input id="bot-name" name="name" type="text" required maxlength="32"/>
                 <label for="bot-webhook">"Webhook URL (optional)"</label>
                 <input id="bot-webhook" name="webhook" type="url" placeholder="https://…"/>
-                <p class="hint">"It joins #general and every public room. Mentions and direct messages call the webhook."</p>
+                <label for="bot-rooms">"Rooms (optional)"</label>
+                <input id="bot-rooms" name="rooms" type="text" placeholder="ops, support"/>
+                <p class="hint">"Room slugs, separated by commas: it joins #general and those. Left empty, it joins every public room. Mentions and direct messages call the webhook."</p>
                 <button type="submit" class="primary">"Create bot"</button>
             </form>
             {empty.then(|| view! { <p class="hint">"No bots yet."</p> })}

@@ -3,7 +3,7 @@
 //! for operators without a browser session: `fly ssh console -C "confab bot create helper"`.
 //!
 //! ```text
-//! confab bot create <name> [--webhook URL]
+//! confab bot create <name> [--webhook URL] [--rooms SLUG,…]
 //! confab bot list
 //! confab bot rotate <name>
 //! confab bot revoke <name>
@@ -17,7 +17,8 @@ use crate::server::store::{IdentityStore, User};
 use std::sync::Arc;
 
 /// What `confab bot` prints when asked nothing it knows.
-pub const USAGE: &str = "the bot commands are: `bot create <name> [--webhook URL]`, `bot list`, \
+pub const USAGE: &str =
+    "the bot commands are: `bot create <name> [--webhook URL] [--rooms SLUG,…]`, `bot list`, \
     `bot rotate <name>`, `bot revoke <name>`, `bot webhook <name> [URL]`";
 
 /// Runs `confab bot …` against the configured store.
@@ -42,13 +43,19 @@ async fn run(bots: &Bots, people: &dyn IdentityStore, args: &[String]) -> Result
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["create", name, rest @ ..] => {
-            let webhook = match rest {
-                [] => "",
-                ["--webhook", url] => url,
-                _ => return Err(USAGE.into()),
-            };
+            let (mut webhook, mut rooms) = ("", None);
+            let mut options = rest.iter();
+            while let Some(option) = options.next() {
+                match (*option, options.next()) {
+                    ("--webhook", Some(url)) => webhook = url,
+                    ("--rooms", Some(list)) => {
+                        rooms = Some(list.split(',').map(str::to_owned).collect::<Vec<_>>())
+                    }
+                    _ => return Err(USAGE.into()),
+                }
+            }
             let made = bots
-                .create(name, webhook, uuid::Uuid::nil())
+                .create_in(name, webhook, uuid::Uuid::nil(), rooms.as_deref())
                 .await
                 .map_err(say)?;
             print_credentials(&made);
@@ -142,6 +149,9 @@ pub struct BotForm {
     name: String,
     #[serde(default)]
     webhook: String,
+    /// Slugs, comma-separated; empty: every public room.
+    #[serde(default)]
+    rooms: String,
 }
 
 /// What an admin's form asks of a bot.
@@ -239,7 +249,13 @@ pub async fn create_bot(
     let Some(by) = crate::server::identity::http::admin(&browser) else {
         return only_admins();
     };
-    match state.bots.create(&form.name, &form.webhook, by).await {
+    let rooms: Option<Vec<String>> =
+        (!form.rooms.trim().is_empty()).then(|| form.rooms.split(',').map(str::to_owned).collect());
+    match state
+        .bots
+        .create_in(&form.name, &form.webhook, by, rooms.as_deref())
+        .await
+    {
         Ok(made) => {
             let secrets = crate::ui::state::BotSecrets {
                 name: made.user.name,
@@ -426,6 +442,53 @@ mod tests {
         .await
         .unwrap_err();
         assert!(refused.contains("http"), "{refused}");
+        let nowhere = run(
+            &bots,
+            people,
+            &args(&["create", "lost", "--rooms", "general,nope"]),
+        )
+        .await
+        .unwrap_err();
+        assert!(nowhere.contains("#nope"), "{nowhere}");
         assert_eq!(bots.store.bots().await.unwrap().len(), 1);
+
+        // Told which rooms, it is in those (and general) only; else in every public room.
+        use crate::server::store::{Room, RoomStore};
+        for slug in ["ops", "lab"] {
+            let room = Room {
+                slug: slug.into(),
+                name: slug.into(),
+                topic: String::new(),
+                kind: crate::protocol::RoomKind::Public,
+                created_by: uuid::Uuid::nil(),
+                created_at: 1,
+                archived: false,
+            };
+            store.create_room(&room, &[], 1).await.unwrap();
+        }
+        run(
+            &bots,
+            people,
+            &args(&["create", "opsbot", "--rooms", "ops"]),
+        )
+        .await
+        .unwrap();
+        run(&bots, people, &args(&["create", "everywhere"]))
+            .await
+            .unwrap();
+        for (name, rooms) in [
+            ("opsbot", &["ops"][..]),
+            ("everywhere", &["lab", "ops"][..]),
+        ] {
+            let bot = find(people, name).await.unwrap();
+            let slugs: Vec<String> = store
+                .rooms_of(bot.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.slug)
+                .collect();
+            assert_eq!(slugs, rooms, "{name}");
+        }
     }
 }

@@ -76,6 +76,8 @@ pub enum BotError {
     Webhook(String),
     #[error("there is no such bot")]
     NoSuchBot,
+    #[error("there is no room #{0} (a bot may be put in public and private rooms)")]
+    NoSuchRoom(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -115,8 +117,38 @@ impl Bots {
         webhook: &str,
         by: Uuid,
     ) -> Result<Credentials, BotError> {
+        self.create_in(name, webhook, by, None).await
+    }
+
+    /// Makes bot `name` as [`Bots::create`] does, but in `general` and `rooms` only (by slug: public or
+    /// private rooms, not direct ones) when they are given.
+    pub async fn create_in(
+        &self,
+        name: &str,
+        webhook: &str,
+        by: Uuid,
+        rooms: Option<&[String]>,
+    ) -> Result<Credentials, BotError> {
         let name = validate_name(name).map_err(BotError::Name)?;
         let webhook = self.check_webhook(webhook).await?;
+        let rooms = match rooms {
+            None => self.rooms.public_rooms(usize::MAX).await?,
+            Some(slugs) => {
+                let mut rooms = Vec::new();
+                for slug in slugs.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+                    if slug == crate::protocol::GENERAL_ROOM {
+                        continue;
+                    }
+                    match self.rooms.room(slug).await? {
+                        Some(room) if room.kind != crate::protocol::RoomKind::Direct => {
+                            rooms.push(room)
+                        }
+                        _ => return Err(BotError::NoSuchRoom(slug.to_owned())),
+                    }
+                }
+                rooms
+            }
+        };
         let (token, secret) = (new_bot_token(), new_token());
         let bot = NewBot {
             id: Uuid::new_v4(),
@@ -136,7 +168,7 @@ impl Bots {
                 IdentityError::NoSuchUser => BotError::NoSuchBot,
                 IdentityError::Store(err) => BotError::Store(err),
             })?;
-        for room in self.rooms.public_rooms(usize::MAX).await? {
+        for room in rooms {
             self.rooms.add_member(&room.slug, bot.id, at).await?;
         }
         self.refresh().await?;

@@ -912,6 +912,7 @@ async fn an_admin_makes_rotates_and_revokes_bots_on_the_admin_page_and_nobody_el
         (&[("name", "")][..], "blank"),
         (&[("name", "Ann")][..], "belongs"),
         (&[("name", "hook"), ("webhook", "gopher://x")][..], "http"),
+        (&[("name", "roomy"), ("rooms", "nope")][..], "#nope"),
     ] {
         let refused = post(addr, "/admin/bots", Some(&admin), None, &form(fields)).await;
         assert_eq!(status(&refused), 400, "{fields:?}");
