@@ -18,7 +18,7 @@ fn bot_config() -> Config {
     config
 }
 
-async fn make_bot(server: &Server, name: &str, webhook: &str) -> Credentials {
+pub(super) async fn make_bot(server: &Server, name: &str, webhook: &str) -> Credentials {
     server
         .bots
         .create(name, webhook, Uuid::nil())
@@ -446,14 +446,14 @@ async fn a_bot_speaks_on_the_socket_with_its_token_and_revoking_it_closes_the_so
 
 /// What a test webhook receiver got: each call's headers and body.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(HeaderMap, Value)>>>);
+pub(super) struct Received(Arc<Mutex<Vec<(HeaderMap, Value)>>>);
 
 impl Received {
-    fn calls(&self) -> Vec<(HeaderMap, Value)> {
+    pub(super) fn calls(&self) -> Vec<(HeaderMap, Value)> {
         self.0.lock().unwrap().clone()
     }
 
-    async fn wait_for(&self, count: usize) -> Vec<(HeaderMap, Value)> {
+    pub(super) async fn wait_for(&self, count: usize) -> Vec<(HeaderMap, Value)> {
         timeout(PATIENCE, async {
             loop {
                 let calls = self.calls();
@@ -473,7 +473,10 @@ type Behaviour = Arc<dyn Fn(usize) -> (Duration, axum::response::Response) + Sen
 
 /// A real webhook receiver on an ephemeral port: it checks every call's signature with `secret` (which
 /// the test fills in once the bot exists) and answers as `behave` says.
-async fn receiver(secret: Arc<Mutex<String>>, behave: Behaviour) -> (SocketAddr, Received) {
+pub(super) async fn receiver(
+    secret: Arc<Mutex<String>>,
+    behave: Behaviour,
+) -> (SocketAddr, Received) {
     use axum::response::IntoResponse;
     let received = Received::default();
     let log = received.clone();
@@ -507,7 +510,7 @@ async fn receiver(secret: Arc<Mutex<String>>, behave: Behaviour) -> (SocketAddr,
     (addr, received)
 }
 
-fn plain(text: &'static str) -> (Duration, axum::response::Response) {
+pub(super) fn plain(text: &'static str) -> (Duration, axum::response::Response) {
     use axum::response::IntoResponse;
     let response = ([("content-type", "text/plain")], text).into_response();
     (Duration::ZERO, response)

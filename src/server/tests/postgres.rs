@@ -933,3 +933,89 @@ async fn rooms_and_direct_messages_span_instances_and_stay_private() {
     b.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn webhook_calls_from_two_instances_are_each_made_and_replied_to_once() {
+    use super::accounts::connect_with_bearer;
+    use super::bots::{make_bot, plain, receiver};
+    use super::rooms::in_room;
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let mut config = db.config();
+    config.bots.allow_private = true;
+    config.bots.retry_base = Duration::from_millis(50);
+    let a = Server::start(config.clone()).await;
+    let b = Server::start(config).await;
+    let secret = Arc::new(Mutex::new(String::new()));
+    let (hook, received) = receiver(secret.clone(), Arc::new(|_| plain("pong"))).await;
+    let bot = make_bot(&a, "hooky", &format!("http://{hook}/hook")).await;
+    *secret.lock().unwrap() = bot.secret.clone();
+    // B hears of the bot on its next reread (every 2 s); the test does not wait for it.
+    b.bots.refresh().await.unwrap();
+
+    let mut ann = joined(a.addr, "Ann").await;
+    let mut bo = joined(b.addr, "Bo").await;
+    let mut asked = HashSet::new();
+    for n in 0..10 {
+        for client in [&mut ann, &mut bo] {
+            let (id, frame) = in_room(GENERAL_ROOM, &format!("@hooky ping {n}"));
+            asked.insert(id);
+            client.send(&frame).await;
+        }
+    }
+    let calls = received.wait_for(20).await;
+    let keys: HashSet<String> = calls
+        .iter()
+        .map(|(h, _)| h["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 20, "every mention called once per key");
+    let called: HashSet<Uuid> = calls
+        .iter()
+        .map(|(_, p)| p["message"]["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(called, asked);
+    // Each call's reply is posted once, whichever instance made it, and reaches both instances.
+    let mut replies = HashSet::new();
+    while replies.len() < 20 {
+        let event = ann
+            .next_matching(|f| match f {
+                ServerFrame::Event(e) if e.user_id == bot.user.id => Some(e.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(event.text, "pong");
+        assert!(replies.insert(event.id), "a reply posted twice");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(received.calls().len() >= 20);
+
+    // Revoked on A: the bot's socket on B closes at once, and B's API refuses the token.
+    let mut socket = connect_with_bearer(b.addr, &bot.token).await;
+    socket
+        .next_matching(|f| matches!(f, ServerFrame::Joined(_)).then_some(()))
+        .await;
+    a.bots.revoke(bot.user.id).await.unwrap();
+    let closed = timeout(PATIENCE, async {
+        loop {
+            match socket.socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket on B closes");
+    assert_eq!(closed, Some(crate::server::session::CLOSE_SIGNED_OUT));
+    let refused = reqwest::Client::new()
+        .get(format!("http://{}/api/v1/rooms", b.addr))
+        .bearer_auth(&bot.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    a.stop().await;
+    b.stop().await;
+    db.drop_now().await;
+}
