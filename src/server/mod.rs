@@ -581,6 +581,7 @@ async fn websocket(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let mut unknown = browser.unknown;
+    let bot_token = bearer.clone().filter(|raw| bots::is_bot_token(raw));
     let token = match bearer {
         // A bot's token: one answer for every token that is not a live one.
         Some(raw) if bots::is_bot_token(&raw) => match sessions.bots.authenticate(&raw).await {
@@ -602,6 +603,7 @@ async fn websocket(
         ip: browser.ip,
         unknown,
         token,
+        bot_token,
     };
     upgrade
         // tungstenite's defaults keep 128 KiB of read buffer per connection; chat frames are small.

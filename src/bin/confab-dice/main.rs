@@ -179,11 +179,9 @@ struct Api {
 }
 
 impl Api {
-    /// The slugs of the rooms the bot is in.
-    async fn rooms(&self) -> Result<Vec<String>, String> {
-        let response = self
-            .http
-            .get(format!("{}/api/v1/rooms", self.base))
+    /// Sends a request with the bot's token; the JSON answer of a success, or the API's error sentence.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value, String> {
+        let response = request
             .bearer_auth(&self.token)
             .send()
             .await
@@ -191,9 +189,17 @@ impl Api {
         let status = response.status();
         let body = response.text().await.map_err(|e| e.to_string())?;
         let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("{status}: {}", body["error"]["message"]));
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {}", body["error"]["message"]))
         }
+    }
+
+    /// The slugs of the rooms the bot is in.
+    async fn rooms(&self) -> Result<Vec<String>, String> {
+        let url = format!("{}/api/v1/rooms", self.base);
+        let body = self.call(self.http.get(url)).await?;
         Ok(body["rooms"]
             .as_array()
             .into_iter()
@@ -204,22 +210,16 @@ impl Api {
 
     /// Posts `text` in `room` with a fresh id; retrying with the same id would post it once.
     async fn say(&self, room: &str, text: &str) -> Result<u64, String> {
-        let response = self
+        let url = format!("{}/api/v1/rooms/{room}/messages", self.base);
+        let request = self
             .http
-            .post(format!("{}/api/v1/rooms/{room}/messages", self.base))
-            .bearer_auth(&self.token)
+            .post(url)
             .header("content-type", "application/json")
-            .body(json!({ "id": uuid::Uuid::new_v4(), "text": text }).to_string())
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = response.text().await.map_err(|e| e.to_string())?;
-        let body: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        match body["seq"].as_u64() {
-            Some(seq) if status.is_success() => Ok(seq),
-            _ => Err(format!("{status}: {}", body["error"]["message"])),
-        }
+            .body(json!({ "id": uuid::Uuid::new_v4(), "text": text }).to_string());
+        let body = self.call(request).await?;
+        body["seq"]
+            .as_u64()
+            .ok_or_else(|| format!("no seq in {body}"))
     }
 }
 

@@ -149,6 +149,10 @@ pub struct Visitor {
     /// The user an `Authorization: Bearer` token speaks for, or why it was refused.
     pub token:
         Option<Result<crate::server::store::User, crate::server::identity::token::TokenError>>,
+    /// A bot's token, when that is what `token` came from: checked again every
+    /// [`crate::server::bots::webhook::REFRESH`], so a revocation or rotation made where this instance
+    /// cannot hear it (`confab bot` beside a server on SQLite) still closes the socket.
+    pub bot_token: Option<String>,
 }
 
 /// The connection's user, once joined, and the seat they hold in the room.
@@ -323,6 +327,12 @@ where
         return;
     }
 
+    // Only a bot's connection rechecks its token.
+    let bot_token = visitor.bot_token.clone();
+    let mut recheck = bot_token.as_ref().map(|_| {
+        let every = crate::server::bots::webhook::REFRESH;
+        interval_at(Instant::now() + every, every)
+    });
     let mut closing = hub.closing();
     // Made once, not per loop turn: each new wait would register with the one watch channel every
     // session shares, a lock taken once per frame per connection.
@@ -364,6 +374,19 @@ where
                 }
             }
             // The user's signals (a ban, a promotion) and the browser session's (a sign-out, a change).
+            () = next_tick(&mut recheck) => {
+                let token = bot_token.as_deref().unwrap_or_default();
+                match ctx.bots.authenticate(token).await {
+                    Ok(Some(user)) if session.user_id() == Some(user.id) => {}
+                    Ok(_) => {
+                        tracing::info!("a bot's token was revoked or rotated; closing its socket");
+                        session.signed_out().await;
+                        break End::Closed;
+                    }
+                    // The store is down: the token is checked again next time.
+                    Err(err) => tracing::warn!(error = %err, "rechecking a bot token failed"),
+                }
+            }
             Some(signal) = next_signal(&mut session.user_watch) => {
                 if let Err(end) = session.on_signal(signal).await {
                     break end;
@@ -412,6 +435,16 @@ async fn next_signal(watch: &mut Option<SessionWatch>) -> Option<SessionSignal> 
         Ok(signal) => Some(signal),
         Err(RecvError::Lagged(_)) => Some(SessionSignal::Changed),
         Err(RecvError::Closed) => std::future::pending().await,
+    }
+}
+
+/// The next tick of `timer`; never, without one.
+async fn next_tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -99,6 +99,9 @@ pub trait BotStore: Send + Sync + 'static {
     /// The bots with a webhook and a live token, by id and name: who a message may call.
     async fn callable_bots(&self) -> Result<Vec<(Uuid, String)>, StoreError>;
 
+    /// Every bot's token hash (`None` once revoked), to tell when one changed elsewhere.
+    async fn bot_tokens(&self) -> Result<Vec<(Uuid, Option<String>)>, StoreError>;
+
     /// Bot `id`'s webhook, if it has one and a live token.
     async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError>;
 
@@ -263,6 +266,20 @@ macro_rules! sql_bot_store {
                 Ok(rows
                     .into_iter()
                     .filter_map(|(id, name)| Some((uuid::Uuid::try_parse(&id).ok()?, name)))
+                    .collect())
+            }
+
+            async fn bot_tokens(
+                &self,
+            ) -> Result<Vec<(uuid::Uuid, Option<String>)>, $crate::server::store::StoreError>
+            {
+                let rows: Vec<(String, Option<String>)> =
+                    sqlx::query_as("SELECT user_id, token_hash FROM bots")
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(id, hash)| Some((uuid::Uuid::try_parse(&id).ok()?, hash)))
                     .collect())
             }
 
@@ -565,7 +582,13 @@ pub(crate) async fn check_contract<T: BotStore + super::EventStore + super::Room
         store.bot_by_token("new-hash").await.unwrap().map(|u| u.id),
         Some(dice.id)
     );
+    assert!(store
+        .bot_tokens()
+        .await
+        .unwrap()
+        .contains(&(dice.id, Some("new-hash".to_owned()))));
     assert!(store.set_bot_token(dice.id, None).await.unwrap());
+    assert!(store.bot_tokens().await.unwrap().contains(&(dice.id, None)));
     assert!(store.bot_by_token("new-hash").await.unwrap().is_none());
     assert!(store.webhook(dice.id).await.unwrap().is_none());
     assert!(store.callable_bots().await.unwrap().is_empty());

@@ -906,6 +906,15 @@ impl BotStore for MemoryStore {
             .collect())
     }
 
+    async fn bot_tokens(&self) -> Result<Vec<(Uuid, Option<String>)>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .bots
+            .iter()
+            .map(|(id, bot)| (*id, bot.token_hash.clone()))
+            .collect())
+    }
+
     async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
         let state = self.lock();
         let user = state.users.get(&id).filter(|u| !u.user.banned);

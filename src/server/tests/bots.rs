@@ -55,6 +55,13 @@ async fn api(
     (status, headers, body)
 }
 
+/// A GET with the bot's token: its JSON body.
+async fn get_json(addr: SocketAddr, token: &str, path: &str) -> Value {
+    api(addr, reqwest::Method::GET, path, Some(token), None)
+        .await
+        .2
+}
+
 async fn post_text(addr: SocketAddr, token: &str, room: &str, body: Value) -> (u16, Value) {
     let path = format!("/api/v1/rooms/{room}/messages");
     let (status, _, body) = api(
@@ -173,14 +180,7 @@ async fn a_bot_posts_reads_lists_and_deletes_through_the_api_as_itself() {
     );
     let first = page["messages"][0]["seq"].as_u64().unwrap();
     let older = format!("/api/v1/rooms/{}/messages?before={first}", ops.slug);
-    let (_, _, page) = api(
-        addr,
-        reqwest::Method::GET,
-        &older,
-        Some(&helper.token),
-        None,
-    )
-    .await;
+    let page = get_json(addr, &helper.token, &older).await;
     assert_eq!(page["complete"], true);
     assert!(
         page["messages"]
@@ -192,14 +192,7 @@ async fn a_bot_posts_reads_lists_and_deletes_through_the_api_as_itself() {
     );
     let newest = page_last_seq(addr, &helper.token, &ops.slug).await;
     let newer = format!("/api/v1/rooms/{}/messages?after={newest}", ops.slug);
-    let (_, _, page) = api(
-        addr,
-        reqwest::Method::GET,
-        &newer,
-        Some(&helper.token),
-        None,
-    )
-    .await;
+    let page = get_json(addr, &helper.token, &newer).await;
     assert_eq!(page["messages"], json!([]));
 
     // Its own message it may delete; someone else's not.
@@ -247,7 +240,7 @@ async fn a_bot_posts_reads_lists_and_deletes_through_the_api_as_itself() {
 
 async fn page_last_seq(addr: SocketAddr, token: &str, room: &str) -> u64 {
     let path = format!("/api/v1/rooms/{room}/messages");
-    let (_, _, page) = api(addr, reqwest::Method::GET, &path, Some(token), None).await;
+    let page = get_json(addr, token, &path).await;
     page["messages"].as_array().unwrap().last().unwrap()["seq"]
         .as_u64()
         .unwrap()
@@ -427,17 +420,7 @@ async fn a_bot_speaks_on_the_socket_with_its_token_and_revoking_it_closes_the_so
     assert_eq!(seen.user_kind, UserKind::Bot);
 
     server.bots.revoke(helper.user.id).await.unwrap();
-    let closed = timeout(PATIENCE, async {
-        loop {
-            match socket.socket.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("the socket closes at once");
+    let closed = socket.close_code().await;
     assert_eq!(closed, Some(crate::server::session::CLOSE_SIGNED_OUT));
     // And the token opens no new one.
     let mut again = connect_with_bearer(addr, &helper.token).await;
@@ -1149,6 +1132,53 @@ async fn the_openapi_document_describes_every_route_and_the_bearer_token() {
             schemas.contains_key(schema),
             "{schema}: {:?}",
             schemas.keys()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_revoked_or_rotated_by_another_process_closes_the_bots_sockets_within_a_refresh() {
+    let store = Arc::new(MemoryStore::new(100));
+    let stores = Stores {
+        events: store.clone(),
+        identity: store.clone(),
+        rooms: store.clone(),
+        bots: store.clone(),
+        backplane: Arc::new(Local),
+    };
+    let server = Server::start_with(bot_config(), Some(stores)).await;
+    // What `confab bot` is: the same store, a hub of its own that reaches no running server.
+    let cli = crate::server::bots::Bots::new(
+        store.clone(),
+        store.clone(),
+        crate::server::hub::Hub::new(
+            store.clone(),
+            Arc::new(Local),
+            crate::server::hub::HubConfig::default(),
+        ),
+        crate::server::bots::BotConfig::default(),
+    );
+    let helper = make_bot(&server, "helper", "").await;
+    let other = make_bot(&server, "other", "").await;
+    for (bot, change) in [(&helper, "revoke"), (&other, "rotate")] {
+        let mut socket = connect_with_bearer(server.addr, &bot.token).await;
+        socket
+            .next_matching(|f| matches!(f, ServerFrame::Joined(_)).then_some(()))
+            .await;
+        if change == "revoke" {
+            cli.revoke(bot.user.id).await.unwrap();
+        } else {
+            cli.rotate(bot.user.id).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(
+            socket.close_code().await,
+            Some(crate::server::session::CLOSE_SIGNED_OUT),
+            "{change}"
+        );
+        assert!(
+            started.elapsed() < crate::server::bots::webhook::REFRESH * 3,
+            "{change}"
         );
     }
 }

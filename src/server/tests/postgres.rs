@@ -996,17 +996,7 @@ async fn webhook_calls_from_two_instances_are_each_made_and_replied_to_once() {
         .next_matching(|f| matches!(f, ServerFrame::Joined(_)).then_some(()))
         .await;
     a.bots.revoke(bot.user.id).await.unwrap();
-    let closed = timeout(PATIENCE, async {
-        loop {
-            match socket.socket.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("the socket on B closes");
+    let closed = socket.close_code().await;
     assert_eq!(closed, Some(crate::server::session::CLOSE_SIGNED_OUT));
     let refused = reqwest::Client::new()
         .get(format!("http://{}/api/v1/rooms", b.addr))
