@@ -541,7 +541,9 @@ impl Hub {
     /// several messages in flight, and the writer commits them together instead of one per round trip.
     pub async fn submit(&self, room: &str, mut event: NewEvent) -> Result<Receipt, PublishError> {
         let id = event.id;
-        if matches!(event.kind, EventKind::Message | EventKind::Action) {
+        // People's messages call bots; bots' do not, so two bots can never call each other in a loop.
+        let person = event.user_kind != crate::protocol::UserKind::Bot;
+        if person && matches!(event.kind, EventKind::Message | EventKind::Action) {
             event.call = self.inner.callees.for_message(room, &event.text);
         }
         let (stored, reply) = oneshot::channel();

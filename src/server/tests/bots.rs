@@ -562,6 +562,16 @@ async fn a_mention_calls_the_bots_webhook_signed_and_its_answer_is_its_reply() {
     };
     assert_eq!(reply.text, "pong");
 
+    // A bot's message calls nobody, so bots cannot call each other in a loop.
+    let chatty = make_bot(&server, "chatty", "").await;
+    let (status, _) = post_text(
+        addr,
+        &chatty.token,
+        GENERAL_ROOM,
+        json!({"text": "@dice from a bot"}),
+    )
+    .await;
+    assert_eq!(status, 201);
     // A mention in a room the bot is not in calls nobody.
     let (_, frame) = in_room(&hidden.slug, "@dice are you here?");
     ann.send(&frame).await;

@@ -1,6 +1,6 @@
 //! (k): the (a) load twice on one server, without and then with 50 webhook calls a second to a slow
-//! receiver: a mention of a bot with a webhook every 20 ms, posted through the API by another bot, and a
-//! receiver on loopback that takes its time over each call. The chat's p99 should not notice.
+//! receiver: a mention of a bot with a webhook every 20 ms, posted by a person on a socket of their own,
+//! and a receiver on loopback that takes its time over each call. The chat's p99 should not notice.
 
 use super::{run_args, Load, Outcome, Server};
 use crate::run::{self, Report};
@@ -14,36 +14,23 @@ const RECEIVER_DELAY: Duration = Duration::from_millis(500);
 /// Mentions posted per second while the busy run measures.
 const CALLS_PER_SECOND: u64 = 50;
 
-/// Makes a bot with the server binary's own command; its token.
-fn make_bot(
-    server: &Path,
-    data: &Path,
-    name: &str,
-    webhook: Option<&str>,
-) -> Result<String, String> {
-    let mut command = std::process::Command::new(server);
-    command
-        .args(["bot", "create", name])
+/// Makes a bot called at `webhook` with the server binary's own command, before the server starts.
+fn make_bot(server: &Path, data: &Path, name: &str, webhook: &str) -> Result<(), String> {
+    let out = std::process::Command::new(server)
+        .args(["bot", "create", name, "--webhook", webhook])
         .env("CONFAB_DATA_DIR", data)
         .env("CONFAB_WEBHOOK_ALLOW_PRIVATE", "true")
-        .env("RUST_LOG", "warn");
-    if let Some(url) = webhook {
-        command.args(["--webhook", url]);
-    }
-    let out = command
+        .env("RUST_LOG", "warn")
         .output()
         .map_err(|e| format!("confab bot create: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("token: "))
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            format!(
-                "confab bot create said: {stdout}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "confab bot create said: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// A receiver that counts calls and answers each after [`RECEIVER_DELAY`], with nothing to post.
@@ -69,30 +56,52 @@ async fn slow_receiver() -> Result<(String, Arc<AtomicU64>), String> {
     Ok((format!("http://{addr}/hook"), calls))
 }
 
-/// Posts `@hooked` mentions at [`CALLS_PER_SECOND`] for `duration`; how many were stored.
-async fn mention_steadily(port: u16, token: String, duration: Duration) -> u64 {
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/api/v1/rooms/general/messages");
+/// A person on a socket of their own posts `@hooked` mentions at [`CALLS_PER_SECOND`] for
+/// `duration` (people's messages call bots; bots' do not); how many the server acknowledged as stored.
+async fn mention_steadily(port: u16, duration: Duration) -> Result<u64, String> {
+    use confab::protocol::{ClientFrame, ServerFrame};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .map_err(|e| format!("the mentioner cannot connect: {e}"))?;
+    let (mut write, mut read) = socket.split();
+    let frame =
+        |f: &ClientFrame| Message::text(serde_json::to_string(f).expect("frames serialise"));
+    let join = ClientFrame::Join {
+        name: "mentioner".into(),
+    };
+    write.send(frame(&join)).await.map_err(|e| e.to_string())?;
+    // Acknowledgements are counted beside the sending, until a quiet second after the last.
+    let acks = tokio::spawn(async move {
+        let mut acked = 0u64;
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_secs(5), read.next()).await
+        {
+            if let Message::Text(text) = message {
+                if let Ok(ServerFrame::Ack { .. }) = serde_json::from_str(&text) {
+                    acked += 1;
+                }
+            }
+        }
+        acked
+    });
     let mut ticker = tokio::time::interval(Duration::from_millis(1_000 / CALLS_PER_SECOND));
     let end = Instant::now() + duration;
-    let mut stored = 0;
     let mut n = 0u64;
     while Instant::now() < end {
         ticker.tick().await;
         n += 1;
-        let body = serde_json::json!({ "text": format!("@hooked ping {n}") }).to_string();
-        let sent = http
-            .post(&url)
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await;
-        if sent.is_ok_and(|r| r.status().is_success()) {
-            stored += 1;
-        }
+        let send = ClientFrame::Send {
+            room: confab::protocol::GENERAL_ROOM.into(),
+            id: uuid::Uuid::new_v4(),
+            text: format!("@hooked ping {n}"),
+        };
+        write.send(frame(&send)).await.map_err(|e| e.to_string())?;
     }
-    stored
+    let acked = acks.await.map_err(|e| e.to_string())?;
+    let _ = write.close().await;
+    Ok(acked)
 }
 
 pub(super) async fn webhooks_beside_chat(
@@ -101,11 +110,8 @@ pub(super) async fn webhooks_beside_chat(
     quick: bool,
 ) -> Result<Outcome, String> {
     let (hook, calls) = slow_receiver().await?;
-    let mut caller = String::new();
     let server = Server::start_prepared(args, port, |data| {
-        make_bot(&args.server, data, "hooked", Some(&hook))?;
-        caller = make_bot(&args.server, data, "caller", None)?;
-        Ok(())
+        make_bot(&args.server, data, "hooked", &hook)
     })?;
     let load = Load {
         clients: if quick { 300 } else { 1_000 },
@@ -117,9 +123,15 @@ pub(super) async fn webhooks_beside_chat(
     let quiet = run::run(run_args(&server, &load)).await;
     // The mentions cover the busy run's whole measured window (it starts after warm-up and ramp).
     let window = Duration::from_secs(if quick { 8 } else { 22 });
-    let mentions = tokio::spawn(mention_steadily(port, caller, window));
+    let mentions = tokio::spawn(mention_steadily(port, window));
     let busy = run::run(run_args(&server, &load)).await;
-    let posted = mentions.await.map_err(|e| e.to_string())?;
+    let posted = match mentions.await.map_err(|e| e.to_string()).and_then(|m| m) {
+        Ok(posted) => posted,
+        Err(err) => {
+            server.stop();
+            return Err(format!("scenario (k): {err}"));
+        }
+    };
     // Every stored mention is a call: wait for the stragglers.
     let deadline = Instant::now() + Duration::from_secs(30);
     while calls.load(Ordering::SeqCst) < posted && Instant::now() < deadline {
