@@ -43,6 +43,9 @@ pub struct BotConfig {
     pub timeout: Duration,
     /// The first retry's delay; each next one doubles it.
     pub retry_base: Duration,
+    /// Calls in flight at once to one bot (of 64 per instance): 32 carry 50 calls a second to a receiver
+    /// that takes half a second, and leave the other half to other bots when one hangs.
+    pub per_bot: usize,
 }
 
 impl Default for BotConfig {
@@ -53,6 +56,7 @@ impl Default for BotConfig {
             burst: NonZeroU32::new(20).unwrap(),
             timeout: Duration::from_secs(10),
             retry_base: Duration::from_secs(2),
+            per_bot: 32,
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   [`MAX_RETRIES`] times; a 4xx, a redirect (never followed) or the last failure marks the call failed,
 //!   which the admin page shows.
 //! - A 200 answer in `text/plain`, or JSON `{"text": …}`, is the bot's reply in the room.
-//! - Calls run beside the chat, at most [`PARALLEL`] at once: a slow or dead bot never holds up a room.
+//! - Calls run beside the chat, at most [`PARALLEL`] at once and half of them to one bot
+//!   ([`super::BotConfig::per_bot`]): a slow or dead bot never holds up a room, nor the other bots.
 
 use super::Bots;
 use crate::protocol::{validate_text, ChatEvent, EventKind, UserKind};
@@ -28,8 +29,7 @@ use uuid::Uuid;
 
 /// Retries after the first attempt.
 pub const MAX_RETRIES: u32 = 5;
-/// Calls in flight at once, per instance: enough for 50 calls a second to receivers that take a
-/// second each (`make bench` scenario k).
+/// Calls in flight at once, per instance.
 const PARALLEL: usize = 64;
 /// The most of an answer read: a reply is a chat message, and a 10 MB answer must not cost 10 MB.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -232,6 +232,8 @@ pub struct Sender {
     /// The chat's address as bots reach it, for `reply_url`.
     public_url: String,
     client: reqwest::Client,
+    /// Calls in flight, per bot.
+    busy: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
 }
 
 impl Sender {
@@ -253,6 +255,7 @@ impl Sender {
             rooms,
             public_url: public_url.trim_end_matches('/').to_owned(),
             client,
+            busy: Default::default(),
         }
     }
 
@@ -298,10 +301,20 @@ impl Sender {
             };
             let full = !claimed.is_empty() && claimed.len() == free;
             for delivery in claimed {
+                if !this.take_turn(delivery.bot) {
+                    // This bot has its share in flight: the call waits a moment, uncounted.
+                    let again = now_ms() + 500;
+                    if let Err(err) = this.bots.store.release_delivery(delivery.id, again).await {
+                        tracing::error!(error = %err, "putting a webhook call back failed");
+                    }
+                    continue;
+                }
                 let permit = slots.clone().acquire_owned().await.expect("never closed");
                 let this = this.clone();
                 tokio::spawn(async move {
+                    let bot = delivery.bot;
                     this.deliver(delivery).await;
+                    this.end_turn(bot);
                     drop(permit);
                 });
             }
@@ -313,6 +326,27 @@ impl Sender {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 // The guard `wait_for` gives is dropped inside, so this future stays `Send`.
                 () = async { let _ = closing.wait_for(|closing| *closing).await; } => return,
+            }
+        }
+    }
+
+    /// Counts a call to `bot` in flight, unless it has its share in flight already.
+    fn take_turn(&self, bot: Uuid) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let count = busy.entry(bot).or_default();
+        if *count >= self.bots.config.per_bot {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn end_turn(&self, bot: Uuid) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = busy.get_mut(&bot) {
+            *count -= 1;
+            if *count == 0 {
+                busy.remove(&bot);
             }
         }
     }

@@ -114,6 +114,10 @@ pub trait BotStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
 
+    /// Puts a claimed call back, due at `at`, without counting the attempt (its bot has enough calls in
+    /// flight already).
+    async fn release_delivery(&self, id: Uuid, at: i64) -> Result<(), StoreError>;
+
     /// The call was made (or is moot: its message was deleted).
     async fn delivery_done(&self, id: Uuid) -> Result<(), StoreError>;
 
@@ -336,6 +340,22 @@ macro_rules! sql_bot_store {
                     .collect())
             }
 
+            async fn release_delivery(
+                &self,
+                id: uuid::Uuid,
+                at: i64,
+            ) -> Result<(), $crate::server::store::StoreError> {
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET next_at = $1, attempts = attempts - 1 \
+                     WHERE id = $2 AND state = 'pending' AND attempts > 0",
+                )
+                .bind(at)
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn delivery_done(
                 &self,
                 id: uuid::Uuid,
@@ -525,12 +545,16 @@ pub(crate) async fn check_contract<T: BotStore + super::EventStore + super::Room
             0
         )
     );
-    // Leased: not claimed again until the lease ends, then counted as a second attempt.
+    // Leased: not claimed again until the lease ends, then counted as a second attempt. A call put
+    // back is due again when said, its attempt not counted.
     assert!(store
         .claim_deliveries(500, 1_500, 10)
         .await
         .unwrap()
         .is_empty());
+    store.release_delivery(call.id, 400).await.unwrap();
+    let back = store.claim_deliveries(400, 1_000, 10).await.unwrap();
+    assert_eq!(back.iter().map(|c| c.attempts).collect::<Vec<_>>(), [0]);
     store
         .delivery_failed(call.id, Some(600), "answered 500")
         .await

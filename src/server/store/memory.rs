@@ -955,6 +955,16 @@ impl BotStore for MemoryStore {
             .collect())
     }
 
+    async fn release_delivery(&self, id: Uuid, at: i64) -> Result<(), StoreError> {
+        if let Some(d) = self.lock().deliveries.get_mut(&id) {
+            if d.state == "pending" && d.delivery.attempts > 0 {
+                d.next_at = at;
+                d.delivery.attempts -= 1;
+            }
+        }
+        Ok(())
+    }
+
     async fn delivery_done(&self, id: Uuid) -> Result<(), StoreError> {
         if let Some(d) = self.lock().deliveries.get_mut(&id) {
             d.state = "done";

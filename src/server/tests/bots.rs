@@ -1192,3 +1192,49 @@ async fn a_token_revoked_or_rotated_by_another_process_closes_the_bots_sockets_w
         );
     }
 }
+
+#[tokio::test]
+async fn a_bot_that_hangs_holds_only_its_share_of_the_calls() {
+    use axum::response::IntoResponse;
+    let mut config = bot_config();
+    config.bots.per_bot = 2;
+    config.bots.timeout = Duration::from_secs(5);
+    let server = Server::start(config).await;
+    let (dead_secret, live_secret) = (Arc::default(), Arc::default());
+    let (dead_addr, dead) = receiver(
+        Arc::clone(&dead_secret),
+        Arc::new(|_| {
+            (
+                Duration::from_secs(4),
+                axum::http::StatusCode::OK.into_response(),
+            )
+        }),
+    )
+    .await;
+    let (live_addr, live) = receiver(Arc::clone(&live_secret), Arc::new(|_| plain("here"))).await;
+    let stuck = make_bot(&server, "stuck", &format!("http://{dead_addr}/hook")).await;
+    let quick = make_bot(&server, "quick", &format!("http://{live_addr}/hook")).await;
+    *dead_secret.lock().unwrap() = stuck.secret.clone();
+    *live_secret.lock().unwrap() = quick.secret.clone();
+    let mut ann = joined(server.addr, "Ann").await;
+    for n in 0..6 {
+        let (_, frame) = in_room(GENERAL_ROOM, &format!("@stuck wake up {n}"));
+        ann.send(&frame).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, frame) = in_room(GENERAL_ROOM, "@quick are you there?");
+    ann.send(&frame).await;
+    // The live bot answers long before the stuck one's calls time out, and only two of those are out.
+    let started = std::time::Instant::now();
+    live.wait_for(1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        dead.calls().len(),
+        2,
+        "the stuck bot holds its share, no more"
+    );
+}
