@@ -13,7 +13,16 @@
 use super::{BotError, Bots, Credentials};
 use crate::protocol::UserKind;
 use crate::server::config::Config;
+use crate::server::identity::http::{admin, cross_site};
+use crate::server::identity::{unavailable, Browser};
 use crate::server::store::{IdentityStore, User};
+use crate::server::web::CspNonce;
+use crate::server::{AppState, Pages};
+use crate::ui::state::BotSecrets;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
 use std::sync::Arc;
 
 /// What `confab bot` prints when asked nothing it knows.
@@ -163,20 +172,20 @@ enum Change {
 
 /// Renders the bots page for an admin; `None` (a 403 for them) for anyone else.
 async fn page(
-    state: &crate::server::AppState,
-    pages: &crate::server::Pages,
-    nonce: crate::server::web::CspNonce,
-    status: axum::http::StatusCode,
-    made: Option<crate::ui::state::BotSecrets>,
+    state: &AppState,
+    pages: &Pages,
+    nonce: CspNonce,
+    status: StatusCode,
+    made: Option<BotSecrets>,
     error: Option<String>,
-) -> axum::response::Response {
+) -> Response {
     use crate::ui::state::{Bootstrap, BotEntry, Page};
     use axum::response::IntoResponse;
     let bots = match state.bots.store.bots().await {
         Ok(bots) => bots,
         Err(err) => {
             tracing::error!(error = %err, "listing bots failed");
-            return crate::server::identity::unavailable();
+            return unavailable();
         }
     };
     let bots = bots
@@ -203,50 +212,38 @@ async fn page(
     response
 }
 
-fn only_admins() -> axum::response::Response {
+fn only_admins() -> Response {
     use axum::response::IntoResponse;
-    (
-        axum::http::StatusCode::FORBIDDEN,
-        "Only an admin can do that.",
-    )
-        .into_response()
+    (StatusCode::FORBIDDEN, "Only an admin can do that.").into_response()
 }
 
 /// `GET /admin/bots`.
 pub async fn bots_page(
-    axum::extract::State(state): axum::extract::State<crate::server::AppState>,
-    axum::Extension(pages): axum::Extension<crate::server::Pages>,
-    axum::Extension(nonce): axum::Extension<crate::server::web::CspNonce>,
-    browser: crate::server::identity::Browser,
-) -> axum::response::Response {
-    if crate::server::identity::http::admin(&browser).is_none() {
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<CspNonce>,
+    browser: Browser,
+) -> Response {
+    if admin(&browser).is_none() {
         return only_admins();
     }
-    page(
-        &state,
-        &pages,
-        nonce,
-        axum::http::StatusCode::OK,
-        None,
-        None,
-    )
-    .await
+    page(&state, &pages, nonce, StatusCode::OK, None, None).await
 }
 
 /// `POST /admin/bots`: makes a bot, and shows its token and secret this once.
 pub async fn create_bot(
-    axum::extract::State(state): axum::extract::State<crate::server::AppState>,
-    axum::Extension(pages): axum::Extension<crate::server::Pages>,
-    axum::Extension(nonce): axum::Extension<crate::server::web::CspNonce>,
-    headers: axum::http::HeaderMap,
-    browser: crate::server::identity::Browser,
+    State(state): State<AppState>,
+    Extension(pages): Extension<Pages>,
+    Extension(nonce): Extension<CspNonce>,
+    headers: HeaderMap,
+    browser: Browser,
     axum::Form(form): axum::Form<BotForm>,
-) -> axum::response::Response {
-    use axum::http::StatusCode;
-    if let Some(refused) = crate::server::identity::http::cross_site(&headers) {
+) -> Response {
+    use StatusCode;
+    if let Some(refused) = cross_site(&headers) {
         return refused;
     }
-    let Some(by) = crate::server::identity::http::admin(&browser) else {
+    let Some(by) = admin(&browser) else {
         return only_admins();
     };
     let rooms: Option<Vec<String>> =
@@ -257,7 +254,7 @@ pub async fn create_bot(
         .await
     {
         Ok(made) => {
-            let secrets = crate::ui::state::BotSecrets {
+            let secrets = BotSecrets {
                 name: made.user.name,
                 token: made.token,
                 secret: made.secret,
@@ -274,7 +271,7 @@ pub async fn create_bot(
         }
         Err(BotError::Store(err)) => {
             tracing::error!(error = %err, "making a bot failed");
-            crate::server::identity::unavailable()
+            unavailable()
         }
         Err(err) => {
             let status = StatusCode::BAD_REQUEST;
@@ -284,26 +281,26 @@ pub async fn create_bot(
 }
 
 async fn change_bot(
-    state: crate::server::AppState,
-    pages: crate::server::Pages,
-    nonce: crate::server::web::CspNonce,
-    headers: axum::http::HeaderMap,
-    browser: crate::server::identity::Browser,
+    state: AppState,
+    pages: Pages,
+    nonce: CspNonce,
+    headers: HeaderMap,
+    browser: Browser,
     id: uuid::Uuid,
     change: Change,
-) -> axum::response::Response {
-    use axum::http::StatusCode;
-    if let Some(refused) = crate::server::identity::http::cross_site(&headers) {
+) -> Response {
+    use StatusCode;
+    if let Some(refused) = cross_site(&headers) {
         return refused;
     }
-    if crate::server::identity::http::admin(&browser).is_none() {
+    if admin(&browser).is_none() {
         return only_admins();
     }
     let bots = &state.bots;
     let done = match change {
         Change::Rotate => bots.rotate(id).await.map(|(token, secret)| {
             let name = String::new();
-            Some(crate::ui::state::BotSecrets {
+            Some(BotSecrets {
                 name,
                 token,
                 secret,
@@ -324,7 +321,7 @@ async fn change_bot(
         }
         Err(BotError::Store(err)) => {
             tracing::error!(error = %err, "changing a bot failed");
-            crate::server::identity::unavailable()
+            unavailable()
         }
         Err(BotError::NoSuchBot) => {
             let error = Some("There is no such bot.".to_owned());
@@ -338,22 +335,22 @@ async fn change_bot(
 }
 
 /// The routes of the admin page.
-pub fn routes() -> axum::Router<crate::server::AppState> {
-    use axum::extract::{Path, State};
+pub fn routes() -> axum::Router<AppState> {
+    use axum::extract::Path;
     use axum::routing::{get, post};
-    use axum::Extension;
+    use Extension;
     type Parts = (
-        State<crate::server::AppState>,
-        Extension<crate::server::Pages>,
-        Extension<crate::server::web::CspNonce>,
-        axum::http::HeaderMap,
-        crate::server::identity::Browser,
+        State<AppState>,
+        Extension<Pages>,
+        Extension<CspNonce>,
+        HeaderMap,
+        Browser,
     );
-    async fn rotate(parts: Parts, Path(id): Path<uuid::Uuid>) -> axum::response::Response {
+    async fn rotate(parts: Parts, Path(id): Path<uuid::Uuid>) -> Response {
         let (State(s), Extension(p), Extension(n), h, b) = parts;
         change_bot(s, p, n, h, b, id, Change::Rotate).await
     }
-    async fn revoke(parts: Parts, Path(id): Path<uuid::Uuid>) -> axum::response::Response {
+    async fn revoke(parts: Parts, Path(id): Path<uuid::Uuid>) -> Response {
         let (State(s), Extension(p), Extension(n), h, b) = parts;
         change_bot(s, p, n, h, b, id, Change::Revoke).await
     }
@@ -361,7 +358,7 @@ pub fn routes() -> axum::Router<crate::server::AppState> {
         parts: Parts,
         Path(id): Path<uuid::Uuid>,
         axum::Form(form): axum::Form<BotForm>,
-    ) -> axum::response::Response {
+    ) -> Response {
         let (State(s), Extension(p), Extension(n), h, b) = parts;
         change_bot(s, p, n, h, b, id, Change::Webhook(form.webhook)).await
     }
