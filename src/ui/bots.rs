@@ -1,7 +1,7 @@
 //! The admin's bots page at `/admin/bots`: plain forms the server handles, like the sign-in page, so it
 //! works the same with JavaScript and without.
 
-use super::state::{BotEntry, BotSecrets};
+use super::state::{BotDraft, BotEntry, BotSecrets};
 use leptos::prelude::*;
 
 #[component]
@@ -9,6 +9,7 @@ pub fn BotsPage(
     bots: Vec<BotEntry>,
     made: Option<BotSecrets>,
     error: Option<String>,
+    draft: BotDraft,
 ) -> impl IntoView {
     let made = made.map(|made| {
         view! {
@@ -36,11 +37,11 @@ pub fn BotsPage(
             <form class="dialog new-bot" method="post" action="/admin/bots">
                 <h3>"New bot"</h3>
                 <label for="bot-name">"Name"</label>
-                <input id="bot-name" name="name" type="text" required maxlength="32"/>
+                <input id="bot-name" name="name" type="text" required maxlength="32" value=draft.name/>
                 <label for="bot-webhook">"Webhook URL (optional)"</label>
-                <input id="bot-webhook" name="webhook" type="url" placeholder="https://…"/>
+                <input id="bot-webhook" name="webhook" type="url" placeholder="https://…" value=draft.webhook/>
                 <label for="bot-rooms">"Rooms (optional)"</label>
-                <input id="bot-rooms" name="rooms" type="text" placeholder="ops, support"/>
+                <input id="bot-rooms" name="rooms" type="text" placeholder="ops, support" value=draft.rooms/>
                 <p class="hint">"Room slugs, separated by commas: it joins #general and those. Left empty, it joins every public room. Mentions and direct messages call the webhook."</p>
                 <button type="submit" class="primary">"Create bot"</button>
             </form>

@@ -35,9 +35,15 @@ pub fn ChatPage() -> impl IntoView {
             ..
         }) => EitherOf4::A(view! { <SignInPage name error/> }),
         Some(Bootstrap {
-            page: Page::Bots { bots, made, error },
+            page:
+                Page::Bots {
+                    bots,
+                    made,
+                    error,
+                    draft,
+                },
             ..
-        }) => EitherOf4::D(view! { <bots::BotsPage bots made error/> }),
+        }) => EitherOf4::D(view! { <bots::BotsPage bots made error draft/> }),
         Some(boot) => EitherOf4::B(view! { <ChatView boot/> }),
         // The server answers 503 instead of rendering without a bootstrap, so only a page whose JSON
         // was tampered with gets here.

@@ -31,7 +31,18 @@ pub enum Page {
         bots: Vec<BotEntry>,
         made: Option<BotSecrets>,
         error: Option<String>,
+        /// What the refused form held, so nothing typed is lost.
+        #[serde(default)]
+        draft: BotDraft,
     },
+}
+
+/// The new-bot form's fields as last posted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BotDraft {
+    pub name: String,
+    pub webhook: String,
+    pub rooms: String,
 }
 
 /// A bot, as the admin page lists it.

@@ -178,6 +178,7 @@ async fn page(
     status: StatusCode,
     made: Option<BotSecrets>,
     error: Option<String>,
+    draft: crate::ui::state::BotDraft,
 ) -> Response {
     use crate::ui::state::{Bootstrap, BotEntry, Page};
     use axum::response::IntoResponse;
@@ -200,7 +201,12 @@ async fn page(
         })
         .collect();
     let boot = Bootstrap {
-        page: Page::Bots { bots, made, error },
+        page: Page::Bots {
+            bots,
+            made,
+            error,
+            draft,
+        },
         ..Bootstrap::default()
     };
     let mut response = (status, pages.render(nonce, boot).await).into_response();
@@ -227,7 +233,16 @@ pub async fn bots_page(
     if admin(&browser).is_none() {
         return only_admins();
     }
-    page(&state, &pages, nonce, StatusCode::OK, None, None).await
+    page(
+        &state,
+        &pages,
+        nonce,
+        StatusCode::OK,
+        None,
+        None,
+        Default::default(),
+    )
+    .await
 }
 
 /// `POST /admin/bots`: makes a bot, and shows its token and secret this once.
@@ -266,6 +281,7 @@ pub async fn create_bot(
                 StatusCode::CREATED,
                 Some(secrets),
                 None,
+                Default::default(),
             )
             .await
         }
@@ -274,8 +290,14 @@ pub async fn create_bot(
             unavailable()
         }
         Err(err) => {
+            // The form comes back as it was posted, with the reason: nothing typed is lost.
+            let draft = crate::ui::state::BotDraft {
+                name: form.name,
+                webhook: form.webhook,
+                rooms: form.rooms,
+            };
             let status = StatusCode::BAD_REQUEST;
-            page(&state, &pages, nonce, status, None, Some(say(err))).await
+            page(&state, &pages, nonce, status, None, Some(say(err)), draft).await
         }
     }
 }
@@ -317,7 +339,16 @@ async fn change_bot(
                     made.name = bot.user.name;
                 }
             }
-            page(&state, &pages, nonce, StatusCode::OK, made, None).await
+            page(
+                &state,
+                &pages,
+                nonce,
+                StatusCode::OK,
+                made,
+                None,
+                Default::default(),
+            )
+            .await
         }
         Err(BotError::Store(err)) => {
             tracing::error!(error = %err, "changing a bot failed");
@@ -325,11 +356,31 @@ async fn change_bot(
         }
         Err(BotError::NoSuchBot) => {
             let error = Some("There is no such bot.".to_owned());
-            page(&state, &pages, nonce, StatusCode::NOT_FOUND, None, error).await
+            let status = StatusCode::NOT_FOUND;
+            page(
+                &state,
+                &pages,
+                nonce,
+                status,
+                None,
+                error,
+                Default::default(),
+            )
+            .await
         }
         Err(err) => {
             let status = StatusCode::BAD_REQUEST;
-            page(&state, &pages, nonce, status, None, Some(say(err))).await
+            let error = Some(say(err));
+            page(
+                &state,
+                &pages,
+                nonce,
+                status,
+                None,
+                error,
+                Default::default(),
+            )
+            .await
         }
     }
 }

@@ -913,12 +913,33 @@ async fn an_admin_makes_rotates_and_revokes_bots_on_the_admin_page_and_nobody_el
         let refused = post(addr, "/admin/bots", Some(&admin), None, &form(fields)).await;
         assert_eq!(status(&refused), 400, "{fields:?}");
         let Page::Bots {
-            error: Some(error), ..
+            error: Some(error),
+            draft,
+            ..
         } = boot_of(&refused).page
         else {
             panic!()
         };
         assert!(error.to_lowercase().contains(why), "{fields:?}: {error}");
+        // Nothing typed is lost: the form comes back holding it.
+        let field = |key: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or("", |(_, v)| *v)
+        };
+        assert_eq!(
+            (
+                draft.name.as_str(),
+                draft.webhook.as_str(),
+                draft.rooms.as_str()
+            ),
+            (field("name"), field("webhook"), field("rooms"))
+        );
+        assert!(
+            refused.contains(&format!("value=\"{}\"", field("name"))),
+            "the field is filled in"
+        );
     }
 
     let id = bots[0].id;
