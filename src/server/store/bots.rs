@@ -46,6 +46,26 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
+/// What became of a claimed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// It was made (or is moot: its message was deleted).
+    Done,
+    /// It failed, and is tried again at `at`.
+    Retry { at: i64, error: String },
+    /// It failed for good; `error` is kept for the admin page.
+    Failed { error: String },
+    /// It was put back, due at `at`, without counting the attempt (its bot had enough calls in flight).
+    Released { at: i64 },
+}
+
+/// A claimed call and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub id: Uuid,
+    pub how: Settlement,
+}
+
 /// Where a bot's webhook goes, what it signs with, and the bot's name (for its replies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
@@ -114,20 +134,9 @@ pub trait BotStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
 
-    /// Puts a claimed call back, due at `at`, without counting the attempt (its bot has enough calls in
-    /// flight already).
-    async fn release_delivery(&self, id: Uuid, at: i64) -> Result<(), StoreError>;
-
-    /// The call was made (or is moot: its message was deleted).
-    async fn delivery_done(&self, id: Uuid) -> Result<(), StoreError>;
-
-    /// The call failed: try again at `retry_at`, or (`None`) never, with `error` kept for the admin page.
-    async fn delivery_failed(
-        &self,
-        id: Uuid,
-        retry_at: Option<i64>,
-        error: &str,
-    ) -> Result<(), StoreError>;
+    /// Records what became of claimed calls, all in one transaction: the sender gathers them while the
+    /// previous record is written, so under load a commit carries many calls instead of one each.
+    async fn settle_deliveries(&self, settled: &[Settled]) -> Result<(), StoreError>;
 }
 
 /// Implements [`BotStore`] for a SQL store with a `pool` field, in SQL both SQLite and PostgreSQL read.
@@ -140,7 +149,7 @@ macro_rules! sql_bot_store {
                 bot: &$crate::server::store::bots::NewBot,
                 at: i64,
             ) -> Result<(), $crate::server::store::IdentityError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO users (id, name, name_key, kind, created_at) \
                      VALUES ($1, $2, $3, 'bot', $4)",
@@ -232,13 +241,13 @@ macro_rules! sql_bot_store {
                         .bind(hash)
                         .bind(secret)
                         .bind(id.to_string())
-                        .execute(&self.pool)
+                        .execute(&self.writer)
                         .await?
                     }
                     None => {
                         sqlx::query("UPDATE bots SET token_hash = NULL WHERE user_id = $1")
                             .bind(id.to_string())
-                            .execute(&self.pool)
+                            .execute(&self.writer)
                             .await?
                     }
                 };
@@ -253,7 +262,7 @@ macro_rules! sql_bot_store {
                 let done = sqlx::query("UPDATE bots SET webhook_url = $1 WHERE user_id = $2")
                     .bind(url)
                     .bind(id.to_string())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(done.rows_affected() > 0)
             }
@@ -324,7 +333,7 @@ macro_rules! sql_bot_store {
                 .bind(lease_until)
                 .bind(now)
                 .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.writer)
                 .await?;
                 Ok(rows
                     .into_iter()
@@ -340,53 +349,45 @@ macro_rules! sql_bot_store {
                     .collect())
             }
 
-            async fn release_delivery(
+            async fn settle_deliveries(
                 &self,
-                id: uuid::Uuid,
-                at: i64,
+                settled: &[$crate::server::store::bots::Settled],
             ) -> Result<(), $crate::server::store::StoreError> {
-                sqlx::query(
-                    "UPDATE webhook_deliveries SET next_at = $1, attempts = attempts - 1 \
-                     WHERE id = $2 AND state = 'pending' AND attempts > 0",
-                )
-                .bind(at)
-                .bind(id.to_string())
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn delivery_done(
-                &self,
-                id: uuid::Uuid,
-            ) -> Result<(), $crate::server::store::StoreError> {
-                sqlx::query("UPDATE webhook_deliveries SET state = 'done' WHERE id = $1")
-                    .bind(id.to_string())
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            async fn delivery_failed(
-                &self,
-                id: uuid::Uuid,
-                retry_at: Option<i64>,
-                error: &str,
-            ) -> Result<(), $crate::server::store::StoreError> {
-                let (state, next_at) = match retry_at {
-                    Some(at) => ("pending", at),
-                    None => ("failed", 0),
-                };
-                sqlx::query(
-                    "UPDATE webhook_deliveries SET state = $1, next_at = $2, last_error = $3 \
-                     WHERE id = $4",
-                )
-                .bind(state)
-                .bind(next_at)
-                .bind(error)
-                .bind(id.to_string())
-                .execute(&self.pool)
-                .await?;
+                use $crate::server::store::bots::Settlement;
+                if settled.is_empty() {
+                    return Ok(());
+                }
+                // One commit (one fsync) for them all; the statements are prepared once and cached.
+                let mut tx = self.writer.begin().await?;
+                for s in settled {
+                    let id = s.id.to_string();
+                    let query = match &s.how {
+                        Settlement::Done => {
+                            sqlx::query("UPDATE webhook_deliveries SET state = 'done' WHERE id = $1")
+                                .bind(id)
+                        }
+                        Settlement::Retry { at, error } => sqlx::query(
+                            "UPDATE webhook_deliveries SET next_at = $1, last_error = $2 WHERE id = $3",
+                        )
+                        .bind(*at)
+                        .bind(error.as_str())
+                        .bind(id),
+                        Settlement::Failed { error } => sqlx::query(
+                            "UPDATE webhook_deliveries SET state = 'failed', next_at = 0, last_error = $1 \
+                             WHERE id = $2",
+                        )
+                        .bind(error.as_str())
+                        .bind(id),
+                        Settlement::Released { at } => sqlx::query(
+                            "UPDATE webhook_deliveries SET next_at = $1, attempts = attempts - 1 \
+                             WHERE id = $2 AND state = 'pending' AND attempts > 0",
+                        )
+                        .bind(*at)
+                        .bind(id),
+                    };
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
         }
@@ -552,11 +553,23 @@ pub(crate) async fn check_contract<T: BotStore + super::EventStore + super::Room
         .await
         .unwrap()
         .is_empty());
-    store.release_delivery(call.id, 400).await.unwrap();
+    store
+        .settle_deliveries(&[Settled {
+            id: call.id,
+            how: Settlement::Released { at: 400 },
+        }])
+        .await
+        .unwrap();
     let back = store.claim_deliveries(400, 1_000, 10).await.unwrap();
     assert_eq!(back.iter().map(|c| c.attempts).collect::<Vec<_>>(), [0]);
     store
-        .delivery_failed(call.id, Some(600), "answered 500")
+        .settle_deliveries(&[Settled {
+            id: call.id,
+            how: Settlement::Retry {
+                at: 600,
+                error: "answered 500".into(),
+            },
+        }])
         .await
         .unwrap();
     assert!(store
@@ -567,7 +580,12 @@ pub(crate) async fn check_contract<T: BotStore + super::EventStore + super::Room
     let again = store.claim_deliveries(600, 2_000, 10).await.unwrap();
     assert_eq!(again.iter().map(|c| c.attempts).collect::<Vec<_>>(), [1]);
     store
-        .delivery_failed(call.id, None, "answered 404")
+        .settle_deliveries(&[Settled {
+            id: call.id,
+            how: Settlement::Failed {
+                error: "answered 404".into(),
+            },
+        }])
         .await
         .unwrap();
     let listed = store.bots().await.unwrap();
@@ -626,4 +644,40 @@ pub(crate) async fn check_contract<T: BotStore + super::EventStore + super::Room
         vec![(quiet.id, "quiet".to_owned())]
     );
     assert!(!listed[0].webhook.is_empty() && listed[0].active);
+
+    // Several calls settle in one record, each as told.
+    let calls: Vec<NewEvent> = (0..3)
+        .map(|n| NewEvent {
+            call: vec![quiet.id],
+            ..super::test_message(&format!("@quiet {n}"))
+        })
+        .collect();
+    store.append("general", calls, 40).await.unwrap();
+    let claimed = store.claim_deliveries(50, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3, "{claimed:?}");
+    let how = [
+        Settlement::Done,
+        Settlement::Retry {
+            at: 60,
+            error: "no answer".into(),
+        },
+        Settlement::Released { at: 70 },
+    ];
+    let settled: Vec<Settled> = claimed
+        .iter()
+        .zip(how)
+        .map(|(call, how)| Settled { id: call.id, how })
+        .collect();
+    store.settle_deliveries(&settled).await.unwrap();
+    store.settle_deliveries(&[]).await.unwrap();
+    let due: Vec<(Uuid, u32)> = store
+        .claim_deliveries(70, 2_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.attempts))
+        .collect();
+    assert_eq!(due.len(), 2, "the call made is not due again: {due:?}");
+    assert!(due.contains(&(claimed[1].id, 1)), "retried: {due:?}");
+    assert!(due.contains(&(claimed[2].id, 0)), "put back: {due:?}");
 }

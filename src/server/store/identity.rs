@@ -270,7 +270,7 @@ macro_rules! sql_identity_store {
                 .bind(token_hash)
                 .bind(device)
                 .bind(at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
@@ -304,7 +304,7 @@ macro_rules! sql_identity_store {
                 sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
                     .bind(at)
                     .bind(id.to_string())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
@@ -323,7 +323,7 @@ macro_rules! sql_identity_store {
                 .bind($crate::server::store::identity::via_name(via))
                 .bind(at)
                 .bind(id.to_string())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
@@ -338,7 +338,7 @@ macro_rules! sql_identity_store {
                     .bind(token_hash)
                     .bind(at)
                     .bind(id.to_string())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
@@ -349,7 +349,7 @@ macro_rules! sql_identity_store {
             ) -> Result<bool, $crate::server::store::StoreError> {
                 let gone = sqlx::query("DELETE FROM sessions WHERE id = $1")
                     .bind(id.to_string())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?
                     .rows_affected();
                 Ok(gone > 0)
@@ -398,7 +398,7 @@ macro_rules! sql_identity_store {
                 .bind(name)
                 .bind(name_key)
                 .bind(at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok($crate::server::store::User {
                     id,
@@ -464,7 +464,7 @@ macro_rules! sql_identity_store {
                 .bind(password_hash)
                 .bind(admin)
                 .bind(user.to_string())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await;
                 match updated {
                     Ok(done) if done.rows_affected() == 1 => {}
@@ -487,7 +487,7 @@ macro_rules! sql_identity_store {
                     "UPDATE users SET admin = TRUE WHERE name_key = $1 AND kind = 'member'",
                 )
                 .bind(name_key)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(done.rows_affected() > 0)
             }
@@ -510,7 +510,7 @@ macro_rules! sql_identity_store {
                 )
                 .bind(admin)
                 .bind(id.to_string())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(done.rows_affected() > 0)
             }
@@ -534,7 +534,7 @@ macro_rules! sql_identity_store {
                         .bind(name_key)
                         .bind(admin && !user.banned)
                         .bind(user.id.to_string())
-                        .execute(&self.pool)
+                        .execute(&self.writer)
                         .await
                     }
                     None => {
@@ -548,7 +548,7 @@ macro_rules! sql_identity_store {
                         .bind(admin)
                         .bind(at)
                         .bind(external_id)
-                        .execute(&self.pool)
+                        .execute(&self.writer)
                         .await
                     }
                 };
@@ -581,7 +581,7 @@ macro_rules! sql_identity_store {
                 .bind(i64::from(uses))
                 .bind(expires_at)
                 .bind(at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
@@ -598,7 +598,7 @@ macro_rules! sql_identity_store {
                 )
                 .bind(code_hash)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -609,7 +609,7 @@ macro_rules! sql_identity_store {
             ) -> Result<(), $crate::server::store::StoreError> {
                 sqlx::query("UPDATE sessions SET admitted = TRUE WHERE id = $1")
                     .bind(id.to_string())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
@@ -626,7 +626,7 @@ macro_rules! sql_identity_store {
                 .bind(token_hash)
                 .bind(user.to_string())
                 .bind(expires_at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
@@ -642,7 +642,7 @@ macro_rules! sql_identity_store {
                 )
                 .bind(token_hash)
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.writer)
                 .await?;
                 Ok(user.and_then(|u| uuid::Uuid::try_parse(&u).ok()))
             }
@@ -651,7 +651,7 @@ macro_rules! sql_identity_store {
                 &self,
                 id: uuid::Uuid,
             ) -> Result<Option<Vec<uuid::Uuid>>, $crate::server::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 let banned =
                     sqlx::query("UPDATE users SET banned = TRUE, admin = FALSE WHERE id = $1")
                         .bind(id.to_string())
@@ -744,7 +744,7 @@ macro_rules! sql_identity_store {
                     sqlx::query("UPDATE users SET name_key = $1 WHERE id = $2")
                         .bind($crate::server::names::name_key(&name))
                         .bind(id)
-                        .execute(&self.pool)
+                        .execute(&self.writer)
                         .await?;
                 }
                 Ok(())

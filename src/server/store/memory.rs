@@ -1,7 +1,7 @@
 //! An in-memory store: history for the life of the process, bounded so memory stays flat. Used by tests
 //! and by `CONFAB_STORE=memory`.
 
-use super::bots::{Bot, Delivery, NewBot, Webhook};
+use super::bots::{Bot, Delivery, NewBot, Settled, Settlement, Webhook};
 use super::identity::MAX_DEVICE_CHARS;
 use super::{
     Appended, BotStore, EventStore, IdentityError, IdentityStore, NewEvent, Room, RoomError,
@@ -955,35 +955,29 @@ impl BotStore for MemoryStore {
             .collect())
     }
 
-    async fn release_delivery(&self, id: Uuid, at: i64) -> Result<(), StoreError> {
-        if let Some(d) = self.lock().deliveries.get_mut(&id) {
-            if d.state == "pending" && d.delivery.attempts > 0 {
-                d.next_at = at;
-                d.delivery.attempts -= 1;
+    async fn settle_deliveries(&self, settled: &[Settled]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for s in settled {
+            let Some(d) = state.deliveries.get_mut(&s.id) else {
+                continue;
+            };
+            match &s.how {
+                Settlement::Done => d.state = "done",
+                Settlement::Retry { at, error } => {
+                    d.next_at = *at;
+                    error.clone_into(&mut d.error);
+                }
+                Settlement::Failed { error } => {
+                    d.state = "failed";
+                    error.clone_into(&mut d.error);
+                }
+                Settlement::Released { at } => {
+                    if d.state == "pending" && d.delivery.attempts > 0 {
+                        d.next_at = *at;
+                        d.delivery.attempts -= 1;
+                    }
+                }
             }
-        }
-        Ok(())
-    }
-
-    async fn delivery_done(&self, id: Uuid) -> Result<(), StoreError> {
-        if let Some(d) = self.lock().deliveries.get_mut(&id) {
-            d.state = "done";
-        }
-        Ok(())
-    }
-
-    async fn delivery_failed(
-        &self,
-        id: Uuid,
-        retry_at: Option<i64>,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        if let Some(d) = self.lock().deliveries.get_mut(&id) {
-            match retry_at {
-                Some(at) => d.next_at = at,
-                None => d.state = "failed",
-            }
-            error.clone_into(&mut d.error);
         }
         Ok(())
     }

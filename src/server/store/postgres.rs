@@ -27,6 +27,9 @@ pub const EVENTS_CHANNEL: &str = "confab_events";
 
 pub struct PgStore {
     pool: PgPool,
+    /// The same pool: PostgreSQL takes writers on many connections at once. (The SQL the stores share
+    /// writes through `writer`, which on SQLite is a connection of its own.)
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -42,7 +45,8 @@ impl PgStore {
         sqlx::migrate!("src/server/store/migrations/postgres")
             .run(&pool)
             .await?;
-        let store = Self { pool };
+        let writer = pool.clone();
+        let store = Self { pool, writer };
         store.fill_name_keys().await?;
         Ok(store)
     }

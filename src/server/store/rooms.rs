@@ -121,7 +121,7 @@ macro_rules! sql_room_store {
                 members: &[uuid::Uuid],
                 at: i64,
             ) -> Result<(), $crate::server::store::RoomError> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.writer.begin().await?;
                 let created = sqlx::query(
                     "INSERT INTO directory (slug, name, topic, kind, created_by, created_at, archived) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) DO NOTHING",
@@ -197,7 +197,7 @@ macro_rules! sql_room_store {
                 .bind(slug)
                 .bind(user.to_string())
                 .bind(at)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected();
                 Ok(added > 0)
@@ -211,7 +211,7 @@ macro_rules! sql_room_store {
                 let removed = sqlx::query("DELETE FROM memberships WHERE room = $1 AND user_id = $2")
                     .bind(slug)
                     .bind(user.to_string())
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?
                     .rows_affected();
                 Ok(removed > 0)
@@ -276,7 +276,7 @@ macro_rules! sql_room_store {
                 .bind(&room.name)
                 .bind(&room.topic)
                 .bind(room.archived)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?
                 .rows_affected();
                 Ok(updated > 0)
@@ -295,7 +295,7 @@ macro_rules! sql_room_store {
                 .bind(user.to_string())
                 .bind(room)
                 .bind(level.as_str())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
@@ -331,7 +331,7 @@ macro_rules! sql_room_store {
                 .bind(user.to_string())
                 .bind(room)
                 .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }

@@ -30,7 +30,13 @@ const KNOWN_IDS: &str =
 const MAX_ROWS_PER_STATEMENT: usize = 1_000;
 
 pub struct SqliteStore {
+    /// Reads, several at once beside the writer (WAL).
     pool: SqlitePool,
+    /// Every write, on one connection. SQLite has one writer at a time; writers on several connections
+    /// would wait for each other in SQLite's busy handler, which sleeps (1 ms, 2 ms, 5 ms… up to 100 ms)
+    /// and so let a webhook's bookkeeping or a read mark hold up a room's commit by far longer than the
+    /// commit takes. One connection queues them in this process instead, in order.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -42,20 +48,24 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
+        // A COMMIT that fails on a full disk (or an I/O error) is rolled back by SQLite itself; sqlx's
+        // own rollback then fails, and it goes on counting the connection as inside a transaction,
+        // refusing every later BEGIN on it. Such a connection is closed instead of reused, so the
+        // store recovers as soon as the disk has room again.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("src/server/store/migrations/sqlite")
+            .run(&writer)
+            .await?;
         // WAL lets readers (history, catch-up) run beside the one writer.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            // A COMMIT that fails on a full disk (or an I/O error) is rolled back by SQLite itself; sqlx's
-            // own rollback then fails, and it goes on counting the connection as inside a transaction,
-            // refusing every later BEGIN on it. Such a connection is closed instead of reused, so the
-            // store recovers as soon as the disk has room again.
-            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("src/server/store/migrations/sqlite")
-            .run(&pool)
-            .await?;
-        let store = Self { pool };
+        let store = Self { pool, writer };
         store.carry_over_legacy_sessions().await?;
         store.fill_name_keys().await?;
         Ok(store)
@@ -73,7 +83,7 @@ impl SqliteStore {
         if !legacy {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT token, name, updated_at FROM legacy_sessions WHERE name IS NOT NULL",
         )
@@ -125,9 +135,9 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<Appended>, StoreError> {
         let wanted = super::bots::take_calls(&mut events);
         // IMMEDIATE takes the write lock up front. A deferred transaction would start as a reader and fail
-        // with SQLITE_BUSY_SNAPSHOT (which busy_timeout does not retry) if another connection of the pool
-        // (a session's name being saved) wrote in between.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // with SQLITE_BUSY_SNAPSHOT (which busy_timeout does not retry) if another process on the file
+        // (`confab bot create` beside the server) wrote in between.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut last: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?")
                 .bind(room)
@@ -217,17 +227,18 @@ impl EventStore for SqliteStore {
         let done = sqlx::query(super::REDACT)
             .bind(room)
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn close(&self) {
         // Checkpoint the WAL into the main file so the database is one self-contained file at rest.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await;
         self.pool.close().await;
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await;
+        self.writer.close().await;
     }
 }
 
@@ -246,15 +257,11 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("confab.db"))
             .await
             .unwrap();
-        // What a COMMIT that fails on a full disk leaves behind, on every connection of the pool: SQLite
-        // has ended the transaction itself, so sqlx's rollback on drop fails and it still counts one.
-        let mut open = Vec::new();
-        for _ in 0..4 {
-            let mut tx = store.pool.begin().await.unwrap();
-            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
-            open.push(tx);
-        }
-        drop(open);
+        // What a COMMIT that fails on a full disk leaves behind on the writer's connection: SQLite has
+        // ended the transaction itself, so sqlx's rollback on drop fails and it still counts one.
+        let mut tx = store.writer.begin().await.unwrap();
+        sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        drop(tx);
         for n in 0..8 {
             let appended = store
                 .append("general", vec![message(&format!("after {n}"))], n)
