@@ -29,10 +29,10 @@ unit:
 e2e:
 	export CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}"; cd end2end && npx playwright test
 
-## The benchmark scenarios (a)–(g) against the release build; report in target/bench/ (README "Performance").
+## The benchmark scenarios (a)–(k), and (r) against the raw reference, on the release build; report in target/bench/ (README "Performance").
 ## Then the privacy walk's long mode: thousands of random steps instead of `make test`'s 60.
 bench: setup-test build
-	cargo build --release --features load --bin confab-load
+	cargo build --release --features load --bin confab-load --bin confab-raw
 	./target/release/confab-load bench --out target/bench
 	CONFAB_PRIVACY_STEPS=3000 CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}" \
 		cargo test --features load --lib random_walk -- --nocapture
@@ -40,8 +40,8 @@ bench: setup-test build
 ## Seconds long, a few hundred clients: the tool works end to end and nothing is lost or duplicated. No
 ## timing is judged (the debug generator is enough for that).
 bench-smoke: build
-	cargo build --features load --bin confab-load
-	./target/debug/confab-load bench --quick --out target/bench-smoke
+	cargo build --features load --bin confab-load --bin confab-raw
+	./target/debug/confab-load bench --quick --raw target/debug/confab-raw --out target/bench-smoke
 
 ## Formatting and clippy (-D warnings) for both the server and the wasm32 build.
 lint: setup

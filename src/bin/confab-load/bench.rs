@@ -1,6 +1,7 @@
 //! `make bench`: the standard scenarios against the release build, each on a fresh server, and a report
 //! (markdown, JSON and an SVG latency plot) that says where each target stands.
 
+mod reference;
 mod webhooks;
 
 use crate::floor::{self, FloorArgs, FloorReport};
@@ -21,6 +22,9 @@ pub struct BenchArgs {
     /// The release server binary (`make build`); `hash.txt` beside it.
     #[arg(long, default_value = "target/release/confab")]
     pub server: PathBuf,
+    /// The raw reference server (`confab-raw`), built beside this tool.
+    #[arg(long, default_value = "target/release/confab-raw")]
+    pub raw: PathBuf,
     /// The built site.
     #[arg(long, default_value = "target/site")]
     pub site: PathBuf,
@@ -30,7 +34,7 @@ pub struct BenchArgs {
     /// The CI smoke version: a few hundred clients for seconds; fails on any loss or duplicate.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g, h, i, j, k), comma-separated.
+    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g, h, i, j, k, r), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// First port to serve on; each scenario's server takes the next.
@@ -51,6 +55,23 @@ impl Server {
         Self::start_prepared(args, port, |_| Ok(()))
     }
 
+    /// Starts a server on the memory store (nothing on disk, no fsync).
+    fn start_in_memory(args: &BenchArgs, port: u16) -> Result<Self, String> {
+        let mut command = Self::command(args, port);
+        let data = TempDir::new()?;
+        command
+            .env("CONFAB_STORE", "memory")
+            .env("CONFAB_DATA_DIR", &data.0);
+        Self::launch(command, port, data)
+    }
+
+    /// Starts the raw reference server (`confab-raw`).
+    fn start_raw(args: &BenchArgs, port: u16) -> Result<Self, String> {
+        let mut command = Command::new(&args.raw);
+        command.args(["--port", &port.to_string()]);
+        Self::launch(command, port, TempDir::new()?)
+    }
+
     /// Starts a server after `prepare` has run with its data directory (to make bots, say, with the
     /// binary's own commands before it serves).
     fn start_prepared(
@@ -60,13 +81,19 @@ impl Server {
     ) -> Result<Self, String> {
         let data = TempDir::new()?;
         prepare(&data.0)?;
-        let started = Instant::now();
-        let child = Command::new(&args.server)
+        let mut command = Self::command(args, port);
+        command.env("CONFAB_DATA_DIR", &data.0);
+        Self::launch(command, port, data)
+    }
+
+    /// The server binary, set up as every scenario runs it.
+    fn command(args: &BenchArgs, port: u16) -> Command {
+        let mut command = Command::new(&args.server);
+        command
             .env("LEPTOS_SITE_ADDR", format!("127.0.0.1:{port}"))
             .env("LEPTOS_SITE_ROOT", &args.site)
             .env("LEPTOS_ENV", "PROD")
             .env("LEPTOS_HASH_FILES", "true")
-            .env("CONFAB_DATA_DIR", &data.0)
             // The benchmark measures capacity, not the per-connection abuse limit.
             .env("CONFAB_RATE_PER_SECOND", "100000")
             .env("CONFAB_RATE_BURST", "100000")
@@ -78,10 +105,19 @@ impl Server {
             .env("CONFAB_BOT_RATE_PER_SECOND", "100000")
             .env("CONFAB_BOT_RATE_BURST", "100000")
             .env("CONFAB_WEBHOOK_ALLOW_PRIVATE", "true")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", args.server.display()))?;
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    /// Spawns `command` and waits until it answers `/healthz` on `port`.
+    fn launch(mut command: Command, port: u16, data: TempDir) -> Result<Self, String> {
+        let started = Instant::now();
+        let child = command.stdout(Stdio::null()).spawn().map_err(|e| {
+            format!(
+                "cannot start {}: {e}",
+                command.get_program().to_string_lossy()
+            )
+        })?;
         let mut server = Self {
             child,
             port,
@@ -775,6 +811,9 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     }
     if wanted("k") {
         outcomes.push(webhooks::webhooks_beside_chat(&args, next_port(), quick).await?);
+    }
+    if wanted("r") {
+        outcomes.push(reference::against_raw(&args, &mut next_port, quick).await?);
     }
     if wanted("e") && !quick {
         outcomes.push(first_load(&args, next_port())?);

@@ -1,0 +1,228 @@
+//! (r): the (a) load against the raw reference server (`confab-raw`), Confab on the memory store and
+//! Confab as shipped (SQLite, `synchronous=FULL`), in turn, several rounds, each round in a different
+//! order so that none always runs first or last on this noisy machine. Every figure is a ratio within a
+//! round; the report gives the median and the spread over the rounds.
+//!
+//! The SQLite run is held against the memory run plus this machine's fsync p99, measured first in the
+//! same directory kind the servers write to: a commit is durable only after an fsync, and no server can
+//! answer faster than its disk.
+
+use super::{clean, cpu_per_delivery_us, run_args, BenchArgs, Load, Outcome, Server, TempDir};
+use crate::run::{self, Report};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Who serves a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Raw,
+    Memory,
+    Sqlite,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Raw, Kind::Memory, Kind::Sqlite];
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Raw => "raw reference",
+            Kind::Memory => "Confab, memory store",
+            Kind::Sqlite => "Confab, SQLite",
+        }
+    }
+
+    fn start(self, args: &BenchArgs, port: u16) -> Result<Server, String> {
+        match self {
+            Kind::Raw => Server::start_raw(args, port),
+            Kind::Memory => Server::start_in_memory(args, port),
+            Kind::Sqlite => Server::start(args, port),
+        }
+    }
+}
+
+/// p50 and p99 of `count` small appends, each made durable with `fdatasync` (what SQLite's WAL commit
+/// does), in a fresh directory beside the servers' own, in milliseconds.
+pub fn fsync_ms(count: usize) -> Result<(f64, f64), String> {
+    let dir = TempDir::new()?;
+    let path = dir.0.join("fsync-probe");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let record = [b'x'; 200];
+    let mut took = Vec::with_capacity(count);
+    for _ in 0..count {
+        let began = Instant::now();
+        file.write_all(&record)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| format!("fsync probe: {e}"))?;
+        took.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    took.sort_by(f64::total_cmp);
+    Ok((percentile(&took, 0.50), percentile(&took, 0.99)))
+}
+
+/// The `q` quantile of sorted `values` (nearest rank).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// Median and spread of per-round ratios.
+#[derive(Debug, serde::Serialize)]
+struct Ratio {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Ratio {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self {
+            median: percentile(&values, 0.5),
+            min: values.first().copied().unwrap_or(f64::NAN),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn show(&self) -> String {
+        if self.min == self.max {
+            format!("{:.2}×", self.median)
+        } else {
+            format!("{:.2}× ({:.2}–{:.2})", self.median, self.min, self.max)
+        }
+    }
+}
+
+pub async fn against_raw(
+    args: &BenchArgs,
+    next_port: &mut impl FnMut() -> u16,
+    quick: bool,
+) -> Result<Outcome, String> {
+    let (fsync_p50, fsync_p99) = fsync_ms(if quick { 50 } else { 1_000 })?;
+    println!("\n(r) fsync here: p50 {fsync_p50:.2} ms, p99 {fsync_p99:.2} ms");
+    let load = Load {
+        clients: if quick { 300 } else { 1_000 },
+        senders: 10,
+        rate: if quick { 20.0 } else { 100.0 },
+        duration: Duration::from_secs(if quick { 3 } else { 15 }),
+        ..Load::default()
+    };
+    let rounds = if quick { 1 } else { 3 };
+    let mut reports: Vec<[Option<Report>; 3]> = Vec::new();
+    for round in 0..rounds {
+        let mut got: [Option<Report>; 3] = [None, None, None];
+        for step in 0..Kind::ALL.len() {
+            let kind = Kind::ALL[(round + step) % Kind::ALL.len()];
+            let server = kind.start(args, next_port())?;
+            let report = run::run(run_args(&server, &load)).await;
+            server.stop();
+            let report = report?;
+            println!(
+                "\n(r) round {} of {rounds}, {}\n{}",
+                round + 1,
+                kind.label(),
+                report.table()
+            );
+            got[kind as usize] = Some(report);
+        }
+        reports.push(got);
+    }
+    let rounds: Vec<[Report; 3]> = reports
+        .into_iter()
+        .map(|[raw, memory, sqlite]| [raw.unwrap(), memory.unwrap(), sqlite.unwrap()])
+        .collect();
+    // The smoke run judges no timing, but fails on any loss or duplicate, the reference's included.
+    if quick {
+        for report in rounds.iter().flatten() {
+            report.check().map_err(|e| format!("scenario (r): {e}"))?;
+        }
+    }
+    let all_clean = rounds.iter().flatten().all(clean);
+    let p99 = |r: &Report| r.latency_ms.p99;
+    let memory_p99 = Ratio::of(rounds.iter().map(|[raw, m, _]| p99(m) / p99(raw)).collect());
+    let memory_cpu = Ratio::of(
+        rounds
+            .iter()
+            .map(|[raw, m, _]| cpu_per_delivery_us(m) / cpu_per_delivery_us(raw))
+            .collect(),
+    );
+    let sqlite_p99 = Ratio::of(rounds.iter().map(|[raw, _, s]| p99(s) / p99(raw)).collect());
+    // How the SQLite p99 stands against its bound, the memory p99 plus one fsync: at most 1.
+    let sqlite_bound = Ratio::of(
+        rounds
+            .iter()
+            .map(|[_, m, s]| p99(s) / (p99(m) + fsync_p99))
+            .collect(),
+    );
+    let median = |f: &dyn Fn(&[Report; 3]) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        percentile(&values, 0.5)
+    };
+    let lost: u64 = rounds.iter().flatten().map(|r| r.lost + r.duplicated).sum();
+    let result = format!(
+        "p99 raw {:.1} ms, memory {:.1} ms ({}), SQLite {:.1} ms ({} raw; {} of memory + fsync p99 {:.1} ms); \
+         CPU per delivery on memory {} raw's; {} lost or duplicated",
+        median(&|r| p99(&r[0])),
+        median(&|r| p99(&r[1])),
+        memory_p99.show(),
+        median(&|r| p99(&r[2])),
+        sqlite_p99.show(),
+        sqlite_bound.show(),
+        fsync_p99,
+        memory_cpu.show(),
+        lost
+    );
+    let met = all_clean
+        && memory_p99.median <= 1.3
+        && memory_cpu.median <= 1.1
+        && sqlite_bound.median <= 1.0;
+    let table: Vec<serde_json::Value> = rounds
+        .iter()
+        .map(|round| {
+            let row = |r: &Report| {
+                serde_json::json!({
+                    "p50_ms": r.latency_ms.p50,
+                    "p99_ms": r.latency_ms.p99,
+                    "cpu_percent": r.server.as_ref().map(|s| s.cpu_percent),
+                    "cpu_per_delivery_us": cpu_per_delivery_us(r),
+                    "rss_per_client_kib": r.server.as_ref().map(|s| s.rss_per_client_kib),
+                    "lost": r.lost,
+                    "duplicated": r.duplicated,
+                })
+            };
+            serde_json::json!({ "raw": row(&round[0]), "memory": row(&round[1]), "sqlite": row(&round[2]) })
+        })
+        .collect();
+    Ok(Outcome {
+        id: "r",
+        title: format!(
+            "{} clients, {} senders, {} msg/s: raw reference, Confab on memory, Confab on SQLite, {} rounds",
+            load.clients,
+            load.senders,
+            load.rate,
+            rounds.len()
+        ),
+        target: "memory p99 ≤ 1.3× raw, CPU per delivery ≤ 1.1× raw; SQLite p99 ≤ memory p99 + fsync p99",
+        result,
+        met: Some(met),
+        // The report's plot and smoke check read this run: Confab as shipped, the last round's.
+        run: rounds.last().map(|[_, _, sqlite]| sqlite.clone()),
+        floor: None,
+        detail: Some(serde_json::json!({
+            "fsync_p50_ms": fsync_p50,
+            "fsync_p99_ms": fsync_p99,
+            "memory_p99_vs_raw": memory_p99,
+            "memory_cpu_per_delivery_vs_raw": memory_cpu,
+            "sqlite_p99_vs_raw": sqlite_p99,
+            "sqlite_p99_vs_memory_plus_fsync": sqlite_bound,
+            "rounds": table,
+        })),
+    })
+}
