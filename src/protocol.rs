@@ -23,6 +23,10 @@ fn general() -> String {
 fn is_general(room: &str) -> bool {
     room == GENERAL_ROOM
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 /// A name is trimmed, then may hold at most this many characters (Unicode scalar values).
 pub const MAX_NAME_CHARS: usize = 32;
 /// A message may hold at most this many characters (Unicode scalar values) after trimming.
@@ -34,6 +38,9 @@ pub const HISTORY_PAGE: usize = 50;
 /// The most events a resuming connection is sent one by one; further behind, it gets a
 /// [`ServerFrame::Reset`] with the recent page and scrolls back for the rest.
 pub const RESUME_LIMIT: usize = 1_000;
+/// The most names a `presence` frame lists; the rest are counted in its `more`. A room of thousands
+/// would otherwise send every newcomer every name, and each connection would keep a buffer that size.
+pub const PRESENCE_NAMES: usize = 100;
 
 /// Whether a page of history (oldest first) that asked for [`HISTORY_PAGE`] events reaches back to the
 /// room's first event: it came back short, or it starts at sequence number 1.
@@ -498,11 +505,14 @@ pub enum ServerFrame {
     /// A `send` was stored as event `seq` (also when it had been stored before: retries are safe).
     Ack { id: Uuid, seq: u64 },
     /// Who is online in the room now; sent after its history (on connect, and after an `open`). Later
-    /// changes in `general` arrive as join and leave events.
+    /// changes in `general` arrive as join and leave events. At most [`PRESENCE_NAMES`] names, in
+    /// name order; `more` counts those online beyond them.
     Presence {
         #[serde(default = "general", skip_serializing_if = "is_general")]
         room: String,
         online: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: u32,
     },
     /// Someone is typing. Not stored.
     Typing {
@@ -1080,6 +1090,12 @@ mod tests {
             ServerFrame::Presence {
                 room: GENERAL_ROOM.into(),
                 online: vec!["Ann".into(), "Bo".into()],
+                more: 0,
+            },
+            ServerFrame::Presence {
+                room: "design".into(),
+                online: vec!["Ann".into()],
+                more: 4_000,
             },
             ServerFrame::Typing {
                 room: "design".into(),

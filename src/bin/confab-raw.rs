@@ -260,6 +260,7 @@ async fn connection(stream: TcpStream, state: Shared) {
         outbox.push(encode(&ServerFrame::Presence {
             room: GENERAL_ROOM.to_owned(),
             online: Vec::new(),
+            more: 0,
         }));
         outbox.push(encode(&ServerFrame::Rooms {
             rooms: vec![room_info(GENERAL_ROOM, general)],

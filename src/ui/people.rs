@@ -159,7 +159,7 @@ fn MemberTools() -> impl IntoView {
 #[component]
 pub fn People() -> impl IntoView {
     let chat = expect_context::<Chat>();
-    let count = move || chat.online.with(Vec::len);
+    let count = move || chat.online.with(Vec::len) + chat.online_more.get() as usize;
     // The room's people: who is online first, then (in a private room or a conversation, whose
     // members are known) everyone else.
     let people = move || {
@@ -209,6 +209,10 @@ pub fn People() -> impl IntoView {
                         </li>
                     </For>
                 </ul>
+                {move || {
+                    let more = chat.online_more.get();
+                    (more > 0).then(|| view! { <p class="hint">{format!("and {more} more online")}</p> })
+                }}
                 {when(
                     move || chat.joined.get(),
                     move || view! {

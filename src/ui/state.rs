@@ -293,8 +293,10 @@ pub struct Chat {
     pub status: RwSignal<Status>,
     /// A passing error that belongs to no message, such as a refused frame.
     pub notice: RwSignal<Option<String>>,
-    /// Who is in the room now.
+    /// Who is in the room now, as far as listed (a crowd is listed in part).
     pub online: RwSignal<Vec<String>>,
+    /// How many more are online than `online` lists.
+    pub online_more: RwSignal<u32>,
     /// Who is typing, each with a counter that tells a fresh signal from a stale timeout.
     pub typing: RwSignal<Vec<(String, u32)>>,
     /// True once `events` reaches back to the room's first event.
@@ -348,6 +350,7 @@ impl Chat {
             status: RwSignal::new(Status::Connecting),
             notice: RwSignal::new(None),
             online: RwSignal::new(Vec::new()),
+            online_more: RwSignal::new(0),
             typing: RwSignal::new(Vec::new()),
             history_complete: RwSignal::new(boot.complete),
             loading_older: RwSignal::new(false),
@@ -558,8 +561,9 @@ impl Chat {
             ServerFrame::Ack { .. } => {
                 // The event itself follows on the live stream and replaces the pending row.
             }
-            ServerFrame::Presence { online, .. } => {
+            ServerFrame::Presence { online, more, .. } => {
                 self.online.set(online);
+                self.online_more.set(more);
                 self.healthy();
             }
             ServerFrame::Typing { name, .. } => self.on_typing(name),
@@ -637,9 +641,19 @@ impl Chat {
                     online.sort_by_key(|n| crate::unicode::to_lower(n));
                 }
             }),
-            EventKind::Leave => self
-                .online
-                .update(|online| online.retain(|n| *n != event.name)),
+            EventKind::Leave => {
+                let listed = self
+                    .online
+                    .with_untracked(|online| online.contains(&event.name));
+                if listed {
+                    self.online
+                        .update(|online| online.retain(|n| *n != event.name));
+                } else {
+                    // One of those counted, not listed.
+                    self.online_more
+                        .update(|more| *more = more.saturating_sub(1));
+                }
+            }
             EventKind::Message | EventKind::Action => self.clear_typing(Some(&event.name)),
             EventKind::Delete => {
                 if let Some(target) = event.target {
@@ -931,6 +945,7 @@ mod tests {
         chat.apply(ServerFrame::Presence {
             room: GENERAL_ROOM.into(),
             online: vec![],
+            more: 0,
         });
         assert_eq!(chat.status.get_untracked(), Status::Connected);
         assert_eq!(
@@ -991,6 +1006,7 @@ mod tests {
         chat.apply(ServerFrame::Presence {
             room: GENERAL_ROOM.into(),
             online: vec!["Ann".into(), "bo".into()],
+            more: 0,
         });
         chat.apply(ServerFrame::Event(event(
             1,
@@ -1011,6 +1027,38 @@ mod tests {
             "bo",
         )));
         assert_eq!(chat.online.get_untracked(), ["bo", "Cy"]);
+        assert_eq!(chat.online_more.get_untracked(), 0);
+    }
+
+    #[test]
+    fn a_crowd_counts_those_not_listed() {
+        let (_owner, chat) = chat();
+        chat.apply(ServerFrame::Presence {
+            room: GENERAL_ROOM.into(),
+            online: vec!["Ann".into()],
+            more: 2,
+        });
+        // Someone not listed leaves: counted out. Someone new joins: listed.
+        chat.apply(ServerFrame::Event(event(
+            1,
+            Uuid::new_v4(),
+            EventKind::Leave,
+            "Zed",
+        )));
+        chat.apply(ServerFrame::Event(event(
+            2,
+            Uuid::new_v4(),
+            EventKind::Join,
+            "Cy",
+        )));
+        assert_eq!(chat.online.get_untracked(), ["Ann", "Cy"]);
+        assert_eq!(chat.online_more.get_untracked(), 1);
+        chat.apply(ServerFrame::Presence {
+            room: GENERAL_ROOM.into(),
+            online: vec!["Ann".into()],
+            more: 0,
+        });
+        assert_eq!(chat.online_more.get_untracked(), 0);
     }
 
     #[test]

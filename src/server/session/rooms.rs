@@ -332,12 +332,7 @@ where
     pub(super) async fn send_room_presence(&mut self, room: &str) -> Result<(), End> {
         if room == GENERAL_ROOM {
             let online = self.online_everywhere().await;
-            return self
-                .send_frame(&ServerFrame::Presence {
-                    room: room.to_owned(),
-                    online,
-                })
-                .await;
+            return self.send_frame(&presence(room, online)).await;
         }
         let members = match self.ctx.rooms.store.members(room).await {
             Ok(members) => members,
@@ -355,11 +350,7 @@ where
             .filter(|user| everyone.contains(&user.name))
             .map(|user| user.name)
             .collect();
-        self.send_frame(&ServerFrame::Presence {
-            room: room.to_owned(),
-            online,
-        })
-        .await
+        self.send_frame(&presence(room, online)).await
     }
 
     /// `browse`: the public rooms, each saying whether the user is in it.
@@ -390,5 +381,44 @@ where
         }
         self.send_frame(&ServerFrame::Directory { rooms: listed })
             .await
+    }
+}
+
+/// The `presence` frame for `online`: the first [`PRESENCE_NAMES`](crate::protocol::PRESENCE_NAMES) in
+/// name order (as the people list shows them), and how many more there are.
+fn presence(room: &str, mut online: Vec<String>) -> ServerFrame {
+    use crate::protocol::PRESENCE_NAMES;
+    online.sort_by_cached_key(|name| crate::server::names::name_key(name));
+    let more = online.len().saturating_sub(PRESENCE_NAMES);
+    online.truncate(PRESENCE_NAMES);
+    ServerFrame::Presence {
+        room: room.to_owned(),
+        online,
+        more: u32::try_from(more).unwrap_or(u32::MAX),
+    }
+}
+
+#[cfg(test)]
+mod presence_tests {
+    use super::presence;
+    use crate::protocol::{ServerFrame, PRESENCE_NAMES};
+
+    #[test]
+    fn a_crowd_is_listed_in_part_and_counted_in_full() {
+        let crowd: Vec<String> = (0..PRESENCE_NAMES + 37)
+            .rev()
+            .map(|n| format!("Person {n:04}"))
+            .collect();
+        let ServerFrame::Presence { online, more, .. } = presence("general", crowd) else {
+            unreachable!()
+        };
+        assert_eq!((online.len(), more), (PRESENCE_NAMES, 37));
+        assert_eq!(online[0], "Person 0000", "in name order");
+        let ServerFrame::Presence { online, more, .. } =
+            presence("design", vec!["bo".into(), "Ann".into()])
+        else {
+            unreachable!()
+        };
+        assert_eq!((online, more), (vec!["Ann".to_owned(), "bo".to_owned()], 0));
     }
 }
