@@ -538,7 +538,7 @@ where
             return Ok(());
         };
         if frame.seq == EPHEMERAL {
-            return self.send_text(frame.json).await;
+            return self.send_text(frame.json.clone()).await;
         }
         if frame.seq <= heard.last_seq {
             return Ok(());
@@ -548,7 +548,7 @@ where
             return self.catch_up(&frame.room).await;
         }
         heard.last_seq = frame.seq;
-        self.send_text(frame.json).await
+        self.send_text(frame.json.clone()).await
     }
 
     /// Rooms whose frames did not fit in the queue are caught up from the store; rooms the user was
