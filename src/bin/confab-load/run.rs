@@ -666,9 +666,17 @@ async fn client(
             shared.failed.fetch_add(1, Ordering::SeqCst);
             return None;
         }
-        // Wait for the server's answer, skipping the history and presence before it.
+        // Wait for the server's answer, skipping the history and presence before it; bounded, as
+        // entering a room is, so a join never answered cannot hold the run up.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
-            match socket.next().await {
+            let next = tokio::time::timeout_at(deadline, socket.next())
+                .await
+                .unwrap_or_else(|_| {
+                    eprintln!("client {}: no answer to its join within 90 s", role.index);
+                    None
+                });
+            match next {
                 Some(Ok(Message::Text(text))) if text.contains("\"type\":\"joined\"") => break,
                 Some(Ok(Message::Text(text))) if text.contains("\"type\":\"error\"") => {
                     eprintln!("join refused: {text}");
@@ -724,6 +732,12 @@ async fn client(
     let mut ticker = tokio::time::interval(role.interval.unwrap_or(Duration::from_secs(3600)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut current = *phase.borrow_and_update();
+    if current == Phase::Done {
+        // Joined after the run ended (a join storm outlasted the connect phase): nothing to wait for,
+        // and no change of phase would ever come.
+        let _ = socket.close(None).await;
+        return Some(seen);
+    }
     // One wait for the next phase at a time, not one per frame: every client shares the channel.
     let mut next_phase = Box::pin(next(phase));
     loop {
