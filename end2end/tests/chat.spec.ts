@@ -1,5 +1,6 @@
 import { expect, test } from "@playwright/test";
 import { ChatPage, unique } from "./fixtures/chat";
+import { OwnServer } from "./fixtures/server";
 
 test("two people join, see each other's join lines and chat with matching avatars", { tag: "@image" }, async ({ browser }) => {
   const ann = await ChatPage.open(browser);
@@ -232,4 +233,49 @@ test("on a 375 px phone the chat fits the screen", { tag: "@image" }, async ({ b
   const list = (await chat.list.boundingBox())!;
   expect(list.height).toBeGreaterThan(400);
   await chat.close();
+});
+
+test("a crowd of more than 100 is counted in full and listed in part", async ({ browser }) => {
+  const server = new OwnServer(3111, { CONFAB_STORE: "memory" });
+  await server.start();
+  try {
+    // 101 people on sockets of their own, from one page of a context of their own. Without the page's
+    // session cookie each socket is a visitor of its own, as the load generator's are.
+    const crowd = await ChatPage.open(browser, undefined, server.url);
+    await crowd.page.context().clearCookies();
+    const joined = await crowd.page.evaluate(async () => {
+      const answers = Array.from({ length: 101 }, (_, i) =>
+        new Promise<boolean>((resolve) => {
+          const socket = new WebSocket(`ws://${location.host}/ws`);
+          socket.onopen = () =>
+            socket.send(JSON.stringify({ type: "join", name: `Crowd ${String(i).padStart(3, "0")}` }));
+          socket.onmessage = (m) => {
+            if (String(m.data).startsWith('{"type":"joined"')) resolve(true);
+            if (String(m.data).startsWith('{"type":"error"')) resolve(false);
+          };
+          (window as unknown as { crowd: WebSocket[] }).crowd ??= [];
+          (window as unknown as { crowd: WebSocket[] }).crowd.push(socket);
+        }),
+      );
+      return (await Promise.all(answers)).filter(Boolean).length;
+    });
+    expect(joined).toBe(101);
+
+    const reader = await ChatPage.open(browser, undefined, server.url);
+    const people = reader.page.locator(".people");
+    await expect(people.locator("summary")).toHaveText("101 online");
+    await people.evaluate((panel: HTMLDetailsElement) => (panel.open = true));
+    await expect(people.locator("li.person")).toHaveCount(100);
+    await expect(people.getByText("and 1 more online")).toBeVisible();
+    await expect(people.locator("li.person").first()).toHaveText(/Crowd 000/);
+
+    // Joining adds one; the count stays whole.
+    await reader.join(unique("Newcomer "));
+    await expect(people.locator("summary")).toHaveText("102 online");
+    await expect(people.getByText("and 1 more online")).toBeVisible();
+    await reader.close();
+    await crowd.close();
+  } finally {
+    await server.stop();
+  }
 });
