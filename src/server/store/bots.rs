@@ -134,12 +134,12 @@ pub trait BotStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
 
-    /// Records what became of claimed calls, all in one transaction: the sender gathers them while the
-    /// previous record is written, so under load a commit carries many calls instead of one each.
+    /// Records what became of claimed calls, all in one transaction: the sender gathers outcomes for a
+    /// moment before each record, so under load a commit carries many calls instead of one each.
     async fn settle_deliveries(&self, settled: &[Settled]) -> Result<(), StoreError>;
 }
 
-/// Implements [`BotStore`] for a SQL store with a `pool` field, in SQL both SQLite and PostgreSQL read.
+/// Implements [`BotStore`] for a SQL store with `pool` (reads) and `writer` (writes) fields, in SQL both SQLite and PostgreSQL read.
 macro_rules! sql_bot_store {
     ($store:ty) => {
         #[async_trait::async_trait]

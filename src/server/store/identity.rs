@@ -245,7 +245,7 @@ pub(super) const USER_COLUMNS: &str =
     "u.id AS user_id, u.name AS user_name, u.kind AS user_kind, u.admin AS user_admin, \
      u.banned AS user_banned";
 
-/// Implements [`IdentityStore`] for a SQL store with a `pool` field. The SQL is written once, with `$N`
+/// Implements [`IdentityStore`] for a SQL store with `pool` (reads) and `writer` (writes) fields. The SQL is written once, with `$N`
 /// parameters that SQLite and PostgreSQL both read, so the two backends cannot drift apart.
 macro_rules! sql_identity_store {
     ($store:ty) => {

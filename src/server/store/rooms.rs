@@ -110,7 +110,7 @@ pub fn direct_slug(members: &[Uuid]) -> String {
     slug
 }
 
-/// Implements [`RoomStore`] for a SQL store with a `pool` field, in SQL both backends read.
+/// Implements [`RoomStore`] for a SQL store with `pool` (reads) and `writer` (writes) fields, in SQL both backends read.
 macro_rules! sql_room_store {
     ($store:ty) => {
         #[async_trait::async_trait]

@@ -72,15 +72,15 @@ fn percentile(values: &[f64], q: f64) -> f64 {
     values[rank - 1]
 }
 
-/// Median and spread of per-round ratios.
+/// Median and spread of a figure over the rounds.
 #[derive(Debug, serde::Serialize)]
-struct Ratio {
+struct Spread {
     median: f64,
     min: f64,
     max: f64,
 }
 
-impl Ratio {
+impl Spread {
     fn of(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
         Self {
@@ -145,26 +145,23 @@ pub async fn against_raw(
     }
     let all_clean = rounds.iter().flatten().all(clean);
     let p99 = |r: &Report| r.latency_ms.p99;
-    let memory_p99 = Ratio::of(rounds.iter().map(|[raw, m, _]| p99(m) / p99(raw)).collect());
-    let memory_cpu = Ratio::of(
+    let memory_p99 = Spread::of(rounds.iter().map(|[raw, m, _]| p99(m) / p99(raw)).collect());
+    let memory_cpu = Spread::of(
         rounds
             .iter()
             .map(|[raw, m, _]| cpu_per_delivery_us(m) / cpu_per_delivery_us(raw))
             .collect(),
     );
-    let sqlite_p99 = Ratio::of(rounds.iter().map(|[raw, _, s]| p99(s) / p99(raw)).collect());
+    let sqlite_p99 = Spread::of(rounds.iter().map(|[raw, _, s]| p99(s) / p99(raw)).collect());
     // How the SQLite p99 stands against its bound, the memory p99 plus one fsync: at most 1.
-    let sqlite_bound = Ratio::of(
+    let sqlite_bound = Spread::of(
         rounds
             .iter()
             .map(|[_, m, s]| p99(s) / (p99(m) + fsync_p99))
             .collect(),
     );
-    let median = |f: &dyn Fn(&[Report; 3]) -> f64| {
-        let mut values: Vec<f64> = rounds.iter().map(f).collect();
-        values.sort_by(f64::total_cmp);
-        percentile(&values, 0.5)
-    };
+    let median =
+        |f: &dyn Fn(&[Report; 3]) -> f64| Spread::of(rounds.iter().map(f).collect()).median;
     let lost: u64 = rounds.iter().flatten().map(|r| r.lost + r.duplicated).sum();
     let result = format!(
         "p99 raw {:.1} ms, memory {:.1} ms ({}), SQLite {:.1} ms ({} raw; {} of memory + fsync p99 {:.1} ms); \
