@@ -11,7 +11,7 @@
 //!
 //! The backplane reports to an [`Inbox`] (the hub implements it), so it depends on nothing of the hub's.
 
-use super::presence::Seat;
+use super::presence::{Presence, Seat};
 use super::store::{StoreError, EVENTS_CHANNEL};
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgNotification};
@@ -83,12 +83,14 @@ pub trait Backplane: Send + Sync + 'static {
     /// any more, so the leave line is due.
     async fn depart(&self, room: &str, key: &str, user: Uuid) -> Result<bool, StoreError>;
 
-    /// Everyone present in `room`, by name, given who is present here as (key, name) sorted by key.
+    /// The first `limit` names present in `room` on any instance, sorted as people read them, and how
+    /// many are present in all; `here` is who is present on this instance.
     async fn online(
         &self,
         room: &str,
-        here: Vec<(String, String)>,
-    ) -> Result<Vec<String>, StoreError>;
+        here: &Presence,
+        limit: usize,
+    ) -> Result<(Vec<String>, usize), StoreError>;
 
     /// Who holds the name with this key on another instance (this instance has looked at its own).
     async fn holder(&self, room: &str, key: &str) -> Result<Option<Uuid>, StoreError>;
@@ -124,9 +126,10 @@ impl Backplane for Local {
     async fn online(
         &self,
         _: &str,
-        here: Vec<(String, String)>,
-    ) -> Result<Vec<String>, StoreError> {
-        Ok(super::presence::names_of(here))
+        here: &Presence,
+        limit: usize,
+    ) -> Result<(Vec<String>, usize), StoreError> {
+        Ok(here.online_first(limit))
     }
 
     async fn holder(&self, _: &str, _: &str) -> Result<Option<Uuid>, StoreError> {
@@ -431,8 +434,9 @@ impl Backplane for Postgres {
     async fn online(
         &self,
         room: &str,
-        here: Vec<(String, String)>,
-    ) -> Result<Vec<String>, StoreError> {
+        here: &Presence,
+        limit: usize,
+    ) -> Result<(Vec<String>, usize), StoreError> {
         let mut names: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT p.name_key, p.name FROM presence p JOIN instances i ON i.id = p.instance \
              WHERE p.room = $1 AND i.seen_at > now() - make_interval(secs => $2)",
@@ -442,10 +446,12 @@ impl Backplane for Postgres {
         .fetch_all(&self.pool)
         .await?;
         // The local seats come with their keys: no name is normalised again per connection.
-        names.extend(here);
+        names.extend(here.online_keyed());
         names.sort_unstable();
         names.dedup_by(|a, b| a.0 == b.0);
-        Ok(super::presence::names_of(names))
+        let total = names.len();
+        names.truncate(limit);
+        Ok((super::presence::names_of(names), total))
     }
 
     async fn holder(&self, room: &str, key: &str) -> Result<Option<Uuid>, StoreError> {

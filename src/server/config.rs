@@ -26,6 +26,9 @@ pub struct Config {
     /// Frames a connection may fall behind live fan-out before it catches up from the store
     /// (`CONFAB_LIVE_BUFFER`).
     pub live_buffer: usize,
+    /// How many of its newest frames a busy room keeps for connections that fell behind, so they catch
+    /// up from memory instead of the store (`CONFAB_RECENT_FRAMES`).
+    pub recent_frames: usize,
     /// How long a room's writer task waits for a message before it stops (the next one starts it again).
     pub writer_idle: Duration,
     pub store: StoreConfig,
@@ -59,6 +62,7 @@ impl Default for Config {
         Self {
             history_capacity: 10_000,
             live_buffer: 1_024,
+            recent_frames: 4_096,
             writer_idle: Duration::from_secs(30),
             store: StoreConfig::Sqlite(PathBuf::from("data").join("confab.db")),
             session: SessionConfig::default(),
@@ -91,6 +95,7 @@ impl Config {
         };
         parse("CONFAB_HISTORY_CAPACITY", &mut config.history_capacity)?;
         parse("CONFAB_LIVE_BUFFER", &mut config.live_buffer)?;
+        parse("CONFAB_RECENT_FRAMES", &mut config.recent_frames)?;
         let data_dir = get("CONFAB_DATA_DIR")
             .filter(|d| !d.trim().is_empty())
             .unwrap_or_else(|| "data".into());

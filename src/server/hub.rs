@@ -20,7 +20,7 @@ use super::presence::{PendingLeave, Presence, Seat};
 use super::store::{Appended, EventStore, NewEvent, StoreError};
 use crate::protocol::{ChatEvent, EventKind, ServerFrame, GENERAL_ROOM};
 use axum::extract::ws::Utf8Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,8 +54,11 @@ pub const WAKE: u64 = u64::MAX;
 /// Settings of the hub that tests may shorten.
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
-    /// How many frames a connection may fall behind before it must catch up from the store.
+    /// How many frames a connection may fall behind before it must catch up.
     pub live_capacity: usize,
+    /// How many of its newest frames a busy room keeps, shared by every connection that fell behind:
+    /// they catch up from these, and only read the store when they fell further behind than that.
+    pub recent_frames: usize,
     /// How long a room's writer waits for an append before it stops (it starts again on the next).
     pub writer_idle: Duration,
 }
@@ -64,6 +67,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             live_capacity: 1_024,
+            recent_frames: 4_096,
             writer_idle: Duration::from_secs(30),
         }
     }
@@ -177,6 +181,11 @@ struct Room {
     /// The last sequence number broadcast; `None` until the first. The lock is held while a gap is read
     /// from the store, so nothing overtakes it.
     delivered: tokio::sync::Mutex<Option<u64>>,
+    /// The newest frames broadcast, consecutive in `seq`, at most [`HubConfig::recent_frames`]. A join
+    /// storm overflows thousands of queues at once; each would otherwise read and encode the same
+    /// events from the store again. Emptied when the writer stops, so an idle room keeps none.
+    recent: Mutex<VecDeque<Frame>>,
+    recent_limit: usize,
 }
 
 /// How many events one catch-up read takes from the store.
@@ -190,12 +199,55 @@ impl Room {
     }
 
     fn send(&self, event: &ChatEvent) {
-        self.fan_out(Arc::new(Framed {
+        let frame = Arc::new(Framed {
             room: self.slug.clone(),
             seq: event.seq,
             json: ServerFrame::encode_event(event).into(),
             at: std::time::Instant::now(),
-        }));
+        });
+        if self.recent_limit > 0 {
+            let mut recent = lock(&self.recent);
+            // Only consecutive frames, so "the window starts at n" means it holds everything from n on.
+            // A deletion rewrote one of the stored events these frames were made from: the window must
+            // never show a deleted message to anyone who did not see it live.
+            let gap = recent.back().is_some_and(|last| last.seq + 1 != frame.seq);
+            if gap || event.kind == EventKind::Delete {
+                recent.clear();
+            }
+            if recent.len() == self.recent_limit {
+                recent.pop_front();
+            }
+            recent.push_back(frame.clone());
+        }
+        self.fan_out(frame);
+    }
+
+    /// Up to `limit` frames after `after`, from the window of recent frames; `None` when the window does
+    /// not reach back to `after + 1` (the store must answer).
+    fn recent_after(&self, after: u64, limit: usize) -> Option<Vec<Frame>> {
+        let recent = lock(&self.recent);
+        let first = recent.front()?.seq;
+        if first > after + 1 {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
+        Some(recent.iter().skip(skip).take(limit).cloned().collect())
+    }
+
+    /// The newest `count` frames, if the window holds that many or reaches back to the room's first event.
+    fn recent_page(&self, count: usize) -> Option<Vec<Frame>> {
+        let recent = lock(&self.recent);
+        let first = recent.front()?.seq;
+        if recent.len() < count && first != 1 {
+            return None;
+        }
+        let skip = recent.len().saturating_sub(count);
+        Some(recent.iter().skip(skip).cloned().collect())
+    }
+
+    /// The writer stopped: nobody is catching up on a busy stream, so the window's memory goes.
+    fn forget_recent(&self) {
+        *lock(&self.recent) = VecDeque::new();
     }
 
     /// Broadcasts events this instance stored (ascending), after whatever other instances stored first.
@@ -429,7 +481,11 @@ impl Hub {
     }
 
     /// The room in use, made now if it was not. Takes the map's lock: the caller holds it.
-    fn room_in(rooms: &mut HashMap<Arc<str>, Arc<Room>>, slug: &str) -> Arc<Room> {
+    fn room_in(
+        rooms: &mut HashMap<Arc<str>, Arc<Room>>,
+        slug: &str,
+        config: &HubConfig,
+    ) -> Arc<Room> {
         if let Some(room) = rooms.get(slug) {
             return room.clone();
         }
@@ -439,6 +495,8 @@ impl Hub {
             subscribers: Mutex::default(),
             writer: Mutex::new(None),
             delivered: tokio::sync::Mutex::new(None),
+            recent: Mutex::default(),
+            recent_limit: config.recent_frames,
         });
         rooms.insert(slug, room.clone());
         room
@@ -449,7 +507,7 @@ impl Hub {
     /// nothing falls between the two. Returns the room's slug as frames carry it.
     pub fn subscribe(&self, room: &str, user: Uuid, mailbox: &Arc<Mailbox>) -> Arc<str> {
         let mut rooms = lock(&self.inner.rooms);
-        let room = Self::room_in(&mut rooms, room);
+        let room = Self::room_in(&mut rooms, room, &self.inner.config);
         let subscriber = Subscriber {
             user,
             mailbox: mailbox.clone(),
@@ -499,6 +557,29 @@ impl Hub {
         self.backplane().evict(room, user).await;
     }
 
+    /// Frames of `room` after `after` (at most `limit`) for a connection that fell behind, from the room's
+    /// window of recent frames; `None` when it fell further behind than the window reaches, or the room
+    /// keeps none, and the store must answer.
+    pub fn recent_after(&self, room: &str, after: u64, limit: usize) -> Option<Vec<Frame>> {
+        let entry = lock(&self.inner.rooms).get(room).cloned()?;
+        entry.recent_after(after, limit)
+    }
+
+    /// The newest `count` frames of `room`, from its window of recent frames, as its history would give
+    /// them; `None` when the window does not hold them (the store must answer).
+    pub fn recent_page(&self, room: &str, count: usize) -> Option<Vec<Frame>> {
+        let entry = lock(&self.inner.rooms).get(room).cloned()?;
+        entry.recent_page(count)
+    }
+
+    /// A stored event of `room` was rewritten (a message deleted): its window of recent frames is
+    /// dropped, so nobody catches up on or opens with the old text.
+    pub fn forget_recent(&self, room: &str) {
+        if let Some(entry) = lock(&self.inner.rooms).get(room).cloned() {
+            entry.forget_recent();
+        }
+    }
+
     /// Sends a frame that is not stored (typing) to everyone in `room` here now.
     pub fn broadcast_ephemeral(&self, room: &str, frame: &ServerFrame) {
         let Some(entry) = lock(&self.inner.rooms).get(room).cloned() else {
@@ -521,7 +602,7 @@ impl Hub {
     /// The room's writer queue, starting the writer if it is not running.
     fn writer(&self, slug: &str) -> mpsc::Sender<Append> {
         let mut rooms = lock(&self.inner.rooms);
-        let room = Self::room_in(&mut rooms, slug);
+        let room = Self::room_in(&mut rooms, slug, &self.inner.config);
         let mut writer = lock(&room.writer);
         if let Some(queue) = writer.as_ref() {
             return queue.clone();
@@ -728,6 +809,7 @@ fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Append>)
         *writer = None;
     }
     appends.close();
+    room.forget_recent();
     let ours = rooms
         .get(&room.slug)
         .is_some_and(|entry| Arc::ptr_eq(entry, room));

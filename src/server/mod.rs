@@ -99,6 +99,7 @@ impl AppState {
         let rooms = rooms::Directory::new(stores.rooms.clone(), stores.events.clone());
         let hub_config = hub::HubConfig {
             live_capacity: config.live_buffer,
+            recent_frames: config.recent_frames,
             writer_idle: config.writer_idle,
         };
         let hub = Hub::new(stores.events, stores.backplane, hub_config);

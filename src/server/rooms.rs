@@ -220,6 +220,9 @@ pub async fn delete_message(
         // Deleted meanwhile (by its author and an admin at once): the first delete tells everyone.
         return Ok(Deleted::Done);
     }
+    // Frames made before the deletion still hold the text; other instances drop theirs when the
+    // `delete` event reaches them.
+    hub.forget_recent(room);
     let event = super::store::NewEvent {
         id: Uuid::new_v4(),
         kind: EventKind::Delete,

@@ -172,19 +172,15 @@ where
         self.send_room_presence(GENERAL_ROOM).await
     }
 
-    /// Everyone online in the chat, on every instance (just this one's, if the others cannot be asked).
-    pub(super) async fn online_everywhere(&mut self) -> Vec<String> {
-        let here = self.presence().online_keyed();
-        match self
-            .hub
-            .backplane()
-            .online(GENERAL_ROOM, here.clone())
-            .await
-        {
+    /// The first `limit` people online in the chat, on every instance (just this one's, if the others
+    /// cannot be asked), and how many are online in all.
+    pub(super) async fn online_everywhere(&mut self, limit: usize) -> (Vec<String>, usize) {
+        let here = self.hub.presence();
+        match self.hub.backplane().online(GENERAL_ROOM, here, limit).await {
             Ok(online) => online,
             Err(err) => {
                 tracing::warn!(error = %err, "reading who is online elsewhere failed");
-                crate::server::presence::names_of(here)
+                here.online_first(limit)
             }
         }
     }

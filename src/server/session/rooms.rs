@@ -3,10 +3,12 @@
 
 use super::history::{read_start, Replay};
 use super::{End, Heard, Session, Start};
-use crate::protocol::{ErrorCode, Notify, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM};
+use crate::protocol::{
+    ErrorCode, Notify, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM, HISTORY_PAGE, PRESENCE_NAMES,
+};
 use crate::server::rooms::{post_refusal, Seen, NO_SUCH_ROOM};
 use crate::server::store::StoreError;
-use axum::extract::ws::Message;
+use axum::extract::ws::{Message, Utf8Bytes};
 use futures_util::{Sink, Stream};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -283,22 +285,37 @@ where
             return Ok(());
         };
         let fresh_page = matches!(start, Start::Recent) && (asked || &*slug != GENERAL_ROOM);
-        match read_start(self.hub.store(), &slug, start).await {
+        // A busy room's newest page is in memory already, encoded: every tab opened in a join storm
+        // would otherwise read and encode the same fifty events from the store again.
+        let cached = match start {
+            Start::Recent if !fresh_page => self.hub.recent_page(&slug, HISTORY_PAGE),
+            _ => None,
+        };
+        let replay = match cached {
+            Some(frames) => {
+                let last = frames.last().map(|f| f.seq);
+                self.send_replay(frames.iter().map(|f| f.json.clone()))
+                    .await?;
+                self.heard_up_to(&slug, last);
+                Ok(None)
+            }
+            None => read_start(self.hub.store(), &slug, start).await.map(Some),
+        };
+        match replay {
+            Ok(None) => {}
             // `general` keeps the frames of a connection from before rooms: its recent page as events.
-            Ok(Replay::Events(events)) if !fresh_page => {
+            Ok(Some(Replay::Events(events))) if !fresh_page => {
                 // After a cursor, everything up to it is what the client has, even if nothing followed.
                 let cursor = match start {
                     Start::After(after) => after,
                     Start::Recent => 0,
                 };
                 let last = Some(events.last().map_or(cursor, |e| e.seq.max(cursor)));
-                for event in events {
-                    self.send_text(ServerFrame::encode_event(&event).into())
-                        .await?;
-                }
+                let texts = events.iter().map(|e| ServerFrame::encode_event(e).into());
+                self.send_replay(texts).await?;
                 self.heard_up_to(&slug, last);
             }
-            Ok(Replay::Events(events) | Replay::Reset(events)) => {
+            Ok(Some(Replay::Events(events) | Replay::Reset(events))) => {
                 self.heard_up_to(&slug, events.last().map(|e| e.seq));
                 let complete = crate::protocol::reaches_first_event(&events);
                 self.send_frame(&ServerFrame::Reset {
@@ -320,6 +337,24 @@ where
         Ok(())
     }
 
+    /// Sends events one frame each, with one flush for all of them.
+    async fn send_replay(&mut self, texts: impl Iterator<Item = Utf8Bytes>) -> Result<(), End> {
+        let began = !self.batching;
+        self.batching = true;
+        let mut sent = Ok(());
+        for text in texts {
+            sent = self.send_text(text).await;
+            if sent.is_err() {
+                break;
+            }
+        }
+        if began {
+            let flushed = self.end_batch().await;
+            sent = sent.and(flushed);
+        }
+        sent
+    }
+
     fn heard_up_to(&mut self, room: &str, seq: Option<u64>) {
         if let Some(heard) = self.rooms.get_mut(room) {
             heard.last_seq = heard.last_seq.max(seq.unwrap_or(0));
@@ -331,8 +366,8 @@ where
     /// `general`, everyone online).
     pub(super) async fn send_room_presence(&mut self, room: &str) -> Result<(), End> {
         if room == GENERAL_ROOM {
-            let online = self.online_everywhere().await;
-            return self.send_frame(&presence(room, online)).await;
+            let (online, total) = self.online_everywhere(PRESENCE_NAMES).await;
+            return self.send_frame(&presence(room, online, total)).await;
         }
         let members = match self.ctx.rooms.store.members(room).await {
             Ok(members) => members,
@@ -343,14 +378,15 @@ where
         };
         // Who is online in the chat, on every instance; names are the chat's, so a name online is its
         // member's.
-        let everyone = self.online_everywhere().await;
+        let (everyone, _) = self.online_everywhere(usize::MAX).await;
         let everyone: HashSet<String> = everyone.into_iter().collect();
-        let online = members
+        let online: Vec<String> = members
             .into_iter()
             .filter(|user| everyone.contains(&user.name))
             .map(|user| user.name)
             .collect();
-        self.send_frame(&presence(room, online)).await
+        let total = online.len();
+        self.send_frame(&presence(room, online, total)).await
     }
 
     /// `browse`: the public rooms, each saying whether the user is in it.
@@ -384,12 +420,11 @@ where
     }
 }
 
-/// The `presence` frame for `online` (in name order, as both callers have it): the first
-/// [`PRESENCE_NAMES`](crate::protocol::PRESENCE_NAMES), and how many more there are.
-fn presence(room: &str, mut online: Vec<String>) -> ServerFrame {
-    use crate::protocol::PRESENCE_NAMES;
-    let more = online.len().saturating_sub(PRESENCE_NAMES);
+/// The `presence` frame for `online` (in name order, as both callers have it) out of `total` online:
+/// the first [`PRESENCE_NAMES`] are listed, the rest counted.
+fn presence(room: &str, mut online: Vec<String>, total: usize) -> ServerFrame {
     online.truncate(PRESENCE_NAMES);
+    let more = total.saturating_sub(online.len());
     ServerFrame::Presence {
         room: room.to_owned(),
         online,
@@ -407,7 +442,9 @@ mod presence_tests {
         let crowd: Vec<String> = (0..PRESENCE_NAMES + 37)
             .map(|n| format!("Person {n:04}"))
             .collect();
-        let ServerFrame::Presence { online, more, .. } = presence("general", crowd) else {
+        let ServerFrame::Presence { online, more, .. } =
+            presence("general", crowd, PRESENCE_NAMES + 37)
+        else {
             unreachable!()
         };
         assert_eq!((online.len(), more), (PRESENCE_NAMES, 37));
@@ -417,7 +454,7 @@ mod presence_tests {
             "the first names, in order"
         );
         let ServerFrame::Presence { online, more, .. } =
-            presence("design", vec!["Ann".into(), "bo".into()])
+            presence("design", vec!["Ann".into(), "bo".into()], 2)
         else {
             unreachable!()
         };

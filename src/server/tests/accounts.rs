@@ -748,6 +748,22 @@ async fn authors_and_admins_delete_messages_for_everyone_and_from_history() {
     assert!(replayed
         .iter()
         .any(|e| e.kind == EventKind::Delete && e.target == Some(own)));
+    // A new tab's recent page, which a busy room serves from its frames in memory, shows neither.
+    let mut fresh = connect(addr, "").await;
+    let mut page = Vec::new();
+    loop {
+        match fresh.next().await {
+            ServerFrame::Event(e) => page.push(e),
+            ServerFrame::Presence { .. } => break,
+            _ => {}
+        }
+    }
+    assert!(page
+        .iter()
+        .any(|e| e.id == own && e.kind == EventKind::Deleted));
+    assert!(page
+        .iter()
+        .all(|e| e.text != own_text && e.text != kept_text));
     // Deleting it again finds nothing.
     admin
         .send(&ClientFrame::Delete {

@@ -775,9 +775,22 @@ async fn a_burst_from_one_connection_is_committed_together_and_acknowledged_in_o
 
 #[tokio::test]
 async fn a_reader_that_falls_behind_catches_up_from_the_store() {
+    // No window of recent frames: every frame that did not fit is read from the store again.
+    falls_behind_and_catches_up(0).await;
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_catches_up_from_the_rooms_recent_frames() {
+    // All of it from the room's window, then (a window of 8) the start from the store, the rest from it.
+    falls_behind_and_catches_up(4_096).await;
+    falls_behind_and_catches_up(8).await;
+}
+
+async fn falls_behind_and_catches_up(recent_frames: usize) {
     // A tiny live buffer forces the lag path that a slow phone would hit under load.
     let mut config = Config {
         live_buffer: 2,
+        recent_frames,
         ..memory()
     };
     config.session.burst = std::num::NonZeroU32::new(1000).unwrap();
