@@ -159,10 +159,12 @@ impl Directory {
         if mark >= head {
             return Ok((mark, 0, 0));
         }
-        let after = self.events.since(room, mark, RESUME_LIMIT).await?;
-        let theirs = after.iter().filter(|e| e.is_message() && e.user_id != user);
+        let theirs = self
+            .events
+            .unread_since(room, mark, user, RESUME_LIMIT)
+            .await?;
         let (mut unread, mut mentioned) = (0, 0);
-        for event in theirs {
+        for event in &theirs {
             unread += 1;
             if mentions(&event.text, name) {
                 mentioned += 1;

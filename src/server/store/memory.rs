@@ -209,6 +209,24 @@ impl EventStore for MemoryStore {
         Ok(log.events.iter().skip(skip).take(limit).cloned().collect())
     }
 
+    async fn unread_since(
+        &self,
+        room: &str,
+        after: u64,
+        reader: Uuid,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError> {
+        let state = self.lock();
+        let Some(log) = state.rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        let first = log.events.front().map_or(1, |e| e.seq);
+        let skip = after.saturating_add(1).saturating_sub(first) as usize;
+        let unread = log.events.iter().skip(skip);
+        let unread = unread.filter(|e| e.is_message() && e.user_id != reader);
+        Ok(unread.take(limit).cloned().collect())
+    }
+
     async fn before(
         &self,
         room: &str,

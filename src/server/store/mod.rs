@@ -99,6 +99,17 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ChatEvent>, StoreError>;
 
+    /// Up to `limit` messages (and actions) with `seq > after` that `reader` did not write, oldest first:
+    /// what is unread for them. Nothing else is read, so a guest who joins during a join storm does not
+    /// read back through hundreds of join lines to count nothing.
+    async fn unread_since(
+        &self,
+        room: &str,
+        after: u64,
+        reader: Uuid,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError>;
+
     /// The newest `limit` events with `seq < before`, oldest first. `before = u64::MAX` gives the latest.
     async fn before(
         &self,

@@ -162,6 +162,27 @@ impl EventStore for PgStore {
         self.query_events(&sql, room, after, limit).await
     }
 
+    async fn unread_since(
+        &self,
+        room: &str,
+        after: u64,
+        reader: Uuid,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room = $1 AND seq > $2 \
+             AND kind IN ('message', 'action') AND user_id <> $3 ORDER BY seq LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(room)
+            .bind(seq_param(after))
+            .bind(reader.to_string())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| event_from_row(room, row)).collect()
+    }
+
     async fn before(
         &self,
         room: &str,

@@ -384,7 +384,9 @@ pub(super) use sql_room_store;
 
 /// What every room store must do, run against each backend by its tests.
 #[cfg(test)]
-pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore>(store: &T) {
+pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore + super::EventStore>(
+    store: &T,
+) {
     let (ann, bo) = (Uuid::new_v4(), Uuid::new_v4());
     store.create_guest(ann, "Ann", "ann", 1).await.unwrap();
     store.create_guest(bo, "Bo", "bo", 1).await.unwrap();
@@ -492,6 +494,38 @@ pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore>(store: &
         Notify::Everything
     );
     assert_eq!(store.notify(bo, "design").await.unwrap(), Notify::Mentions);
+
+    // What is unread for Bo: messages and actions by others after his mark, nothing else.
+    use crate::protocol::EventKind;
+    let event = |kind, user_id, text: &str| super::NewEvent {
+        kind,
+        user_id,
+        ..super::test_message(text)
+    };
+    let lines = vec![
+        event(EventKind::Message, ann, "one"),
+        event(EventKind::Join, ann, ""),
+        event(EventKind::Message, bo, "his own"),
+        event(EventKind::Action, ann, "waves"),
+        event(EventKind::Leave, ann, ""),
+        event(EventKind::Message, ann, "three"),
+    ];
+    store.append("design", lines, 9).await.unwrap();
+    let texts = |events: Vec<crate::protocol::ChatEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.text).collect()
+    };
+    let unread = store.unread_since("design", 0, bo, 10).await.unwrap();
+    assert_eq!(texts(unread), ["one", "waves", "three"]);
+    let unread = store.unread_since("design", 1, bo, 1).await.unwrap();
+    assert_eq!(
+        texts(unread),
+        ["waves"],
+        "after the mark, at most the limit"
+    );
+    let unread = store.unread_since("design", 6, bo, 10).await.unwrap();
+    assert!(unread.is_empty());
+    let theirs = store.unread_since("design", 0, ann, 10).await.unwrap();
+    assert_eq!(texts(theirs), ["his own"]);
 }
 
 #[cfg(test)]

@@ -201,6 +201,27 @@ impl EventStore for SqliteStore {
         self.query_events(&sql, room, after, limit).await
     }
 
+    async fn unread_since(
+        &self,
+        room: &str,
+        after: u64,
+        reader: Uuid,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq > ? \
+             AND kind IN ('message', 'action') AND user_id <> ? ORDER BY seq LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(room)
+            .bind(seq_param(after))
+            .bind(reader.to_string())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| event_from_row(room, row)).collect()
+    }
+
     async fn before(
         &self,
         room: &str,

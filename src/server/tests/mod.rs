@@ -690,6 +690,15 @@ impl EventStore for SlowDisk {
     ) -> Result<Vec<ChatEvent>, StoreError> {
         self.inner.since(room, after, limit).await
     }
+    async fn unread_since(
+        &self,
+        room: &str,
+        after: u64,
+        reader: Uuid,
+        limit: usize,
+    ) -> Result<Vec<ChatEvent>, StoreError> {
+        self.inner.unread_since(room, after, reader, limit).await
+    }
     async fn before(
         &self,
         room: &str,
