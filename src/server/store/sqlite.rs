@@ -52,8 +52,11 @@ impl SqliteStore {
         // own rollback then fails, and it goes on counting the connection as inside a transaction,
         // refusing every later BEGIN on it. Such a connection is closed instead of reused, so the
         // store recovers as soon as the disk has room again.
+        // A connection to a local file does not drop the way a network one does: no ping (a round trip
+        // to the connection's worker thread) before every query.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options.clone())
             .await?;
@@ -63,6 +66,7 @@ impl SqliteStore {
         // WAL lets readers (history, catch-up) run beside the one writer.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         let store = Self { pool, writer };
