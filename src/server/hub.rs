@@ -38,8 +38,7 @@ pub type Frame = Arc<Framed>;
 #[derive(Debug)]
 pub struct Framed {
     pub room: Arc<str>,
-    /// The event's sequence number, or [`EPHEMERAL`] for frames that are not stored (typing), or
-    /// [`WAKE`] for a frame that only wakes the connection to look at its mailbox.
+    /// The event's sequence number, or [`EPHEMERAL`] for frames that are not stored (typing).
     pub seq: u64,
     pub json: Utf8Bytes,
     /// When it was broadcast, for the delivery-lag metric.
@@ -48,8 +47,6 @@ pub struct Framed {
 
 /// The `seq` of a frame that is not a stored event and takes no part in ordering or catch-up.
 pub const EPHEMERAL: u64 = 0;
-/// The `seq` of a frame with nothing to write: see [`Mailbox::take_trouble`].
-pub const WAKE: u64 = u64::MAX;
 
 /// Settings of the hub that tests may shorten.
 #[derive(Debug, Clone, Copy)]
@@ -83,18 +80,37 @@ pub enum PublishError {
 }
 
 /// A connection's queue: frames of every room it is subscribed to, in each room's order.
+///
+/// A locked `VecDeque` and a [`Notify`](tokio::sync::Notify) rather than a channel: a push is a lock, a
+/// push_back and, only when the queue was empty, a wake-up; the connection takes a whole batch under
+/// one lock. In a join storm a room pushes to thousands of queues per event, and the bounded channel's
+/// semaphore and block list were a tenth of the server's time.
 pub struct Mailbox {
     id: u64,
-    queue: mpsc::Sender<Frame>,
+    queue: Mutex<Queue>,
+    /// Wakes the connection when its queue stops being empty, or when trouble arrives.
+    ready: tokio::sync::Notify,
+    capacity: usize,
     /// Set when a frame did not fit or a room was taken away; the connection then looks at the two sets.
     trouble: AtomicBool,
-    /// Rooms with frames that did not fit: the connection catches them up from the store.
+    /// Rooms with frames that did not fit: the connection catches them up.
     lagged: Mutex<HashSet<Arc<str>>>,
     /// Rooms this connection was taken out of (its user was removed).
     gone: Mutex<Vec<Arc<str>>>,
 }
 
-/// What a connection must do besides writing its queued frames.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Frame>,
+    /// The connection has ended: nothing more is queued.
+    closed: bool,
+}
+
+/// A queue emptied with more room than this gives it back: a storm's backlog must not stay allocated
+/// on every connection afterwards.
+const QUEUE_KEEP: usize = 64;
+
+/// What the connection must do besides writing its queued frames.
 #[derive(Debug, Default)]
 pub struct Trouble {
     pub lagged: Vec<Arc<str>>,
@@ -103,17 +119,30 @@ pub struct Trouble {
 
 impl Mailbox {
     fn push(&self, frame: Frame) {
-        match self.queue.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                if frame.seq != EPHEMERAL {
-                    lock(&self.lagged).insert(frame.room.clone());
-                    self.trouble.store(true, Ordering::Release);
-                }
-            }
-            // The connection is ending; it unsubscribes on its way out.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            return; // the connection is ending; it unsubscribes on its way out
         }
+        if queue.frames.len() >= self.capacity {
+            drop(queue);
+            if frame.seq != EPHEMERAL {
+                lock(&self.lagged).insert(frame.room.clone());
+                self.trouble.store(true, Ordering::Release);
+            }
+            return; // a full queue's connection is awake already
+        }
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame);
+        drop(queue);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Marks trouble and wakes the connection to look at it.
+    fn alarm(&self) {
+        self.trouble.store(true, Ordering::Release);
+        self.ready.notify_one();
     }
 
     /// What the connection must catch up on or drop, if anything happened since it last asked. One atomic
@@ -134,6 +163,45 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The connection's end of its [`Mailbox`].
+pub struct Deliveries {
+    mailbox: Arc<Mailbox>,
+}
+
+impl Deliveries {
+    /// Waits until frames are queued, then moves up to `limit` of them into `into` (oldest first); or
+    /// returns with none taken when the connection was woken for trouble (see
+    /// [`Mailbox::take_trouble`]). Cancel-safe: frames are taken only in the poll that returns.
+    pub async fn recv(&mut self, into: &mut Vec<Frame>, limit: usize) {
+        loop {
+            {
+                let mut queue = lock(&self.mailbox.queue);
+                if !queue.frames.is_empty() {
+                    let n = limit.min(queue.frames.len());
+                    into.extend(queue.frames.drain(..n));
+                    if queue.frames.is_empty() && queue.frames.capacity() > QUEUE_KEEP {
+                        queue.frames = VecDeque::new();
+                    }
+                    return;
+                }
+            }
+            if self.mailbox.trouble.load(Ordering::Acquire) {
+                return;
+            }
+            // A push between the check above and this wait leaves a permit, so no wake-up is lost.
+            self.mailbox.ready.notified().await;
+        }
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.mailbox.queue);
+        queue.closed = true;
+        queue.frames = VecDeque::new();
+    }
 }
 
 /// A cheap-to-clone handle to the hub.
@@ -468,16 +536,20 @@ impl Hub {
     }
 
     /// A new connection's queue, and its receiving end.
-    pub fn mailbox(&self) -> (Arc<Mailbox>, mpsc::Receiver<Frame>) {
-        let (queue, receiver) = mpsc::channel(self.inner.config.live_capacity.max(1));
-        let mailbox = Mailbox {
+    pub fn mailbox(&self) -> (Arc<Mailbox>, Deliveries) {
+        let mailbox = Arc::new(Mailbox {
             id: self.inner.next_mailbox.fetch_add(1, Ordering::Relaxed),
-            queue,
+            queue: Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+            capacity: self.inner.config.live_capacity.max(1),
             trouble: AtomicBool::new(false),
             lagged: Mutex::default(),
             gone: Mutex::default(),
+        });
+        let deliveries = Deliveries {
+            mailbox: mailbox.clone(),
         };
-        (Arc::new(mailbox), receiver)
+        (mailbox, deliveries)
     }
 
     /// The room in use, made now if it was not. Takes the map's lock: the caller holds it.
@@ -539,14 +611,7 @@ impl Hub {
                 return true;
             }
             lock(&s.mailbox.gone).push(entry.slug.clone());
-            s.mailbox.trouble.store(true, Ordering::Release);
-            // Wakes the connection (if the queue is full it is awake anyway).
-            let _ = s.mailbox.queue.try_send(Arc::new(Framed {
-                room: entry.slug.clone(),
-                seq: WAKE,
-                json: Utf8Bytes::from_static(""),
-                at: std::time::Instant::now(),
-            }));
+            s.mailbox.alarm();
             false
         });
     }
@@ -848,5 +913,81 @@ async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Append
             }
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(room: &Arc<str>, seq: u64) -> Frame {
+        Arc::new(Framed {
+            room: room.clone(),
+            seq,
+            json: Utf8Bytes::from_static("{}"),
+            at: std::time::Instant::now(),
+        })
+    }
+
+    fn hub(live_capacity: usize) -> Hub {
+        let store = Arc::new(super::super::store::MemoryStore::new(10));
+        let config = HubConfig {
+            live_capacity,
+            ..HubConfig::default()
+        };
+        Hub::new(store, Arc::new(super::super::backplane::Local), config)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_marks_its_room_lagged_and_a_batch_takes_what_is_queued_in_order() {
+        let (mailbox, mut deliveries) = hub(2).mailbox();
+        let room: Arc<str> = Arc::from("general");
+        for seq in 1..=3 {
+            mailbox.push(frame(&room, seq));
+        }
+        // A typing frame that does not fit is dropped without trouble; it is not stored anywhere.
+        mailbox.push(frame(&room, EPHEMERAL));
+        let mut batch = Vec::new();
+        deliveries.recv(&mut batch, 64).await;
+        let seqs: Vec<u64> = batch.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+        let trouble = mailbox.take_trouble().expect("the third did not fit");
+        assert_eq!(trouble.lagged, [room.clone()]);
+        assert!(mailbox.take_trouble().is_none(), "told once");
+        // Room again: the next push is queued and wakes the waiting connection.
+        batch.clear();
+        let waiting = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            deliveries.recv(&mut batch, 64).await;
+            batch.iter().map(|f| f.seq).collect::<Vec<_>>()
+        });
+        tokio::task::yield_now().await;
+        mailbox.push(frame(&room, 4));
+        assert_eq!(waiting.await.unwrap(), [4]);
+    }
+
+    #[tokio::test]
+    async fn an_eviction_wakes_an_idle_connection_with_nothing_queued() {
+        let hub = hub(8);
+        let user = Uuid::new_v4();
+        let (mailbox, mut deliveries) = hub.mailbox();
+        hub.subscribe("design", user, &mailbox);
+        hub.evict_here("design", user);
+        let mut batch = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), deliveries.recv(&mut batch, 64))
+            .await
+            .expect("woken");
+        assert!(batch.is_empty());
+        let trouble = mailbox.take_trouble().unwrap();
+        assert_eq!(trouble.gone, [Arc::<str>::from("design")]);
+        // Gone from the room: nothing of it is queued any more.
+        hub.broadcast_ephemeral(
+            "design",
+            &ServerFrame::Typing {
+                room: "design".into(),
+                name: "Ann".into(),
+            },
+        );
+        assert!(lock(&mailbox.queue).frames.is_empty());
     }
 }
