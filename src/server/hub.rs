@@ -952,7 +952,7 @@ mod tests {
         let seqs: Vec<u64> = batch.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2]);
         let trouble = mailbox.take_trouble().expect("the third did not fit");
-        assert_eq!(trouble.lagged, [room.clone()]);
+        assert_eq!(trouble.lagged, std::slice::from_ref(&room));
         assert!(mailbox.take_trouble().is_none(), "told once");
         // Room again: the next push is queued and wakes the waiting connection.
         batch.clear();
