@@ -162,6 +162,16 @@ impl EventStore for PgStore {
         self.query_events(&sql, room, after, limit).await
     }
 
+    async fn head(&self, room: &str) -> Result<u64, StoreError> {
+        // From the (room, seq) index alone: no event row is read or decoded.
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = $1")
+                .bind(room)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(head).unwrap_or(0))
+    }
+
     async fn unread_since(
         &self,
         room: &str,

@@ -510,7 +510,9 @@ pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore + super::
         event(EventKind::Leave, ann, ""),
         event(EventKind::Message, ann, "three"),
     ];
+    assert_eq!(store.head("design").await.unwrap(), 0, "no events yet");
     store.append("design", lines, 9).await.unwrap();
+    assert_eq!(store.head("design").await.unwrap(), 6);
     let texts = |events: Vec<crate::protocol::ChatEvent>| -> Vec<String> {
         events.into_iter().map(|e| e.text).collect()
     };

@@ -205,6 +205,16 @@ impl EventStore for SqliteStore {
         self.query_events(&sql, room, after, limit).await
     }
 
+    async fn head(&self, room: &str) -> Result<u64, StoreError> {
+        // From the (room, seq) index alone: no event row is read or decoded.
+        let head: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?")
+                .bind(room)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(head).unwrap_or(0))
+    }
+
     async fn unread_since(
         &self,
         room: &str,
