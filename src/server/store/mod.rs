@@ -223,6 +223,18 @@ where
     })
 }
 
+/// The room's newest sequence number, from the (room, seq) index alone; `$1` the room.
+const HEAD: &str = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = $1";
+
+/// What is unread for a reader (see [`EventStore::unread_since`]): `$1` the room, `$2` after, `$3` the
+/// reader, `$4` the limit. Shared by the SQL stores.
+fn unread_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE room = $1 AND seq > $2 \
+         AND kind IN ('message', 'action') AND user_id <> $3 ORDER BY seq LIMIT $4"
+    )
+}
+
 /// `UPDATE` that turns a message into its tombstone; `$1` the room, `$2` the id. Shared by the SQL stores.
 const REDACT: &str =
     "UPDATE events SET kind = 'deleted', text = '' WHERE room = $1 AND id = $2 AND kind IN ('message', 'action')";

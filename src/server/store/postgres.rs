@@ -164,11 +164,10 @@ impl EventStore for PgStore {
 
     async fn head(&self, room: &str) -> Result<u64, StoreError> {
         // From the (room, seq) index alone: no event row is read or decoded.
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = $1")
-                .bind(room)
-                .fetch_one(&self.pool)
-                .await?;
+        let head: i64 = sqlx::query_scalar(super::HEAD)
+            .bind(room)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(u64::try_from(head).unwrap_or(0))
     }
 
@@ -179,10 +178,7 @@ impl EventStore for PgStore {
         reader: Uuid,
         limit: usize,
     ) -> Result<Vec<ChatEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE room = $1 AND seq > $2 \
-             AND kind IN ('message', 'action') AND user_id <> $3 ORDER BY seq LIMIT $4"
-        );
+        let sql = super::unread_sql();
         let rows = sqlx::query(&sql)
             .bind(room)
             .bind(seq_param(after))

@@ -142,11 +142,10 @@ impl EventStore for SqliteStore {
         // with SQLITE_BUSY_SNAPSHOT (which busy_timeout does not retry) if another process on the file
         // (`confab bot create` beside the server) wrote in between.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut last: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?")
-                .bind(room)
-                .fetch_one(&mut *tx)
-                .await?;
+        let mut last: i64 = sqlx::query_scalar(super::HEAD)
+            .bind(room)
+            .fetch_one(&mut *tx)
+            .await?;
         // Two statements per batch, not two per event: each statement is a round trip to the
         // connection's worker thread, which limited ingest to a few thousand messages a second.
         let mut known = HashMap::new();
@@ -207,11 +206,10 @@ impl EventStore for SqliteStore {
 
     async fn head(&self, room: &str) -> Result<u64, StoreError> {
         // From the (room, seq) index alone: no event row is read or decoded.
-        let head: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ?")
-                .bind(room)
-                .fetch_one(&self.pool)
-                .await?;
+        let head: i64 = sqlx::query_scalar(super::HEAD)
+            .bind(room)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(u64::try_from(head).unwrap_or(0))
     }
 
@@ -222,10 +220,7 @@ impl EventStore for SqliteStore {
         reader: Uuid,
         limit: usize,
     ) -> Result<Vec<ChatEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE room = ? AND seq > ? \
-             AND kind IN ('message', 'action') AND user_id <> ? ORDER BY seq LIMIT ?"
-        );
+        let sql = super::unread_sql();
         let rows = sqlx::query(&sql)
             .bind(room)
             .bind(seq_param(after))
