@@ -241,6 +241,11 @@ where
 }
 
 /// The user columns [`user_from_row`] reads, from `users AS u`.
+/// Who owns the name with key `$1`: a member or bot, else a banned guest (whose name stays locked).
+/// Asked on every join, so it must find its rows by the `users_by_name_key` index.
+pub(super) const OWNER_OF: &str =
+    "u.name_key = $1 AND (u.kind <> 'guest' OR u.banned) ORDER BY u.kind <> 'guest' DESC LIMIT 1";
+
 pub(super) const USER_COLUMNS: &str =
     "u.id AS user_id, u.name AS user_name, u.kind AS user_kind, u.admin AS user_admin, \
      u.banned AS user_banned";
@@ -414,12 +419,8 @@ macro_rules! sql_identity_store {
                 name_key: &str,
             ) -> Result<Option<$crate::server::store::User>, $crate::server::store::StoreError>
             {
-                self.user_where(
-                    "u.name_key = $1 AND (u.kind <> 'guest' OR u.banned) \
-                     ORDER BY u.kind <> 'guest' DESC LIMIT 1",
-                    name_key,
-                )
-                .await
+                self.user_where($crate::server::store::identity::OWNER_OF, name_key)
+                    .await
             }
 
             async fn credentials(

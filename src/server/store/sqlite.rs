@@ -409,6 +409,28 @@ mod tests {
             "plan: {detail}"
         );
     }
+
+    #[tokio::test]
+    async fn a_names_owner_is_found_by_index_not_by_reading_every_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("plan.db"))
+            .await
+            .unwrap();
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT u.id FROM users u WHERE {}",
+            super::super::identity::OWNER_OF
+        );
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&sql)
+            .bind("ann")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        let detail = &plan[0].3;
+        assert!(
+            detail.contains("users_by_name_key (name_key=?)"),
+            "plan: {detail}"
+        );
+    }
 }
 
 #[cfg(test)]
