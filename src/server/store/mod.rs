@@ -253,3 +253,46 @@ pub(super) fn test_message(text: &str) -> NewEvent {
         call: Vec::new(),
     }
 }
+
+/// The migrations of `backend` (`sqlite` or `postgres`) before `version`, in a directory of their own:
+/// for a database as the previous schema wrote it.
+#[cfg(test)]
+pub(crate) fn migrations_before(backend: &str, version: &str) -> tempfile::TempDir {
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/server/store/migrations")
+        .join(backend);
+    let old = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < version {
+            std::fs::copy(&path, old.path().join(&name)).unwrap();
+        }
+    }
+    old
+}
+
+/// Users as schema 0006 held them, for the upgrade tests of 0007: `$1` a guest Ann, `$2` a banned
+/// guest Cy, `$3` a member Dee.
+#[cfg(test)]
+pub(crate) const USERS_OF_0006: &str =
+    "INSERT INTO users (id, name, name_key, kind, created_at, banned) \
+     VALUES ($1, 'Ann', 'ann', 'guest', 1, FALSE), ($2, 'Cy', 'cy', 'guest', 1, TRUE), \
+     ($3, 'Dee', 'dee', 'member', 1, FALSE)";
+
+/// After the upgrade to 0007, every user of [`USERS_OF_0006`] is kept and who owns a name is as before.
+#[cfg(test)]
+pub(crate) async fn check_users_of_0006(store: &impl IdentityStore, [ann, cy, dee]: [Uuid; 3]) {
+    assert_eq!(store.user(ann).await.unwrap().unwrap().name, "Ann");
+    assert!(
+        store.owner_of("ann").await.unwrap().is_none(),
+        "a guest owns no name"
+    );
+    let banned = store
+        .owner_of("cy")
+        .await
+        .unwrap()
+        .expect("a banned name stays locked");
+    assert_eq!((banned.id, banned.banned), (cy, true));
+    assert_eq!(store.owner_of("dee").await.unwrap().unwrap().id, dee);
+}

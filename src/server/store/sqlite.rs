@@ -491,6 +491,37 @@ mod upgrade_tests {
     }
 
     #[tokio::test]
+    async fn a_database_of_schema_0006_keeps_its_users_and_finds_owners_by_the_new_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0006.db");
+        let old = super::super::migrations_before("sqlite", "0007");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        assert_eq!(migrator.iter().count(), 6);
+        migrator.run(&pool).await.unwrap();
+        let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+        let mut insert = sqlx::query(super::super::USERS_OF_0006);
+        for id in ids {
+            insert = insert.bind(id.to_string());
+        }
+        insert.execute(&pool).await.unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        super::super::check_users_of_0006(&store, ids).await;
+        let index: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'users_by_name_key'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(index, 1);
+    }
+
+    #[tokio::test]
     async fn a_database_from_before_accounts_keeps_its_history_names_and_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");

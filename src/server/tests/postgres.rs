@@ -680,6 +680,38 @@ async fn postgres_keeps_the_room_contract() {
 }
 
 #[tokio::test]
+async fn a_postgres_database_of_schema_0006_keeps_its_users_and_finds_owners_by_the_new_index() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let old = crate::server::store::migrations_before("postgres", "0007");
+    let pool = db.pool().await;
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    assert_eq!(migrator.iter().count(), 6);
+    migrator.run(&pool).await.unwrap();
+    let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    let mut insert = sqlx::query(crate::server::store::USERS_OF_0006);
+    for id in ids {
+        insert = insert.bind(id.to_string());
+    }
+    insert.execute(&pool).await.unwrap();
+    pool.close().await;
+
+    let store = PgStore::open(&db.url).await.unwrap();
+    crate::server::store::check_users_of_0006(&store, ids).await;
+    let pool = db.pool().await;
+    let index: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'users_by_name_key'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(index, 1);
+    pool.close().await;
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
 async fn a_postgres_database_from_before_accounts_keeps_its_history_names_and_sessions() {
     use crate::server::store::IdentityStore;
     let Some(db) = TestDb::create().await else {
