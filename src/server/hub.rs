@@ -304,13 +304,8 @@ impl Room {
 
     /// The newest `count` frames, if the window holds that many or reaches back to the room's first event.
     fn recent_page(&self, count: usize) -> Option<Vec<Frame>> {
-        let recent = lock(&self.recent);
-        let first = recent.front()?.seq;
-        if recent.len() < count && first != 1 {
-            return None;
-        }
-        let skip = recent.len().saturating_sub(count);
-        Some(recent.iter().skip(skip).cloned().collect())
+        let newest = lock(&self.recent).back()?.seq;
+        self.recent_after(newest.saturating_sub(count as u64), count)
     }
 
     /// The writer stopped: nobody is catching up on a busy stream, so the window's memory goes.
@@ -626,28 +621,31 @@ impl Hub {
     /// window of recent frames; `None` when it fell further behind than the window reaches, or the room
     /// keeps none, and the store must answer.
     pub fn recent_after(&self, room: &str, after: u64, limit: usize) -> Option<Vec<Frame>> {
-        let entry = lock(&self.inner.rooms).get(room).cloned()?;
-        entry.recent_after(after, limit)
+        self.room(room)?.recent_after(after, limit)
     }
 
     /// The newest `count` frames of `room`, from its window of recent frames, as its history would give
     /// them; `None` when the window does not hold them (the store must answer).
     pub fn recent_page(&self, room: &str, count: usize) -> Option<Vec<Frame>> {
-        let entry = lock(&self.inner.rooms).get(room).cloned()?;
-        entry.recent_page(count)
+        self.room(room)?.recent_page(count)
     }
 
     /// A stored event of `room` was rewritten (a message deleted): its window of recent frames is
     /// dropped, so nobody catches up on or opens with the old text.
     pub fn forget_recent(&self, room: &str) {
-        if let Some(entry) = lock(&self.inner.rooms).get(room).cloned() {
+        if let Some(entry) = self.room(room) {
             entry.forget_recent();
         }
     }
 
+    /// The room, if it is in memory here (taken out of the map's lock at once).
+    fn room(&self, slug: &str) -> Option<Arc<Room>> {
+        lock(&self.inner.rooms).get(slug).cloned()
+    }
+
     /// Sends a frame that is not stored (typing) to everyone in `room` here now.
     pub fn broadcast_ephemeral(&self, room: &str, frame: &ServerFrame) {
-        let Some(entry) = lock(&self.inner.rooms).get(room).cloned() else {
+        let Some(entry) = self.room(room) else {
             return;
         };
         entry.fan_out(Arc::new(Framed {
@@ -733,8 +731,7 @@ impl Drop for SessionWatch {
 impl Inbox for Hub {
     async fn stored_elsewhere(&self, room: &str, first: u64, last: u64) {
         // A room nobody here is subscribed to has nobody to tell.
-        let entry = lock(&self.inner.rooms).get(room).cloned();
-        if let Some(entry) = entry {
+        if let Some(entry) = self.room(room) {
             entry.stored(self.store(), first, last).await;
         }
     }

@@ -120,6 +120,14 @@ impl RoomLog {
         self.events
             .get(usize::try_from(seq.checked_sub(first)?).ok()?)
     }
+
+    /// The retained events with `seq > after`, oldest first. Sequence numbers are dense, so the
+    /// position of `after + 1` is arithmetic.
+    fn after(&self, after: u64) -> impl Iterator<Item = &ChatEvent> {
+        let first = self.events.front().map_or(1, |e| e.seq);
+        let skip = after.saturating_add(1).saturating_sub(first) as usize;
+        self.events.iter().skip(skip)
+    }
 }
 
 impl MemoryStore {
@@ -203,10 +211,7 @@ impl EventStore for MemoryStore {
         let Some(log) = state.rooms.get(room) else {
             return Ok(Vec::new());
         };
-        // Sequence numbers are dense, so the position of `after + 1` is arithmetic.
-        let first = log.events.front().map_or(1, |e| e.seq);
-        let skip = after.saturating_add(1).saturating_sub(first) as usize;
-        Ok(log.events.iter().skip(skip).take(limit).cloned().collect())
+        Ok(log.after(after).take(limit).cloned().collect())
     }
 
     async fn unread_since(
@@ -220,9 +225,7 @@ impl EventStore for MemoryStore {
         let Some(log) = state.rooms.get(room) else {
             return Ok(Vec::new());
         };
-        let first = log.events.front().map_or(1, |e| e.seq);
-        let skip = after.saturating_add(1).saturating_sub(first) as usize;
-        let unread = log.events.iter().skip(skip);
+        let unread = log.after(after);
         let unread = unread.filter(|e| e.is_message() && e.user_id != reader);
         Ok(unread.take(limit).cloned().collect())
     }
