@@ -183,6 +183,7 @@ impl Deliveries {
                     into.extend(queue.frames.drain(..n));
                     if queue.frames.is_empty() && queue.frames.capacity() > QUEUE_KEEP {
                         queue.frames = VecDeque::new();
+                        super::heap::freed();
                     }
                     return;
                 }
@@ -201,6 +202,7 @@ impl Drop for Deliveries {
         let mut queue = lock(&self.mailbox.queue);
         queue.closed = true;
         queue.frames = VecDeque::new();
+        super::heap::freed();
     }
 }
 
@@ -245,7 +247,7 @@ struct Room {
     /// join storm into `general` would otherwise scan every subscriber per connection).
     subscribers: Mutex<HashMap<u64, Subscriber>>,
     /// The writer's queue while it runs; `None` once it stopped for idleness.
-    writer: Mutex<Option<mpsc::Sender<Append>>>,
+    writer: Mutex<Option<mpsc::Sender<Queued>>>,
     /// The last sequence number broadcast; `None` until the first. The lock is held while a gap is read
     /// from the store, so nothing overtakes it.
     delivered: tokio::sync::Mutex<Option<u64>>,
@@ -380,6 +382,11 @@ struct Append {
     event: NewEvent,
     stored: oneshot::Sender<Result<Appended, Arc<StoreError>>>,
 }
+
+/// An append as the writer's queue holds it. Boxed: the queue allocates its slots 32 at a time, and a
+/// room that hears one join line and then nothing must not hold 32 appends' worth (4.6 KiB) for it; in
+/// 10,000 new rooms those blocks, freed when the writers stopped, left the heap too fragmented to shrink.
+type Queued = Box<Append>;
 
 /// How many appends the writer stores in one call to the store (its group commit).
 const MAX_BATCH: usize = 256;
@@ -663,7 +670,7 @@ impl Hub {
     }
 
     /// The room's writer queue, starting the writer if it is not running.
-    fn writer(&self, slug: &str) -> mpsc::Sender<Append> {
+    fn writer(&self, slug: &str) -> mpsc::Sender<Queued> {
         let mut rooms = lock(&self.inner.rooms);
         let room = Self::room_in(&mut rooms, slug, &self.inner.config);
         let mut writer = lock(&room.writer);
@@ -695,7 +702,7 @@ impl Hub {
             event.call = self.inner.callees.for_message(room, &event.text);
         }
         let (stored, reply) = oneshot::channel();
-        let mut append = Append { event, stored };
+        let mut append = Box::new(Append { event, stored });
         // A writer that stopped for idleness just as this was queued refuses it; the next one takes it.
         for _ in 0..3 {
             match self.writer(room).send(append).await {
@@ -831,10 +838,11 @@ async fn run_writer(
     callees: Arc<super::callees::Callees>,
     rooms: Rooms,
     room: Arc<Room>,
-    mut appends: mpsc::Receiver<Append>,
+    mut appends: mpsc::Receiver<Queued>,
     idle: Duration,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Grown as batches need: a room that hears one message a minute must not hold room for 256.
+    let mut batch = Vec::new();
     let mut retiring = false;
     loop {
         let received = if retiring {
@@ -852,7 +860,9 @@ async fn run_writer(
             break;
         }
         let calls = batch.iter().any(|a| !a.event.call.is_empty());
-        if store_batch(store.as_ref(), &room, &mut batch).await && calls {
+        // Boxed while it runs: the storing and broadcasting hold kilobytes of state, and an idle writer
+        // waiting for its next append should not.
+        if Box::pin(store_batch(store.as_ref(), &room, &mut batch)).await && calls {
             callees.ring();
         }
     }
@@ -861,7 +871,7 @@ async fn run_writer(
 /// Stops taking appends if none are waiting: the room forgets this writer (the next append starts
 /// another), and a room nobody is subscribed to is dropped. Appends already sent are still stored: the
 /// writer drains its closed queue before it ends.
-fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Append>) -> bool {
+fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Queued>) -> bool {
     let mut rooms = lock(rooms);
     {
         let mut writer = lock(&room.writer);
@@ -872,6 +882,7 @@ fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Append>)
     }
     appends.close();
     room.forget_recent();
+    super::heap::freed();
     let ours = rooms
         .get(&room.slug)
         .is_some_and(|entry| Arc::ptr_eq(entry, room));
@@ -882,9 +893,15 @@ fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Append>)
 }
 
 /// Stores and broadcasts a batch; whether it was stored.
-async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Append>) -> bool {
+async fn store_batch(store: &dyn EventStore, room: &Room, batch: &mut Vec<Queued>) -> bool {
     let started = std::time::Instant::now();
-    let (events, replies): (Vec<_>, Vec<_>) = batch.drain(..).map(|a| (a.event, a.stored)).unzip();
+    let (events, replies): (Vec<_>, Vec<_>) = batch
+        .drain(..)
+        .map(|append| {
+            let Append { event, stored } = *append;
+            (event, stored)
+        })
+        .unzip();
     let result = store.append(&room.slug, events, now_ms()).await;
     metrics::histogram!(super::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
     match result {
