@@ -12,6 +12,7 @@ pub mod names;
 pub mod presence;
 pub mod rooms;
 pub mod session;
+pub mod socket;
 pub mod store;
 pub mod web;
 
@@ -20,7 +21,6 @@ mod tests;
 
 use crate::app::shell;
 use crate::ui::state::{Bootstrap, Page};
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRef, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,6 +39,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use store::{BotStore, EventStore, IdentityStore, MemoryStore, PgStore, RoomStore, SqliteStore};
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Everything a request handler may need; cheap to clone.
 #[derive(Clone, FromRef)]
@@ -558,7 +559,7 @@ struct WsQuery {
 
 async fn websocket(
     headers: axum::http::HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: socket::Upgrade,
     Query(query): Query<WsQuery>,
     browser: Browser,
     State(sessions): State<session::Context>,
@@ -607,18 +608,16 @@ async fn websocket(
         token,
         bot_token,
     };
-    upgrade
-        // tungstenite's defaults keep 128 KiB of read buffer per connection; chat frames are small.
-        .read_buffer_size(4 * 1024)
-        // Frames queue up to this before a write; sessions flush after each batch (see `forward_batch`).
-        .write_buffer_size(8 * 1024)
+    let config = WebSocketConfig::default()
+        // tungstenite's default keeps 128 KiB of read buffer per connection, zero-filled and so resident.
+        // A client's frames are a few hundred bytes; a longer one (at most 64 KiB) takes a few reads.
+        .read_buffer_size(1024)
         .max_write_buffer_size(crate::protocol::MAX_FRAME_BYTES * 16)
-        .max_message_size(crate::protocol::MAX_FRAME_BYTES)
-        .max_frame_size(crate::protocol::MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| async move {
-            session::run(socket, sessions, &shown, visitor, start).await
-        })
-        .into_response()
+        .max_message_size(Some(crate::protocol::MAX_FRAME_BYTES))
+        .max_frame_size(Some(crate::protocol::MAX_FRAME_BYTES));
+    upgrade.on_upgrade(config, move |socket| async move {
+        session::run(socket, sessions, &shown, visitor, start).await
+    })
 }
 
 /// The server binary's commands besides serving: `confab invite [USES] [HOURS]` prints an invite link

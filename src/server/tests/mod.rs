@@ -1301,6 +1301,47 @@ async fn cross_origin_websocket_upgrades_are_refused() {
     );
 }
 
+/// Sends `request` as it is and returns the response's head (the socket may stay open after it).
+async fn response_head(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap() == 1 {
+        response.push(byte[0]);
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn the_socket_address_answers_what_is_not_a_websocket_handshake_with_why() {
+    let addr = start(memory()).await;
+    // A browser following a link to the socket's address.
+    let plain = get(addr, "/ws", "").await;
+    assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+    assert!(plain.contains("connect with a WebSocket client"), "{plain}");
+    let handshake = |version: &str, key: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: {version}\r\n{key}\r\n"
+        )
+    };
+    // RFC 6455's own example key.
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let old = response_head(addr, &handshake("8", key)).await;
+    assert!(old.starts_with("HTTP/1.1 400"), "{old}");
+    let keyless = response_head(addr, &handshake("13", "")).await;
+    assert!(keyless.starts_with("HTTP/1.1 400"), "{keyless}");
+    // The same request with version 13 and a key is accepted, with the key the RFC's example gives.
+    let accepted = response_head(addr, &handshake("13", key)).await;
+    assert!(accepted.starts_with("HTTP/1.1 101"), "{accepted}");
+    assert_eq!(
+        header(&accepted, "sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+}
+
 #[tokio::test]
 async fn metrics_count_connections_and_messages() {
     let addr = start(memory()).await;
