@@ -30,6 +30,8 @@ use uuid::Uuid;
 pub const MAX_CLIENTS: usize = 50_000;
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 const MAX_RATE: f64 = 200_000.0;
+/// A user may make five rooms in a burst (the server's limit): their own and four quiet ones.
+const MAX_QUIET_ROOMS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +76,10 @@ pub struct RunArgs {
     /// one sender per room.
     #[arg(long, default_value_t = 0)]
     pub rooms: usize,
+    /// With `--rooms`, the client that makes each room also makes this many more that nobody speaks in
+    /// after its join line: idle rooms, for their memory. At most 4 (a user may make 5 rooms at once).
+    #[arg(long, default_value_t = 0)]
+    pub quiet_rooms: usize,
     /// Connections besides the clients that only connect and stay, outside the rooms measured.
     #[arg(long, default_value_t = 0)]
     pub idle: usize,
@@ -116,6 +122,11 @@ impl RunArgs {
         }
         if self.rooms > 0 && self.senders < self.rooms {
             return Err("--rooms needs at least one sender per room".into());
+        }
+        if self.quiet_rooms > 0 && (self.rooms == 0 || self.quiet_rooms > MAX_QUIET_ROOMS) {
+            return Err(format!(
+                "--quiet-rooms must be 1..={MAX_QUIET_ROOMS}, with --rooms"
+            ));
         }
         if self.senders > self.clients {
             return Err("--senders cannot exceed --clients".into());
@@ -275,6 +286,7 @@ pub struct Report {
     pub duration_s: f64,
     pub join: JoinMode,
     pub rooms: usize,
+    pub quiet_rooms: usize,
     pub idle: usize,
     pub connects_ok: usize,
     pub connects_failed: usize,
@@ -412,13 +424,10 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         let idle = i >= args.clients;
         let room = (args.rooms > 0 && !idle).then(|| {
             let r = room_of(i);
-            let (name, slug) = confab::protocol::validate_room_name(&format!("Load {run_id} {r}"))
-                .expect("a valid room name");
             RoomRole {
                 number: r,
-                name,
-                slug,
                 makes: i < args.rooms,
+                ..RoomRole::new(&run_id, &r.to_string())
             }
         });
         let role = Role {
@@ -434,6 +443,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
                 None
             },
             senders: args.senders,
+            quiet_rooms: args.quiet_rooms,
             run: run_id.clone(),
         };
         clients.push(tokio::spawn(client(
@@ -570,6 +580,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         duration_s: measured.as_secs_f64(),
         join: args.join,
         rooms: args.rooms,
+        quiet_rooms: args.quiet_rooms,
         idle: args.idle,
         connects_ok: shared.ready.load(Ordering::SeqCst) + shared.idle_ready.load(Ordering::SeqCst),
         connects_failed: shared.failed.load(Ordering::SeqCst),
@@ -604,6 +615,20 @@ struct RoomRole {
     makes: bool,
 }
 
+impl RoomRole {
+    /// Room `what` of run `run`, to be entered (not made).
+    fn new(run: &str, what: &str) -> Self {
+        let (name, slug) = confab::protocol::validate_room_name(&format!("Load {run} {what}"))
+            .expect("a valid room name");
+        Self {
+            number: 0,
+            name,
+            slug,
+            makes: false,
+        }
+    }
+}
+
 struct Role {
     index: usize,
     /// Connects and stays, outside every room measured.
@@ -615,6 +640,8 @@ struct Role {
     name: String,
     interval: Option<Duration>,
     senders: usize,
+    /// Idle rooms this client makes after its own (see `--quiet-rooms`), if it makes its own.
+    quiet_rooms: usize,
     /// This run's id, in every measured message: a server used before keeps older runs' messages in
     /// its history, and a new client's history must not count as deliveries.
     run: String,
@@ -706,6 +733,29 @@ async fn client(
             );
             shared.failed.fetch_add(1, Ordering::SeqCst);
             return None;
+        }
+        if room.makes {
+            for quiet in 0..role.quiet_rooms {
+                let quiet = RoomRole::new(&role.run, &format!("{} quiet {quiet}", room.number));
+                let made = tokio::time::timeout(
+                    Duration::from_secs(90),
+                    enter(
+                        &mut socket,
+                        &RoomRole {
+                            makes: true,
+                            ..quiet
+                        },
+                        true,
+                    ),
+                )
+                .await
+                .unwrap_or_else(|_| Err("no answer within 90 s".into()));
+                if let Err(err) = made {
+                    eprintln!("client {} could not make a quiet room: {err}", role.index);
+                    shared.failed.fetch_add(1, Ordering::SeqCst);
+                    return None;
+                }
+            }
         }
     }
     let room_number = role.room.as_ref().map_or(0, |r| r.number);
