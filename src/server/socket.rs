@@ -8,7 +8,7 @@
 //! a batch's frames for one system call at the flush, as before, and lets a large buffer go afterwards.
 //!
 //! The sessions still see axum's message types ([`Socket`] converts), so they stay generic over any
-//! `Sink`/`Stream` and are tested over channels.
+//! `Sink`/`Stream`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -150,7 +150,8 @@ impl<T> Batched<T> {
     }
 
     /// The bytes this holds for writes to come (its buffer's capacity).
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.buf.capacity()
     }
 }

@@ -424,11 +424,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         let idle = i >= args.clients;
         let room = (args.rooms > 0 && !idle).then(|| {
             let r = room_of(i);
-            RoomRole {
-                number: r,
-                makes: i < args.rooms,
-                ..RoomRole::new(&run_id, &r.to_string())
-            }
+            RoomRole::new(&run_id, &r.to_string(), r, i < args.rooms)
         });
         let role = Role {
             index: i,
@@ -616,15 +612,15 @@ struct RoomRole {
 }
 
 impl RoomRole {
-    /// Room `what` of run `run`, to be entered (not made).
-    fn new(run: &str, what: &str) -> Self {
+    /// Room `what` of run `run`, counted as room `number`; `makes`: this client makes it.
+    fn new(run: &str, what: &str, number: usize, makes: bool) -> Self {
         let (name, slug) = confab::protocol::validate_room_name(&format!("Load {run} {what}"))
             .expect("a valid room name");
         Self {
-            number: 0,
+            number,
             name,
             slug,
-            makes: false,
+            makes,
         }
     }
 }
@@ -719,42 +715,33 @@ async fn client(
         }
     }
     if let Some(room) = &role.room {
-        // Bounded: a client that never gets into its room must not hold the run up.
-        let entered = tokio::time::timeout(
-            Duration::from_secs(90),
-            enter(&mut socket, room, role.sender.is_some()),
-        )
-        .await
-        .unwrap_or_else(|_| Err("no answer within 90 s".into()));
-        if let Err(err) = entered {
-            eprintln!(
-                "client {} could not come into #{}: {err}",
-                role.index, room.slug
-            );
-            shared.failed.fetch_add(1, Ordering::SeqCst);
-            return None;
-        }
-        if room.makes {
-            for quiet in 0..role.quiet_rooms {
-                let quiet = RoomRole::new(&role.run, &format!("{} quiet {quiet}", room.number));
-                let made = tokio::time::timeout(
-                    Duration::from_secs(90),
-                    enter(
-                        &mut socket,
-                        &RoomRole {
-                            makes: true,
-                            ..quiet
-                        },
-                        true,
-                    ),
+        // Its room, then the quiet ones it makes after it (if it made its room).
+        let quiet_rooms = if room.makes { role.quiet_rooms } else { 0 };
+        let quiet: Vec<RoomRole> = (0..quiet_rooms)
+            .map(|q| {
+                RoomRole::new(
+                    &role.run,
+                    &format!("{} quiet {q}", room.number),
+                    room.number,
+                    true,
                 )
-                .await
-                .unwrap_or_else(|_| Err("no answer within 90 s".into()));
-                if let Err(err) = made {
-                    eprintln!("client {} could not make a quiet room: {err}", role.index);
-                    shared.failed.fetch_add(1, Ordering::SeqCst);
-                    return None;
-                }
+            })
+            .collect();
+        let rooms = std::iter::once((room, role.sender.is_some()))
+            .chain(quiet.iter().map(|quiet| (quiet, true)));
+        for (entering, sends) in rooms {
+            // Bounded: a client that never gets into a room must not hold the run up.
+            let entered =
+                tokio::time::timeout(Duration::from_secs(90), enter(&mut socket, entering, sends))
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within 90 s".into()));
+            if let Err(err) = entered {
+                eprintln!(
+                    "client {} could not come into #{}: {err}",
+                    role.index, entering.slug
+                );
+                shared.failed.fetch_add(1, Ordering::SeqCst);
+                return None;
             }
         }
     }

@@ -308,8 +308,7 @@ where
     session.hear_general();
     let general_first = shown == crate::protocol::GENERAL_ROOM;
     // The steps below, and every command's handler in the loop, are boxed while they run: inlined, the
-    // largest of them sized every connection's task for its whole life (7.5 KiB, half of what an idle
-    // connection held).
+    // largest of them would set the size every connection's task keeps for its whole life.
     let ready = if general_first {
         Box::pin(session.open(shown, start, false)).await
     } else {
