@@ -183,7 +183,6 @@ impl Deliveries {
                     into.extend(queue.frames.drain(..n));
                     if queue.frames.is_empty() && queue.frames.capacity() > QUEUE_KEEP {
                         queue.frames = VecDeque::new();
-                        super::heap::freed();
                     }
                     return;
                 }
@@ -202,7 +201,6 @@ impl Drop for Deliveries {
         let mut queue = lock(&self.mailbox.queue);
         queue.closed = true;
         queue.frames = VecDeque::new();
-        super::heap::freed();
     }
 }
 
@@ -882,7 +880,6 @@ fn retire(rooms: &Rooms, room: &Arc<Room>, appends: &mut mpsc::Receiver<Queued>)
     }
     appends.close();
     room.forget_recent();
-    super::heap::freed();
     let ours = rooms
         .get(&room.slug)
         .is_some_and(|entry| Arc::ptr_eq(entry, room));

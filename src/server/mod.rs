@@ -4,7 +4,6 @@ pub mod backplane;
 pub mod bots;
 pub mod callees;
 pub mod config;
-pub mod heap;
 pub mod hub;
 pub mod identity;
 pub mod metrics;
@@ -673,7 +672,6 @@ pub async fn run_from_env() -> Result<(), String> {
     let addr = conf.leptos_options.site_addr;
     let state = AppState::new(conf.leptos_options, &config).await?;
     let hub = state.hub.clone();
-    tokio::spawn(heap::run_trimmer());
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
