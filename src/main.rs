@@ -25,7 +25,7 @@ fn main() {
 /// One allocator for the whole process, SQLite's C code included: jemalloc, which gives the pages a burst
 /// freed back to the system by itself. glibc's allocator keeps them: after 10,000 rooms were made and
 /// their writers stopped, what they freed stayed resident in pages the rooms' own small allocations were
-/// spread over, 2.9 KiB per idle room even with `malloc_trim`, against 1.3 KiB with these settings
+/// spread over, 2.9 KiB per idle room even with `malloc_trim`, against 1.5–1.7 KiB with these settings
 /// (README, "What an idle connection and an idle room hold").
 #[cfg(feature = "ssr")]
 #[global_allocator]
