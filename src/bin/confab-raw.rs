@@ -13,10 +13,12 @@
 //!
 //! `confab-raw --port 4500` serves `ws://127.0.0.1:4500/ws` and `GET /healthz`, on loopback only.
 
+use axum::body::Bytes;
 use confab::protocol::{
     validate_room_name, ChatEvent, ClientFrame, EventKind, Identity, Notify, RoomInfo, RoomKind,
     ServerFrame, UserKind, Via, GENERAL_ROOM, HISTORY_PAGE,
 };
+use confab::server::socket::text_frame;
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
@@ -32,14 +34,14 @@ const MAX_FRAME: u64 = 64 * 1024;
 /// One connection's outgoing queue: frames already encoded, drained by its writer.
 #[derive(Default)]
 struct Outbox {
-    frames: Mutex<Vec<Arc<[u8]>>>,
+    frames: Mutex<Vec<Bytes>>,
     wake: Wake,
     /// The reader has ended: the writer stops once the queue is empty.
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Outbox {
-    fn push(&self, frame: Arc<[u8]>) {
+    fn push(&self, frame: Bytes) {
         self.frames.lock().unwrap().push(frame);
         self.wake.notify_one();
     }
@@ -62,27 +64,8 @@ struct State {
 
 type Shared = Arc<Mutex<State>>;
 
-/// A server-to-client text frame: unmasked, final, its length in the shortest form.
-fn ws_frame(payload: &[u8]) -> Arc<[u8]> {
-    let mut frame = Vec::with_capacity(payload.len() + 10);
-    frame.push(0x81);
-    match payload.len() {
-        n if n < 126 => frame.push(n as u8),
-        n if n <= u16::MAX as usize => {
-            frame.push(126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(payload);
-    frame.into()
-}
-
-fn encode(frame: &ServerFrame) -> Arc<[u8]> {
-    ws_frame(frame.encode().as_bytes())
+fn encode(frame: &ServerFrame) -> Bytes {
+    text_frame(frame.encode().as_bytes())
 }
 
 fn now_ms() -> i64 {
@@ -109,7 +92,7 @@ fn room_info(slug: &str, room: &Room) -> RoomInfo {
     }
 }
 
-fn reset(slug: &str, room: &Room) -> Arc<[u8]> {
+fn reset(slug: &str, room: &Room) -> Bytes {
     encode(&ServerFrame::Reset {
         room: slug.to_owned(),
         events: room.recent.iter().cloned().collect(),
@@ -123,7 +106,7 @@ fn broadcast(room: &mut Room, slug: &str, mut event: ChatEvent) -> u64 {
     room.seq += 1;
     event.seq = room.seq;
     event.room = slug.to_owned();
-    let frame = ws_frame(ServerFrame::encode_event(&event).as_bytes());
+    let frame = text_frame(ServerFrame::encode_event(&event).as_bytes());
     for (_, outbox) in &room.listeners {
         outbox.push(frame.clone());
     }
@@ -188,7 +171,7 @@ async fn read_frame(socket: &mut BufReader<OwnedReadHalf>, outbox: &Outbox) -> O
             0x8 => return None,
             0x9 => {
                 // Ping: answer pong with the same payload.
-                let mut pong = ws_frame(&payload).to_vec();
+                let mut pong = text_frame(&payload).to_vec();
                 pong[0] = 0x8a;
                 outbox.push(pong.into());
             }

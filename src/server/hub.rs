@@ -2,8 +2,8 @@
 //! queue per connection that every room it is in delivers to.
 //!
 //! A publish goes to the room's writer task, which stores a batch (the store stamps the sequence numbers),
-//! serialises each event **once**, and pushes the same cheap `Utf8Bytes` handle onto the queue ([`Mailbox`])
-//! of every connection subscribed to the room. So fan-out costs no serialisation per recipient, and a
+//! serialises and frames each event **once**, and pushes the same cheap handle to that WebSocket frame onto
+//! the queue ([`Mailbox`]) of every connection subscribed to the room. So fan-out costs no serialisation per recipient, and a
 //! connection in many rooms still has one queue and one task.
 //!
 //! Broadcast order is sequence order, each event once: a room remembers the last sequence number it
@@ -17,9 +17,10 @@
 
 use super::backplane::{Backplane, Inbox, SessionSignal};
 use super::presence::{PendingLeave, Presence, Seat};
+use super::socket::text_frame;
 use super::store::{Appended, EventStore, NewEvent, StoreError};
 use crate::protocol::{ChatEvent, EventKind, ServerFrame, GENERAL_ROOM};
-use axum::extract::ws::Utf8Bytes;
+use axum::body::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +41,8 @@ pub struct Framed {
     pub room: Arc<str>,
     /// The event's sequence number, or [`EPHEMERAL`] for frames that are not stored (typing).
     pub seq: u64,
-    pub json: Utf8Bytes,
+    /// The whole WebSocket frame, header and JSON, as every recipient's socket writes it.
+    pub wire: Bytes,
     /// When it was broadcast, for the delivery-lag metric.
     pub at: std::time::Instant,
 }
@@ -270,7 +272,7 @@ impl Room {
         let frame = Arc::new(Framed {
             room: self.slug.clone(),
             seq: event.seq,
-            json: ServerFrame::encode_event(event).into(),
+            wire: text_frame(ServerFrame::encode_event(event).as_bytes()),
             at: std::time::Instant::now(),
         });
         if self.recent_limit > 0 {
@@ -656,7 +658,7 @@ impl Hub {
         entry.fan_out(Arc::new(Framed {
             room: entry.slug.clone(),
             seq: EPHEMERAL,
-            json: frame.encode().into(),
+            wire: text_frame(frame.encode().as_bytes()),
             at: std::time::Instant::now(),
         }));
     }
@@ -935,7 +937,7 @@ mod tests {
         Arc::new(Framed {
             room: room.clone(),
             seq,
-            json: Utf8Bytes::from_static("{}"),
+            wire: text_frame(b"{}"),
             at: std::time::Instant::now(),
         })
     }

@@ -3,12 +3,13 @@
 use super::{End, Session, CLOSE_TOKEN_EXPIRED, CLOSE_TOKEN_INVALID};
 use crate::protocol::{ErrorCode, ServerFrame, Via};
 use crate::server::identity::token::TokenError;
+use crate::server::socket::Transport;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use futures_util::{Sink, SinkExt, Stream};
+use futures_util::SinkExt;
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_auth(&mut self, token: &str) -> Result<(), End> {
         let user = match self.ctx.accounts.token_user(token).await {

@@ -9,15 +9,14 @@ use crate::protocol::{
 use crate::server::backplane::SessionSignal;
 use crate::server::hub::now_ms;
 use crate::server::rooms::Seen;
+use crate::server::socket::Transport;
 use crate::server::store::{Room, RoomError};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
 
 const TOO_MANY_ROOMS: &str = "You are creating rooms too fast; try again in a minute.";
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_create_room(
         &mut self,

@@ -5,13 +5,12 @@ use super::rooms::Use;
 use super::{End, Session};
 use crate::protocol::ErrorCode;
 use crate::server::rooms::{delete_message, Deleted, Deleter};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
+use crate::server::socket::Transport;
 use uuid::Uuid;
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_delete(&mut self, room: &str, id: Uuid) -> Result<(), End> {
         let Some(me) = self.me.clone() else {

@@ -6,14 +6,13 @@ use crate::protocol::{ErrorCode, RoomKind, MAX_DM_MEMBERS};
 use crate::server::backplane::SessionSignal;
 use crate::server::hub::now_ms;
 use crate::server::rooms::Seen;
+use crate::server::socket::Transport;
 use crate::server::store::rooms::direct_slug;
 use crate::server::store::{Room, RoomError};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_dm(&mut self, with: &[String]) -> Result<(), End> {
         let Some(me) = self.poster("writing to someone").await? else {

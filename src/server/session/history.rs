@@ -4,9 +4,8 @@ use super::rooms::Use;
 use super::{End, Session, Start};
 use crate::protocol::ChatEvent;
 use crate::protocol::{ErrorCode, ServerFrame, HISTORY_PAGE, RESUME_LIMIT};
+use crate::server::socket::Transport;
 use crate::server::store::{EventStore, StoreError};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
 
 /// What a connection is sent first of a room.
 pub(super) enum Replay {
@@ -18,7 +17,7 @@ pub(super) enum Replay {
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_history(&mut self, room: &str, before: u64) -> Result<(), End> {
         let Some(room) = self.room_for(room, Use::Read, None).await? else {

@@ -9,9 +9,8 @@ use crate::server::backplane::Arrival;
 use crate::server::hub::now_ms;
 use crate::server::names::name_key;
 use crate::server::presence::{Claim, Seat};
+use crate::server::socket::Transport;
 use crate::server::store::{SessionRecord, User};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -52,7 +51,7 @@ fn identity_of(user: &User, via: Via) -> Identity {
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_join(&mut self, raw: &str) -> Result<(), End> {
         let name = match validate_name(raw) {

@@ -4,12 +4,11 @@ use super::{End, Session};
 use crate::protocol::{ErrorCode, EventKind, GENERAL_ROOM};
 use crate::server::hub::now_ms;
 use crate::server::rooms::NO_SUCH_ROOM;
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
+use crate::server::socket::Transport;
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_join_room(&mut self, room: &str) -> Result<(), End> {
         let Some(me) = self.me.clone() else {

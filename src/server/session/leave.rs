@@ -3,12 +3,11 @@
 use super::{End, Session};
 use crate::protocol::{ServerFrame, UserKind};
 use crate::server::backplane::SessionSignal;
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
+use crate::server::socket::Transport;
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_leave(&mut self) -> Result<(), End> {
         let member = self

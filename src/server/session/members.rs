@@ -6,13 +6,12 @@ use crate::protocol::{validate_name, ErrorCode, EventKind, GENERAL_ROOM};
 use crate::server::backplane::SessionSignal;
 use crate::server::hub::now_ms;
 use crate::server::names::name_key;
+use crate::server::socket::Transport;
 use crate::server::store::{NewEvent, StoreError, User};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     /// The person called `name`: a member or bot (who own their names), or a guest online now.
     pub(super) async fn user_named(&mut self, name: &str) -> Result<Option<User>, StoreError> {

@@ -26,13 +26,15 @@ mod update_room;
 use super::backplane::SessionSignal;
 use super::hub::{Frame, Hub, Mailbox, PublishError, Receipt, SessionWatch, EPHEMERAL};
 use super::presence::Seat;
+use super::socket::{text_frame, Transport};
 use super::store::{IdentityStore, SessionRecord};
 use crate::protocol::{
     parse_client_frame, ClientFrame, ErrorCode, Identity, ServerFrame, MAX_FRAME_BYTES,
 };
+use axum::body::Bytes;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
 use futures_util::stream::FuturesOrdered;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use limits::MessageLimits;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -238,7 +240,7 @@ const CATCH_UP_PAGE: usize = 500;
 /// Runs one connection of `visitor` to its end; it shows room `shown` first, from `start`.
 pub async fn run<S>(socket: S, ctx: Context, shown: &str, visitor: Visitor, start: Start)
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     let hub = ctx.hub.clone();
     let _running = hub.session_started();
@@ -460,7 +462,7 @@ async fn shutdown_begun(closing: &mut tokio::sync::watch::Receiver<bool>) {
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     fn presence(&self) -> &super::presence::Presence {
         self.hub.presence()
@@ -546,7 +548,7 @@ where
             return Ok(());
         };
         if frame.seq == EPHEMERAL {
-            return self.send_text(frame.json.clone()).await;
+            return self.send_wire(frame.wire.clone()).await;
         }
         if frame.seq <= heard.last_seq {
             return Ok(());
@@ -556,7 +558,7 @@ where
             return Box::pin(self.catch_up(&frame.room)).await;
         }
         heard.last_seq = frame.seq;
-        self.send_text(frame.json.clone()).await
+        self.send_wire(frame.wire.clone()).await
     }
 
     /// Rooms whose frames did not fit in the queue are caught up from the store; rooms the user was
@@ -592,7 +594,7 @@ where
                     heard.last_seq = last;
                 }
                 for frame in frames {
-                    self.send_text(frame.json.clone()).await?;
+                    self.send_wire(frame.wire.clone()).await?;
                 }
                 continue;
             }
@@ -610,7 +612,7 @@ where
                 heard.last_seq = last;
             }
             for event in events {
-                self.send_text(ServerFrame::encode_event(&event).into())
+                self.send_wire(text_frame(ServerFrame::encode_event(&event).as_bytes()))
                     .await?;
             }
         }
@@ -736,19 +738,19 @@ where
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        self.send_text(frame.encode().into()).await
+        self.send_wire(text_frame(frame.encode().as_bytes())).await
     }
 
-    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        let message = Message::Text(text);
-        let sent = if self.batching {
-            // Buffered (up to the socket's write buffer); `forward_batch` flushes and counts.
+    /// Sends a text frame already framed (see [`text_frame`]): queued for the batch's flush while
+    /// batching, else written now.
+    async fn send_wire(&mut self, wire: Bytes) -> Result<(), End> {
+        self.socket.feed_wire(wire).await.map_err(|_| End::Socket)?;
+        if self.batching {
+            // `forward_batch` (or the replay) flushes and counts.
             self.unreported += 1;
-            self.socket.feed(message).await
-        } else {
-            self.frames_out.increment(1);
-            self.socket.send(message).await
-        };
-        sent.map_err(|_| End::Socket)
+            return Ok(());
+        }
+        self.frames_out.increment(1);
+        self.socket.flush().await.map_err(|_| End::Socket)
     }
 }

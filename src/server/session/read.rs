@@ -5,13 +5,12 @@ use super::rooms::Use;
 use super::{End, Session};
 use crate::protocol::{ErrorCode, Notify, ServerFrame};
 use crate::server::backplane::SessionSignal;
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
+use crate::server::socket::Transport;
 use std::sync::Arc;
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_read(&mut self, room: &str, seq: u64) -> Result<(), End> {
         let Some(user) = self.user_id() else {

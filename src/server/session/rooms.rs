@@ -7,9 +7,9 @@ use crate::protocol::{
     ErrorCode, Notify, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM, HISTORY_PAGE, PRESENCE_NAMES,
 };
 use crate::server::rooms::{post_refusal, Seen, NO_SUCH_ROOM};
+use crate::server::socket::{text_frame, Transport};
 use crate::server::store::StoreError;
-use axum::extract::ws::{Message, Utf8Bytes};
-use futures_util::{Sink, Stream};
+use axum::body::Bytes;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ pub(super) enum Use {
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     /// Every connection hears `general`, joined or not.
     pub(super) fn hear_general(&mut self) {
@@ -294,7 +294,7 @@ where
         let replay = match cached {
             Some(frames) => {
                 let last = frames.last().map(|f| f.seq);
-                self.send_replay(frames.iter().map(|f| f.json.clone()))
+                self.send_replay(frames.iter().map(|f| f.wire.clone()))
                     .await?;
                 self.heard_up_to(&slug, last);
                 Ok(None)
@@ -311,8 +311,10 @@ where
                     Start::Recent => 0,
                 };
                 let last = Some(events.last().map_or(cursor, |e| e.seq.max(cursor)));
-                let texts = events.iter().map(|e| ServerFrame::encode_event(e).into());
-                self.send_replay(texts).await?;
+                let wires = events
+                    .iter()
+                    .map(|e| text_frame(ServerFrame::encode_event(e).as_bytes()));
+                self.send_replay(wires).await?;
                 self.heard_up_to(&slug, last);
             }
             Ok(Some(Replay::Events(events) | Replay::Reset(events))) => {
@@ -338,12 +340,12 @@ where
     }
 
     /// Sends events one frame each, with one flush for all of them.
-    async fn send_replay(&mut self, texts: impl Iterator<Item = Utf8Bytes>) -> Result<(), End> {
+    async fn send_replay(&mut self, wires: impl Iterator<Item = Bytes>) -> Result<(), End> {
         let began = !self.batching;
         self.batching = true;
         let mut sent = Ok(());
-        for text in texts {
-            sent = self.send_text(text).await;
+        for wire in wires {
+            sent = self.send_wire(wire).await;
             if sent.is_err() {
                 break;
             }

@@ -7,9 +7,9 @@ use super::rooms::Use;
 use super::{End, Session, MAX_IN_FLIGHT};
 use crate::protocol::{validate_text, ErrorCode, EventKind, ServerFrame, Slash, SLASH_HELP};
 use crate::server::hub::PublishError;
+use crate::server::socket::Transport;
 use crate::server::store::{Appended, NewEvent};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream, StreamExt};
+use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ const TOO_FAST: &str =
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_send(&mut self, room: &str, id: Uuid, raw: &str) -> Result<(), End> {
         // Only what the message needs, not the whole identity, is copied per message.

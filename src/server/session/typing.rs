@@ -3,14 +3,13 @@
 use super::rooms::Use;
 use super::{End, Session};
 use crate::protocol::ServerFrame;
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
+use crate::server::socket::Transport;
 use std::time::Duration;
 use tokio::time::Instant;
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_typing(&mut self, room: &str) -> Result<(), End> {
         let Some(name) = self.me.as_ref().map(|me| me.seat.name.clone()) else {

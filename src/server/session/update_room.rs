@@ -6,12 +6,11 @@ use super::{End, Session};
 use crate::protocol::{validate_room_name, validate_topic, ErrorCode, RoomKind, GENERAL_ROOM};
 use crate::server::backplane::SessionSignal;
 use crate::server::rooms::{Seen, NO_SUCH_ROOM};
-use axum::extract::ws::Message;
-use futures_util::{Sink, Stream};
+use crate::server::socket::Transport;
 
 impl<S> Session<'_, S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    S: Transport,
 {
     pub(super) async fn on_update_room(
         &mut self,
