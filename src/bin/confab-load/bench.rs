@@ -226,8 +226,9 @@ struct Load {
     rooms: usize,
     /// More rooms each room's maker makes, which stay idle.
     quiet_rooms: usize,
-    /// Time between connecting and the memory sample.
+    /// Time between connecting (or, with `until_quiet`, the server going quiet) and the memory sample.
     settle: Duration,
+    until_quiet: bool,
     /// Connections outside the rooms, idle.
     idle: usize,
     join: Option<JoinMode>,
@@ -250,6 +251,7 @@ fn run_args(server: &Server, load: &Load) -> RunArgs {
         quiet_rooms: load.quiet_rooms,
         idle: load.idle,
         settle: load.settle,
+        until_quiet: load.until_quiet,
         pid: Some(server.pid()),
         allow_remote: false,
         check: false,
@@ -559,13 +561,16 @@ async fn room_memory(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome
 
 async fn idle_memory(args: &BenchArgs, port: u16, clients: usize) -> Result<Outcome, String> {
     // Every client joins, as every browser tab does, so the figure includes what the join storm leaves
-    // behind; the raw reference takes the same storm, for scale.
+    // behind; the raw reference takes the same storm, for scale. The sample is of clients that joined
+    // and then idle: taken once the server has delivered the storm's last join lines and gone quiet,
+    // and 5 s more for the allocator to give back what the storm freed (its decay is 1 s).
     let load = Load {
         clients,
         senders: 0,
         rate: 0.0,
         duration: Duration::from_secs(3),
         settle: Duration::from_secs(5),
+        until_quiet: true,
         join: Some(JoinMode::All),
         ..Load::default()
     };
@@ -581,18 +586,21 @@ async fn idle_memory(args: &BenchArgs, port: u16, clients: usize) -> Result<Outc
     println!("\n(c)\n{}", report.table());
     let per_client = |r: &Report| r.server.as_ref().map_or(f64::NAN, |s| s.rss_per_client_kib);
     let joined = |r: &Report| r.connects_ok;
+    let quiet = |r: &Report| r.quiet_after_s.unwrap_or(f64::NAN);
     Ok(Outcome {
         id: "c",
         title: format!("idle memory per client at {clients} clients that each joined"),
         target: "≤ 16 KiB",
         result: format!(
-            "{:.1} KiB per client ({} joined in {:.1} s); raw reference {:.1} KiB ({} joined in {:.1} s)",
+            "{:.1} KiB per client ({} joined in {:.1} s, quiet {:.0} s later); raw reference {:.1} KiB ({} joined in {:.1} s, quiet {:.0} s later)",
             per_client(&report),
             joined(&report),
             report.connect_time_s,
+            quiet(&report),
             per_client(&reference),
             joined(&reference),
-            reference.connect_time_s
+            reference.connect_time_s,
+            quiet(&reference)
         ),
         met: Some(per_client(&report) <= 16.0 && report.connects_failed == 0),
         run: Some(report),

@@ -87,6 +87,11 @@ pub struct RunArgs {
     /// have drained, and idle rooms' writers have stopped).
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// Before the settle, wait until the server (`--pid`) is quiet: under a tenth of one core for a whole
+    /// second, for at most two minutes. A join storm goes on after the last join is answered, as every
+    /// client still receives the join lines of those after it.
+    #[arg(long, requires = "pid")]
+    pub until_quiet: bool,
     /// The server's process id, to report its memory and CPU.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -96,6 +101,25 @@ pub struct RunArgs {
     /// Exit non-zero if a connect failed or a delivery was lost or duplicated.
     #[arg(long)]
     pub check: bool,
+}
+
+/// Waits until the process `sample` reads has used under a tenth of a core for a whole second, or two
+/// minutes have passed; returns how long that took.
+async fn until_quiet(sample: impl Fn() -> Option<ProcSample>) -> Duration {
+    const QUIET: f64 = 0.1;
+    let began = Instant::now();
+    let mut last = sample();
+    while began.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sample();
+        if let (Some(before), Some(after)) = (last, now) {
+            if after.cpu_s - before.cpu_s < QUIET {
+                break;
+            }
+        }
+        last = now;
+    }
+    began.elapsed()
 }
 
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -291,6 +315,8 @@ pub struct Report {
     pub connects_ok: usize,
     pub connects_failed: usize,
     pub connect_time_s: f64,
+    /// With `--until-quiet`: how long after the connect phase the server became quiet.
+    pub quiet_after_s: Option<f64>,
     pub connect_ms: Percentiles,
     pub disconnects: usize,
     pub messages_sent: u64,
@@ -462,6 +488,11 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connect_time = shared.started.elapsed();
+    let quiet_after = if args.until_quiet {
+        Some(until_quiet(sample).await)
+    } else {
+        None
+    };
     tokio::time::sleep(args.settle).await;
     let connected = sample();
 
@@ -581,6 +612,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         connects_ok: shared.ready.load(Ordering::SeqCst) + shared.idle_ready.load(Ordering::SeqCst),
         connects_failed: shared.failed.load(Ordering::SeqCst),
         connect_time_s: connect_time.as_secs_f64(),
+        quiet_after_s: quiet_after.map(|d| d.as_secs_f64()),
         connect_ms,
         disconnects: shared.disconnected.load(Ordering::SeqCst),
         messages_sent,
