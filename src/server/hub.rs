@@ -66,7 +66,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         Self {
             live_capacity: 1_024,
-            recent_frames: 4_096,
+            recent_frames: 16_384,
             writer_idle: Duration::from_secs(30),
         }
     }
@@ -120,23 +120,32 @@ pub struct Trouble {
 }
 
 impl Mailbox {
+    #[cfg(test)]
     fn push(&self, frame: Frame) {
+        self.push_all(std::slice::from_ref(&frame));
+    }
+
+    /// Queues `frames`, one room's in its order, under one lock and with at most one wake-up: a room
+    /// delivers a stored batch to each connection at once. In a join storm that is one lock per
+    /// connection per batch of a few hundred join lines, not one per line.
+    fn push_all(&self, frames: &[Frame]) {
         let mut queue = lock(&self.queue);
         if queue.closed {
             return; // the connection is ending; it unsubscribes on its way out
         }
-        if queue.frames.len() >= self.capacity {
-            drop(queue);
-            if frame.seq != EPHEMERAL {
-                lock(&self.lagged).insert(frame.room.clone());
-                self.trouble.store(true, Ordering::Release);
-            }
-            return; // a full queue's connection is awake already
-        }
+        let fits = frames
+            .len()
+            .min(self.capacity.saturating_sub(queue.frames.len()));
         let was_empty = queue.frames.is_empty();
-        queue.frames.push_back(frame);
+        queue.frames.extend(frames[..fits].iter().cloned());
         drop(queue);
-        if was_empty {
+        // What did not fit is caught up from the window or the store; typing is not kept anywhere.
+        if let Some(lost) = frames[fits..].iter().find(|f| f.seq != EPHEMERAL) {
+            lock(&self.lagged).insert(lost.room.clone());
+            self.trouble.store(true, Ordering::Release);
+        }
+        // A full queue's connection is awake already.
+        if was_empty && fits > 0 {
             self.ready.notify_one();
         }
     }
@@ -262,13 +271,17 @@ struct Room {
 const CATCH_UP_PAGE: usize = 500;
 
 impl Room {
-    fn fan_out(&self, frame: Frame) {
+    fn fan_out(&self, frames: &[Frame]) {
+        if frames.is_empty() {
+            return;
+        }
         for subscriber in lock(&self.subscribers).values() {
-            subscriber.mailbox.push(frame.clone());
+            subscriber.mailbox.push_all(frames);
         }
     }
 
-    fn send(&self, event: &ChatEvent) {
+    /// The frame of `event`, kept in the window of recent frames; the caller fans it out.
+    fn frame(&self, event: &ChatEvent) -> Frame {
         let frame = Arc::new(Framed {
             room: self.slug.clone(),
             seq: event.seq,
@@ -289,7 +302,7 @@ impl Room {
             }
             recent.push_back(frame.clone());
         }
-        self.fan_out(frame);
+        frame
     }
 
     /// Up to `limit` frames after `after`, from the window of recent frames; `None` when the window does
@@ -318,21 +331,25 @@ impl Room {
     /// Broadcasts events this instance stored (ascending), after whatever other instances stored first.
     async fn deliver(&self, store: &dyn EventStore, events: &[&ChatEvent]) {
         let mut delivered = self.delivered.lock().await;
+        // Consecutive frames go out together (see `Mailbox::push_all`).
+        let mut frames = Vec::with_capacity(events.len());
         for event in events {
             let next = delivered.map_or(event.seq, |d| d + 1);
             if event.seq < next {
                 continue; // a notification got here first
             }
             if event.seq > next {
+                self.fan_out(&std::mem::take(&mut frames));
                 self.fill(store, &mut delivered, event.seq - 1).await;
                 if *delivered != Some(event.seq - 1) {
                     // The store could not fill the gap now; the next catch-up will, in order.
                     return;
                 }
             }
-            self.send(event);
+            frames.push(self.frame(event));
             *delivered = Some(event.seq);
         }
+        self.fan_out(&frames);
     }
 
     /// Broadcasts what the store has after `delivered`, up to `upto`.
@@ -347,9 +364,14 @@ impl Room {
                 }
             };
             let full = events.len() == CATCH_UP_PAGE;
-            for event in events.iter().take_while(|e| e.seq <= upto) {
-                self.send(event);
-                after = event.seq;
+            let frames: Vec<Frame> = events
+                .iter()
+                .take_while(|e| e.seq <= upto)
+                .map(|event| self.frame(event))
+                .collect();
+            self.fan_out(&frames);
+            if let Some(last) = frames.last() {
+                after = last.seq;
                 *delivered = Some(after);
             }
             if !full {
@@ -655,12 +677,12 @@ impl Hub {
         let Some(entry) = self.room(room) else {
             return;
         };
-        entry.fan_out(Arc::new(Framed {
+        entry.fan_out(&[Arc::new(Framed {
             room: entry.slug.clone(),
             seq: EPHEMERAL,
             wire: text_frame(frame.encode().as_bytes()),
             at: std::time::Instant::now(),
-        }));
+        })]);
     }
 
     /// Stores an event and broadcasts it; returns it as stored, with its sequence number. An id the room
@@ -977,6 +999,25 @@ mod tests {
         tokio::task::yield_now().await;
         mailbox.push(frame(&room, 4));
         assert_eq!(waiting.await.unwrap(), [4]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_queued_as_far_as_it_fits_and_the_rest_is_caught_up() {
+        let (mailbox, mut deliveries) = hub(3).mailbox();
+        let room: Arc<str> = Arc::from("general");
+        mailbox.push(frame(&room, 1));
+        let batch: Vec<Frame> = (2..=5).map(|seq| frame(&room, seq)).collect();
+        mailbox.push_all(&batch);
+        let mut taken = Vec::new();
+        deliveries.recv(&mut taken, 64).await;
+        let seqs: Vec<u64> = taken.iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "what fits, in order");
+        let trouble = mailbox.take_trouble().expect("4 and 5 did not fit");
+        assert_eq!(trouble.lagged, std::slice::from_ref(&room));
+        // Typing that does not fit is dropped without trouble.
+        let typing: Vec<Frame> = (0..4).map(|_| frame(&room, EPHEMERAL)).collect();
+        mailbox.push_all(&typing);
+        assert!(mailbox.take_trouble().is_none());
     }
 
     #[tokio::test]
