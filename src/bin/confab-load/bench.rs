@@ -587,22 +587,33 @@ async fn idle_memory(args: &BenchArgs, port: u16, clients: usize) -> Result<Outc
     let per_client = |r: &Report| r.server.as_ref().map_or(f64::NAN, |s| s.rss_per_client_kib);
     let joined = |r: &Report| r.connects_ok;
     let quiet = |r: &Report| r.quiet_after_s.unwrap_or(f64::NAN);
+    // The storm targets: everyone joined within 1.2x the reference's time, each join answered
+    // within 1.2x its p99.
+    let time_ratio = report.connect_time_s / reference.connect_time_s;
+    let join_ratio = report.join_ms.p99 / reference.join_ms.p99;
     Ok(Outcome {
         id: "c",
-        title: format!("idle memory per client at {clients} clients that each joined"),
-        target: "≤ 16 KiB",
+        title: format!("{clients} clients connecting and joining (SQLite), then idle"),
+        target: "≤ 16 KiB per client; all joined within 1.2× raw's time, join p99 ≤ 1.2× raw's",
         result: format!(
-            "{:.1} KiB per client ({} joined in {:.1} s, quiet {:.0} s later); raw reference {:.1} KiB ({} joined in {:.1} s, quiet {:.0} s later)",
+            "{:.1} KiB per client ({} joined in {:.1} s, {time_ratio:.2}× raw; join p99 {:.0} ms, {join_ratio:.2}× raw; quiet {:.0} s later); raw reference {:.1} KiB ({} joined in {:.1} s, join p99 {:.0} ms, quiet {:.0} s later)",
             per_client(&report),
             joined(&report),
             report.connect_time_s,
+            report.join_ms.p99,
             quiet(&report),
             per_client(&reference),
             joined(&reference),
             reference.connect_time_s,
+            reference.join_ms.p99,
             quiet(&reference)
         ),
-        met: Some(per_client(&report) <= 16.0 && report.connects_failed == 0),
+        met: Some(
+            per_client(&report) <= 16.0
+                && report.connects_failed == 0
+                && time_ratio <= 1.2
+                && join_ratio <= 1.2,
+        ),
         run: Some(report),
         floor: None,
         detail: Some(serde_json::json!({ "raw": reference })),

@@ -230,6 +230,8 @@ struct Shared {
     latency: Vec<Mutex<Histogram<u64>>>,
     acks: Mutex<Histogram<u64>>,
     connect: Mutex<Histogram<u64>>,
+    /// From sending `join` to the server's `joined`, for the clients that join.
+    join: Mutex<Histogram<u64>>,
     ready: AtomicUsize,
     /// Ready clients per room (one entry when everyone is in `general`).
     ready_in: Vec<AtomicUsize>,
@@ -318,6 +320,8 @@ pub struct Report {
     /// With `--until-quiet`: how long after the connect phase the server became quiet.
     pub quiet_after_s: Option<f64>,
     pub connect_ms: Percentiles,
+    /// From a client's `join` to the server's `joined`.
+    pub join_ms: Percentiles,
     pub disconnects: usize,
     pub messages_sent: u64,
     pub deliveries_expected: u64,
@@ -429,6 +433,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         latency: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
         acks: Mutex::new(histogram()),
         connect: Mutex::new(histogram()),
+        join: Mutex::new(histogram()),
         ready: AtomicUsize::new(0),
         ready_in: (0..groups).map(|_| AtomicUsize::new(0)).collect(),
         idle_ready: AtomicUsize::new(0),
@@ -600,6 +605,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         _ => None,
     };
     let connect_ms = Percentiles::of(&shared.connect.lock().unwrap());
+    let join_ms = Percentiles::of(&shared.join.lock().unwrap());
     Ok(Report {
         clients: args.clients,
         senders: args.senders,
@@ -614,6 +620,7 @@ pub async fn run(args: RunArgs) -> Result<Report, String> {
         connect_time_s: connect_time.as_secs_f64(),
         quiet_after_s: quiet_after.map(|d| d.as_secs_f64()),
         connect_ms,
+        join_ms,
         disconnects: shared.disconnected.load(Ordering::SeqCst),
         messages_sent,
         deliveries_expected: expected,
@@ -711,6 +718,7 @@ async fn client(
         Message::text(serde_json::to_string(frame).expect("client frames serialise"))
     };
     if role.joins {
+        let asked = Instant::now();
         if socket
             .send(send(&ClientFrame::Join {
                 name: role.name.clone(),
@@ -732,7 +740,14 @@ async fn client(
                     None
                 });
             match next {
-                Some(Ok(Message::Text(text))) if text.contains("\"type\":\"joined\"") => break,
+                Some(Ok(Message::Text(text))) if text.contains("\"type\":\"joined\"") => {
+                    shared
+                        .join
+                        .lock()
+                        .unwrap()
+                        .saturating_record(asked.elapsed().as_micros() as u64);
+                    break;
+                }
                 Some(Ok(Message::Text(text))) if text.contains("\"type\":\"error\"") => {
                     eprintln!("join refused: {text}");
                     shared.failed.fetch_add(1, Ordering::SeqCst);
