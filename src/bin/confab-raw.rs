@@ -18,7 +18,7 @@ use confab::protocol::{
     validate_room_name, ChatEvent, ClientFrame, EventKind, Identity, Notify, RoomInfo, RoomKind,
     ServerFrame, UserKind, Via, GENERAL_ROOM, HISTORY_PAGE,
 };
-use confab::server::socket::text_frame;
+use confab::server::socket::{event_wire, frame_wire, text_frame};
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
@@ -64,10 +64,6 @@ struct State {
 
 type Shared = Arc<Mutex<State>>;
 
-fn encode(frame: &ServerFrame) -> Bytes {
-    text_frame(frame.encode().as_bytes())
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -93,7 +89,7 @@ fn room_info(slug: &str, room: &Room) -> RoomInfo {
 }
 
 fn reset(slug: &str, room: &Room) -> Bytes {
-    encode(&ServerFrame::Reset {
+    frame_wire(&ServerFrame::Reset {
         room: slug.to_owned(),
         events: room.recent.iter().cloned().collect(),
         complete: room.seq as usize <= HISTORY_PAGE,
@@ -106,7 +102,7 @@ fn broadcast(room: &mut Room, slug: &str, mut event: ChatEvent) -> u64 {
     room.seq += 1;
     event.seq = room.seq;
     event.room = slug.to_owned();
-    let frame = text_frame(ServerFrame::encode_event(&event).as_bytes());
+    let frame = event_wire(&event);
     for (_, outbox) in &room.listeners {
         outbox.push(frame.clone());
     }
@@ -240,12 +236,12 @@ async fn connection(stream: TcpStream, state: Shared) {
         let general = state.rooms.entry(GENERAL_ROOM.to_owned()).or_default();
         general.listeners.push((me, outbox.clone()));
         outbox.push(reset(GENERAL_ROOM, general));
-        outbox.push(encode(&ServerFrame::Presence {
+        outbox.push(frame_wire(&ServerFrame::Presence {
             room: GENERAL_ROOM.to_owned(),
             online: Vec::new(),
             more: 0,
         }));
-        outbox.push(encode(&ServerFrame::Rooms {
+        outbox.push(frame_wire(&ServerFrame::Rooms {
             rooms: vec![room_info(GENERAL_ROOM, general)],
         }));
         me
@@ -260,7 +256,7 @@ async fn connection(stream: TcpStream, state: Shared) {
         match frame {
             ClientFrame::Join { name: wanted } => {
                 name = wanted;
-                outbox.push(encode(&ServerFrame::Joined(Identity {
+                outbox.push(frame_wire(&ServerFrame::Joined(Identity {
                     name: name.clone(),
                     user_id,
                     kind: UserKind::Guest,
@@ -299,7 +295,7 @@ async fn connection(stream: TcpStream, state: Shared) {
                     target: None,
                 };
                 let seq = broadcast(target, &room, event);
-                outbox.push(encode(&ServerFrame::Ack { id, seq }));
+                outbox.push(frame_wire(&ServerFrame::Ack { id, seq }));
             }
             ClientFrame::CreateRoom { name: wanted, .. } => {
                 let Ok((shown, slug)) = validate_room_name(&wanted) else {
@@ -308,7 +304,7 @@ async fn connection(stream: TcpStream, state: Shared) {
                 let room = state.rooms.entry(slug.clone()).or_default();
                 room.name = shown;
                 room.listeners.push((me, outbox.clone()));
-                outbox.push(encode(&ServerFrame::Room(room_info(&slug, room))));
+                outbox.push(frame_wire(&ServerFrame::Room(room_info(&slug, room))));
             }
             ClientFrame::JoinRoom { room } => enter(&mut state, me, &outbox, &room, false),
             ClientFrame::Open { room, .. } => enter(&mut state, me, &outbox, &room, true),
@@ -333,7 +329,7 @@ async fn connection(stream: TcpStream, state: Shared) {
 /// (`open`), or `not_found`.
 fn enter(state: &mut State, me: u64, outbox: &Arc<Outbox>, slug: &str, opens: bool) {
     let Some(room) = state.rooms.get_mut(slug) else {
-        outbox.push(encode(&ServerFrame::Error {
+        outbox.push(frame_wire(&ServerFrame::Error {
             code: confab::protocol::ErrorCode::NotFound,
             message: "No such room.".into(),
             id: None,
@@ -347,7 +343,7 @@ fn enter(state: &mut State, me: u64, outbox: &Arc<Outbox>, slug: &str, opens: bo
     outbox.push(if opens {
         reset(slug, room)
     } else {
-        encode(&ServerFrame::Room(room_info(slug, room)))
+        frame_wire(&ServerFrame::Room(room_info(slug, room)))
     });
 }
 

@@ -2,9 +2,9 @@
 //! queue per connection that every room it is in delivers to.
 //!
 //! A publish goes to the room's writer task, which stores a batch (the store stamps the sequence numbers),
-//! serialises and frames each event **once**, and pushes the same cheap handle to that WebSocket frame onto
-//! the queue ([`Mailbox`]) of every connection subscribed to the room. So fan-out costs no serialisation per recipient, and a
-//! connection in many rooms still has one queue and one task.
+//! serialises and frames each event **once**, and pushes the same cheap handle to that WebSocket frame
+//! onto the queue ([`Mailbox`]) of every connection subscribed to the room. So fan-out costs no
+//! serialisation per recipient, and a connection in many rooms still has one queue and one task.
 //!
 //! Broadcast order is sequence order, each event once: a room remembers the last sequence number it
 //! broadcast. With one instance, the writer's events always come next. With several (PostgreSQL), events
@@ -17,7 +17,7 @@
 
 use super::backplane::{Backplane, Inbox, SessionSignal};
 use super::presence::{PendingLeave, Presence, Seat};
-use super::socket::text_frame;
+use super::socket::{event_wire, frame_wire};
 use super::store::{Appended, EventStore, NewEvent, StoreError};
 use crate::protocol::{ChatEvent, EventKind, ServerFrame, GENERAL_ROOM};
 use axum::body::Bytes;
@@ -285,7 +285,7 @@ impl Room {
         let frame = Arc::new(Framed {
             room: self.slug.clone(),
             seq: event.seq,
-            wire: text_frame(ServerFrame::encode_event(event).as_bytes()),
+            wire: event_wire(event),
             at: std::time::Instant::now(),
         });
         if self.recent_limit > 0 {
@@ -680,7 +680,7 @@ impl Hub {
         entry.fan_out(&[Arc::new(Framed {
             room: entry.slug.clone(),
             seq: EPHEMERAL,
-            wire: text_frame(frame.encode().as_bytes()),
+            wire: frame_wire(frame),
             at: std::time::Instant::now(),
         })]);
     }
@@ -959,7 +959,7 @@ mod tests {
         Arc::new(Framed {
             room: room.clone(),
             seq,
-            wire: text_frame(b"{}"),
+            wire: crate::server::socket::text_frame(b"{}"),
             at: std::time::Instant::now(),
         })
     }

@@ -228,6 +228,7 @@ struct Load {
     quiet_rooms: usize,
     /// Time between connecting (or, with `until_quiet`, the server going quiet) and the memory sample.
     settle: Duration,
+    /// Wait for the server to go quiet before the settle (`run --until-quiet`).
     until_quiet: bool,
     /// Connections outside the rooms, idle.
     idle: usize,

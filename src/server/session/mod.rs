@@ -26,7 +26,7 @@ mod update_room;
 use super::backplane::SessionSignal;
 use super::hub::{Frame, Hub, Mailbox, PublishError, Receipt, SessionWatch, EPHEMERAL};
 use super::presence::Seat;
-use super::socket::{text_frame, Transport};
+use super::socket::{event_wire, frame_wire, Transport};
 use super::store::{IdentityStore, SessionRecord};
 use crate::protocol::{
     parse_client_frame, ClientFrame, ErrorCode, Identity, ServerFrame, MAX_FRAME_BYTES,
@@ -612,8 +612,7 @@ where
                 heard.last_seq = last;
             }
             for event in events {
-                self.send_wire(text_frame(ServerFrame::encode_event(&event).as_bytes()))
-                    .await?;
+                self.send_wire(event_wire(&event)).await?;
             }
         }
     }
@@ -738,10 +737,10 @@ where
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        self.send_wire(text_frame(frame.encode().as_bytes())).await
+        self.send_wire(frame_wire(frame)).await
     }
 
-    /// Sends a text frame already framed (see [`text_frame`]): queued for the batch's flush while
+    /// Sends a text frame already framed (see [`frame_wire`]): queued for the batch's flush while
     /// batching, else written now.
     async fn send_wire(&mut self, wire: Bytes) -> Result<(), End> {
         self.socket.feed_wire(wire).await.map_err(|_| End::Socket)?;

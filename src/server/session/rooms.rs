@@ -7,7 +7,7 @@ use crate::protocol::{
     ErrorCode, Notify, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM, HISTORY_PAGE, PRESENCE_NAMES,
 };
 use crate::server::rooms::{post_refusal, Seen, NO_SUCH_ROOM};
-use crate::server::socket::{text_frame, Transport};
+use crate::server::socket::{event_wire, Transport};
 use crate::server::store::StoreError;
 use axum::body::Bytes;
 use std::collections::HashSet;
@@ -311,10 +311,7 @@ where
                     Start::Recent => 0,
                 };
                 let last = Some(events.last().map_or(cursor, |e| e.seq.max(cursor)));
-                let wires = events
-                    .iter()
-                    .map(|e| text_frame(ServerFrame::encode_event(e).as_bytes()));
-                self.send_replay(wires).await?;
+                self.send_replay(events.iter().map(event_wire)).await?;
                 self.heard_up_to(&slug, last);
             }
             Ok(Some(Replay::Events(events) | Replay::Reset(events))) => {
