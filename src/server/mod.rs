@@ -1,5 +1,6 @@
 //! The server half: configuration, state, the hub, WebSocket sessions and storage. Compiled with `ssr` only.
 
+pub mod arrivals;
 pub mod backplane;
 pub mod bots;
 pub mod callees;

@@ -18,7 +18,7 @@ use crate::protocol::{
 use crate::server::backplane::SessionSignal;
 use crate::server::hub::now_ms;
 use crate::server::names::name_key;
-use crate::server::store::{IdentityError, NewEvent, SessionRecord};
+use crate::server::store::{IdentityError, NewEvent, NewGuest, SessionRecord};
 use crate::server::{bootstrap, web, AppState, Pages};
 use crate::ui::state::{Bootstrap, Flash, Page};
 use axum::extract::{Path, State};
@@ -386,15 +386,14 @@ pub async fn join(
         let page = chat_with_error(&state, &pages, nonce, &browser, status, error);
         return with_cookie(page.await, cookie);
     }
-    let guest = Uuid::new_v4();
-    let at = now_ms();
-    let joined = async {
-        store.create_guest(guest, &name, &key, at).await?;
-        store
-            .bind_session(session.id, Some(guest), Via::Guest, at)
-            .await
+    let arrival = NewGuest {
+        id: Uuid::new_v4(),
+        name,
+        name_key: key,
+        at: now_ms(),
+        session: Some(session.id),
     };
-    if let Err(err) = joined.await {
+    if let Err(err) = state.sessions.arrivals.arrive(arrival).await {
         tracing::error!(error = %err, "storing a guest failed");
         return super::unavailable();
     }

@@ -10,7 +10,7 @@ use crate::server::hub::now_ms;
 use crate::server::names::name_key;
 use crate::server::presence::{Claim, Seat};
 use crate::server::socket::Transport;
-use crate::server::store::{SessionRecord, User};
+use crate::server::store::{NewGuest, SessionRecord, User};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -88,13 +88,14 @@ where
                 return self.send_unavailable(None).await;
             }
         }
-        let guest = User {
+        let arrival = NewGuest {
             id: Uuid::new_v4(),
             name,
-            kind: UserKind::Guest,
-            admin: false,
-            banned: false,
+            name_key: key,
+            at: now_ms(),
+            session: self.browser,
         };
+        let guest = arrival.user();
         let seat = seat_of(&guest);
         let announce = match self.take_seat(&seat).await {
             Seated::Yes { announce } => announce,
@@ -105,8 +106,9 @@ where
             }
             Seated::Unavailable => return self.send_unavailable(None).await,
         };
-        // The guest is written before anyone hears of them, so every event they cause has its author.
-        if let Err(err) = self.remember_guest(&guest, &seat.key).await {
+        // The guest is written before anyone hears of them, so every event they cause has its author;
+        // they have read general up to here.
+        if let Err(err) = self.ctx.arrivals.arrive(arrival).await {
             tracing::error!(error = %err, "storing a guest failed");
             self.give_up_seat_silently(&seat);
             return self.send_unavailable(None).await;
@@ -114,8 +116,6 @@ where
         if announce {
             self.announce(&seat).await;
         }
-        // A new guest has read general up to here: what comes next is unread, what came before is not.
-        self.start_reading(guest.id, GENERAL_ROOM).await;
         tracing::info!(name = %guest.name, "joined");
         let identity = identity_of(&guest, Via::Guest);
         self.set_me(Me {
@@ -137,24 +137,6 @@ where
             self.user_watch = Some(self.hub.watch_session(me.identity.user_id));
         }
         self.me = Some(me);
-    }
-
-    /// Stores a new guest and makes this browser's session act for them.
-    async fn remember_guest(
-        &mut self,
-        guest: &User,
-        key: &str,
-    ) -> Result<(), crate::server::store::StoreError> {
-        let identity = &self.ctx.identity;
-        identity
-            .create_guest(guest.id, &guest.name, key, now_ms())
-            .await?;
-        if let Some(session) = self.browser {
-            identity
-                .bind_session(session, Some(guest.id), Via::Guest, now_ms())
-                .await?;
-        }
-        Ok(())
     }
 
     /// After the history: the user this connection speaks for (its browser session's, or its token's),

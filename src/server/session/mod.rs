@@ -109,6 +109,8 @@ pub enum Start {
 pub struct Context {
     pub hub: Hub,
     pub identity: Arc<dyn IdentityStore>,
+    /// Where a join's new guest is stored, together with the others joining at the same time.
+    pub arrivals: crate::server::arrivals::Arrivals,
     pub rooms: crate::server::rooms::Directory,
     /// For sign-in tokens.
     pub accounts: crate::server::identity::Accounts,
@@ -126,8 +128,14 @@ impl Context {
         bots: crate::server::bots::Bots,
         config: SessionConfig,
     ) -> Self {
+        let arrivals = crate::server::arrivals::Arrivals::start(
+            accounts.store.clone(),
+            rooms.store.clone(),
+            hub.clone(),
+        );
         Self {
             limits: Arc::new(MessageLimits::new(&config)),
+            arrivals,
             hub,
             rooms,
             bots,

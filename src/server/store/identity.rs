@@ -42,6 +42,30 @@ pub struct SessionInfo {
     pub last_seen_at: i64,
 }
 
+/// A guest to store: made from a typed name, when it joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGuest {
+    pub id: Uuid,
+    pub name: String,
+    pub name_key: String,
+    pub at: i64,
+    /// The browser session that acts for the guest from now on, if the guest came from a browser.
+    pub session: Option<Uuid>,
+}
+
+impl NewGuest {
+    /// The guest as a user.
+    pub fn user(&self) -> User {
+        User {
+            id: self.id,
+            name: self.name.clone(),
+            kind: UserKind::Guest,
+            admin: false,
+            banned: false,
+        }
+    }
+}
+
 /// Why an identity change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -100,14 +124,28 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// The sessions acting for `user`, most recently used first.
     async fn sessions_of(&self, user: Uuid) -> Result<Vec<SessionInfo>, StoreError>;
 
-    /// A new guest named `name` (its key `name_key`).
+    /// Stores new guests, and makes each one's browser session (if it has one) act for them, in one
+    /// transaction: all are stored or none.
+    async fn create_guests(&self, guests: &[NewGuest]) -> Result<(), StoreError>;
+
+    /// A new guest named `name` (its key `name_key`), with no session.
     async fn create_guest(
         &self,
         id: Uuid,
         name: &str,
         name_key: &str,
         at: i64,
-    ) -> Result<User, StoreError>;
+    ) -> Result<User, StoreError> {
+        let guest = NewGuest {
+            id,
+            name: name.to_owned(),
+            name_key: name_key.to_owned(),
+            at,
+            session: None,
+        };
+        self.create_guests(std::slice::from_ref(&guest)).await?;
+        Ok(guest.user())
+    }
 
     /// The member or bot that owns the name with this key, if any.
     async fn owner_of(&self, name_key: &str) -> Result<Option<User>, StoreError>;
@@ -388,30 +426,40 @@ macro_rules! sql_identity_store {
                     .collect()
             }
 
-            async fn create_guest(
+            async fn create_guests(
                 &self,
-                id: uuid::Uuid,
-                name: &str,
-                name_key: &str,
-                at: i64,
-            ) -> Result<$crate::server::store::User, $crate::server::store::StoreError> {
-                sqlx::query(
-                    "INSERT INTO users (id, name, name_key, kind, created_at) \
-                     VALUES ($1, $2, $3, 'guest', $4)",
-                )
-                .bind(id.to_string())
-                .bind(name)
-                .bind(name_key)
-                .bind(at)
-                .execute(&self.writer)
-                .await?;
-                Ok($crate::server::store::User {
-                    id,
-                    name: name.to_owned(),
-                    kind: $crate::protocol::UserKind::Guest,
-                    admin: false,
-                    banned: false,
-                })
+                guests: &[$crate::server::store::identity::NewGuest],
+            ) -> Result<(), $crate::server::store::StoreError> {
+                // One transaction, so one commit (one fsync on SQLite) for a whole group of arrivals.
+                let mut tx = self.writer.begin().await?;
+                for guest in guests {
+                    sqlx::query(
+                        "INSERT INTO users (id, name, name_key, kind, created_at) \
+                         VALUES ($1, $2, $3, 'guest', $4)",
+                    )
+                    .bind(guest.id.to_string())
+                    .bind(&guest.name)
+                    .bind(&guest.name_key)
+                    .bind(guest.at)
+                    .execute(&mut *tx)
+                    .await?;
+                    if let Some(session) = guest.session {
+                        sqlx::query(
+                            "UPDATE sessions SET user_id = $1, via = $2, last_seen_at = $3 \
+                             WHERE id = $4",
+                        )
+                        .bind(guest.id.to_string())
+                        .bind($crate::server::store::identity::via_name(
+                            $crate::protocol::Via::Guest,
+                        ))
+                        .bind(guest.at)
+                        .bind(session.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn owner_of(
@@ -788,6 +836,35 @@ pub(crate) async fn check_contract(store: &dyn IdentityStore) {
         None,
         "a guest owns no name"
     );
+
+    // Guests stored as a group, each binding the browser session it came from (if any).
+    let (cy_session, dee_session) = (Uuid::new_v4(), Uuid::new_v4());
+    for (id, hash) in [(cy_session, "hash-cy"), (dee_session, "hash-dee")] {
+        store.create_session(id, hash, "", 20).await.unwrap();
+    }
+    let group: Vec<NewGuest> = [
+        ("Cy", Some(cy_session)),
+        ("Eve", None),
+        ("Dee", Some(dee_session)),
+    ]
+    .into_iter()
+    .map(|(name, session)| NewGuest {
+        id: Uuid::new_v4(),
+        name: name.to_owned(),
+        name_key: name_key(name),
+        at: 21,
+        session,
+    })
+    .collect();
+    store.create_guests(&group).await.unwrap();
+    for guest in &group {
+        assert_eq!(store.user(guest.id).await.unwrap(), Some(guest.user()));
+    }
+    for (hash, guest) in [("hash-cy", &group[0]), ("hash-dee", &group[2])] {
+        let bound = store.session(hash).await.unwrap().unwrap();
+        assert_eq!((bound.user, bound.via), (Some(guest.user()), Via::Guest));
+    }
+    store.create_guests(&[]).await.unwrap();
 
     // Another guest may use the same name (not at once: presence sees to that) until it is kept.
     let other = Uuid::new_v4();

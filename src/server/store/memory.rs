@@ -2,7 +2,7 @@
 //! and by `CONFAB_STORE=memory`.
 
 use super::bots::{Bot, Delivery, NewBot, Settled, Settlement, Webhook};
-use super::identity::MAX_DEVICE_CHARS;
+use super::identity::{NewGuest, MAX_DEVICE_CHARS};
 use super::{
     Appended, BotStore, EventStore, IdentityError, IdentityStore, NewEvent, Room, RoomError,
     RoomStore, SessionInfo, SessionRecord, StoreError, User,
@@ -380,10 +380,12 @@ impl RoomStore for MemoryStore {
         Ok(true)
     }
 
-    async fn mark_read(&self, user: Uuid, room: &str, seq: u64) -> Result<(), StoreError> {
+    async fn mark_read_all(&self, room: &str, users: &[Uuid], seq: u64) -> Result<(), StoreError> {
         let mut state = self.lock();
-        let mark = state.read_marks.entry((user, room.to_owned())).or_default();
-        *mark = (*mark).max(seq);
+        for &user in users {
+            let mark = state.read_marks.entry((user, room.to_owned())).or_default();
+            *mark = (*mark).max(seq);
+        }
         Ok(())
     }
 
@@ -513,28 +515,23 @@ impl IdentityStore for MemoryStore {
         Ok(sessions)
     }
 
-    async fn create_guest(
-        &self,
-        id: Uuid,
-        name: &str,
-        name_key: &str,
-        _at: i64,
-    ) -> Result<User, StoreError> {
-        let user = User {
-            id,
-            name: name.to_owned(),
-            kind: UserKind::Guest,
-            admin: false,
-            banned: false,
-        };
-        let stored = MemUser {
-            user: user.clone(),
-            name_key: name_key.to_owned(),
-            password_hash: None,
-            external_id: None,
-        };
-        self.lock().users.insert(id, stored);
-        Ok(user)
+    async fn create_guests(&self, guests: &[NewGuest]) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        for guest in guests {
+            let stored = MemUser {
+                user: guest.user(),
+                name_key: guest.name_key.clone(),
+                password_hash: None,
+                external_id: None,
+            };
+            state.users.insert(guest.id, stored);
+            if let Some(session) = guest.session.and_then(|id| state.session_mut(id)) {
+                session.user = Some(guest.id);
+                session.via = Via::Guest;
+                session.last_seen_at = guest.at;
+            }
+        }
+        Ok(())
     }
 
     async fn owner_of(&self, name_key: &str) -> Result<Option<User>, StoreError> {

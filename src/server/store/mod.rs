@@ -10,7 +10,7 @@ pub mod rooms;
 mod sqlite;
 
 pub use bots::BotStore;
-pub use identity::{IdentityError, IdentityStore, SessionInfo, SessionRecord, User};
+pub use identity::{IdentityError, IdentityStore, NewGuest, SessionInfo, SessionRecord, User};
 pub use memory::MemoryStore;
 pub use postgres::{PgStore, EVENTS_CHANNEL};
 pub use rooms::{Room, RoomError, RoomStore};

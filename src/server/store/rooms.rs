@@ -67,8 +67,14 @@ pub trait RoomStore: Send + Sync + 'static {
     /// Replaces the room's name, topic and archived flag; false when there is no such room.
     async fn update_room(&self, room: &Room) -> Result<bool, StoreError>;
 
+    /// Each of `users` has read `room` up to `seq` (a mark never moves back), in one transaction.
+    async fn mark_read_all(&self, room: &str, users: &[Uuid], seq: u64) -> Result<(), StoreError>;
+
     /// `user` has read `room` up to `seq` (a mark never moves back).
-    async fn mark_read(&self, user: Uuid, room: &str, seq: u64) -> Result<(), StoreError>;
+    async fn mark_read(&self, user: Uuid, room: &str, seq: u64) -> Result<(), StoreError> {
+        self.mark_read_all(room, std::slice::from_ref(&user), seq)
+            .await
+    }
 
     /// How far `user` has read `room`, if they ever said.
     async fn read_mark(&self, user: Uuid, room: &str) -> Result<Option<u64>, StoreError>;
@@ -317,22 +323,27 @@ macro_rules! sql_room_store {
                 }))
             }
 
-            async fn mark_read(
+            async fn mark_read_all(
                 &self,
-                user: uuid::Uuid,
                 room: &str,
+                users: &[uuid::Uuid],
                 seq: u64,
             ) -> Result<(), $crate::server::store::StoreError> {
-                sqlx::query(
-                    "INSERT INTO read_marks (user_id, room, seq) VALUES ($1, $2, $3) \
-                     ON CONFLICT (user_id, room) DO UPDATE SET seq = excluded.seq \
-                     WHERE read_marks.seq < excluded.seq",
-                )
-                .bind(user.to_string())
-                .bind(room)
-                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-                .execute(&self.writer)
-                .await?;
+                let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+                let mut tx = self.writer.begin().await?;
+                for user in users {
+                    sqlx::query(
+                        "INSERT INTO read_marks (user_id, room, seq) VALUES ($1, $2, $3) \
+                         ON CONFLICT (user_id, room) DO UPDATE SET seq = excluded.seq \
+                         WHERE read_marks.seq < excluded.seq",
+                    )
+                    .bind(user.to_string())
+                    .bind(room)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -479,6 +490,11 @@ pub(crate) async fn check_contract<T: RoomStore + super::IdentityStore + super::
     assert_eq!(store.read_mark(ann, "general").await.unwrap(), Some(7));
     assert_eq!(store.read_mark(ann, "design").await.unwrap(), Some(2));
     assert_eq!(store.read_mark(bo, "general").await.unwrap(), None);
+    // Several at once, each moving forward only.
+    store.mark_read_all("general", &[ann, bo], 6).await.unwrap();
+    assert_eq!(store.read_mark(ann, "general").await.unwrap(), Some(7));
+    assert_eq!(store.read_mark(bo, "general").await.unwrap(), Some(6));
+    store.mark_read_all("general", &[], 9).await.unwrap();
 
     assert_eq!(store.notify(ann, "design").await.unwrap(), Notify::Mentions);
     store
