@@ -32,12 +32,12 @@ use tokio_tungstenite::tungstenite::protocol::{self as ts, Role, WebSocketConfig
 use tokio_tungstenite::WebSocketStream;
 
 /// A batch is written out once this much is gathered, even before its flush.
-const WRITE_AT: usize = 8 * 1024;
+const WRITE_AT: usize = 64 * 1024;
 /// A queue of parts that grew past this for a batch is given back after the batch is written; ordinary
 /// chat writes a frame or two at a time, so steady traffic reuses its queue.
 const KEEP_PARTS: usize = 4;
 /// The most parts handed to one vectored write (Linux takes up to 1,024).
-const MAX_SLICES: usize = 64;
+const MAX_SLICES: usize = 256;
 
 /// What a session talks through: client frames in, axum's messages out for control frames, and text
 /// frames already framed for the wire.
