@@ -8,8 +8,8 @@
 //! waiting and stores the group with one commit for the guests and one for their read marks, as a room's
 //! writer stores a batch of messages. Two commits, not one: people and rooms are separate stores.
 
-use super::hub::Hub;
-use super::store::{IdentityStore, NewGuest, RoomStore, StoreError};
+use super::rooms::Directory;
+use super::store::{IdentityStore, NewGuest, StoreError};
 use crate::protocol::GENERAL_ROOM;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -42,9 +42,9 @@ pub enum ArrivalError {
 
 impl Arrivals {
     /// Starts the task that stores arrivals; it ends when every `Arrivals` is dropped.
-    pub fn start(identity: Arc<dyn IdentityStore>, rooms: Arc<dyn RoomStore>, hub: Hub) -> Self {
+    pub fn start(identity: Arc<dyn IdentityStore>, rooms: Directory) -> Self {
         let (queue, arrivals) = mpsc::channel(QUEUE);
-        tokio::spawn(run(identity, rooms, hub, arrivals));
+        tokio::spawn(run(identity, rooms, arrivals));
         Self { queue }
     }
 
@@ -66,8 +66,7 @@ impl Arrivals {
 
 async fn run(
     identity: Arc<dyn IdentityStore>,
-    rooms: Arc<dyn RoomStore>,
-    hub: Hub,
+    rooms: Directory,
     mut arrivals: mpsc::Receiver<Arrival>,
 ) {
     let mut group = Vec::new();
@@ -81,8 +80,11 @@ async fn run(
             .filter(|(_, result)| result.is_ok())
             .map(|(guest, _)| guest.id)
             .collect();
+        // Best effort, as for anyone coming into a room: without it, nothing counts as unread.
         if !users.is_empty() {
-            start_reading(rooms.as_ref(), &hub, &users).await;
+            if let Err(err) = rooms.start_reading(GENERAL_ROOM, &users).await {
+                tracing::warn!(error = %err, guests = users.len(), "starting read marks failed");
+            }
         }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
@@ -114,23 +116,10 @@ async fn store_guests(
     }
 }
 
-/// New guests have read general up to its head.
-async fn start_reading(rooms: &dyn RoomStore, hub: &Hub, users: &[Uuid]) {
-    let marked = match hub.store().head(GENERAL_ROOM).await {
-        Ok(head) => rooms.mark_read_all(GENERAL_ROOM, users, head).await,
-        Err(err) => Err(err),
-    };
-    if let Err(err) = marked {
-        tracing::warn!(error = %err, guests = users.len(), "starting read marks failed");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::backplane::Local;
-    use crate::server::hub::HubConfig;
-    use crate::server::store::{EventStore, SqliteStore};
+    use crate::server::store::{EventStore, RoomStore, SqliteStore};
 
     fn guest(name: &str) -> NewGuest {
         NewGuest {
@@ -150,7 +139,6 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let hub = Hub::new(store.clone(), Arc::new(Local), HubConfig::default());
         store
             .append(
                 GENERAL_ROOM,
@@ -159,7 +147,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let arrivals = Arrivals::start(store.clone(), store.clone(), hub);
+        let arrivals = Arrivals::start(store.clone(), Directory::new(store.clone(), store.clone()));
 
         // A guest whose id is stored already: the database refuses the row.
         let first = guest("Ann");

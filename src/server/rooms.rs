@@ -57,6 +57,13 @@ impl Directory {
         }
     }
 
+    /// `users` have just come into `room`: they have read it up to its head, so what follows is unread
+    /// for them and the history from before they came is not. One write for all of them.
+    pub async fn start_reading(&self, room: &str, users: &[Uuid]) -> Result<(), StoreError> {
+        let head = self.events.head(room).await?;
+        self.store.mark_read_all(room, users, head).await
+    }
+
     /// `general`, which everyone is in.
     pub fn general() -> Room {
         Room {

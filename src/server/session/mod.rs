@@ -128,11 +128,8 @@ impl Context {
         bots: crate::server::bots::Bots,
         config: SessionConfig,
     ) -> Self {
-        let arrivals = crate::server::arrivals::Arrivals::start(
-            accounts.store.clone(),
-            rooms.store.clone(),
-            hub.clone(),
-        );
+        let arrivals =
+            crate::server::arrivals::Arrivals::start(accounts.store.clone(), rooms.clone());
         Self {
             limits: Arc::new(MessageLimits::new(&config)),
             arrivals,

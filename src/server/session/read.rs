@@ -85,11 +85,7 @@ where
     /// `user` has just come into `room`: they have read it up to its head, so what follows is unread
     /// (and the history from before they came is not). Best effort: without it, nothing counts as unread.
     pub(super) async fn start_reading(&mut self, user: uuid::Uuid, room: &str) {
-        let marked = match self.hub.store().head(room).await {
-            Ok(head) => self.ctx.rooms.store.mark_read(user, room, head).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = marked {
+        if let Err(err) = self.ctx.rooms.start_reading(room, &[user]).await {
             tracing::warn!(error = %err, "starting a read mark failed");
         }
     }
