@@ -34,7 +34,7 @@ pub struct BenchArgs {
     /// The CI smoke version: a few hundred clients for seconds; fails on any loss or duplicate.
     #[arg(long)]
     pub quick: bool,
-    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g, h, i, j, k, r), comma-separated.
+    /// Only these scenarios (a, a-floor, b, b-floor, b2, c, d, e, f, g, h, i, j, k, r, s, t), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// First port to serve on; each scenario's server takes the next.
@@ -880,6 +880,12 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
     }
     if wanted("r") {
         outcomes.push(reference::against_raw(&args, &mut next_port, quick).await?);
+    }
+    if wanted("s") && !quick {
+        outcomes.push(reference::at_scale(&args, &mut next_port).await?);
+    }
+    if wanted("t") && !quick {
+        outcomes.push(reference::overload(&args, &mut next_port).await?);
     }
     if wanted("e") && !quick {
         outcomes.push(first_load(&args, next_port())?);

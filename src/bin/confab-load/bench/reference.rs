@@ -6,6 +6,9 @@
 //! The SQLite run is held against the memory run plus this machine's fsync p99, measured first in the
 //! same directory kind the servers write to: a commit is durable only after an fsync, and no server can
 //! answer faster than its disk.
+//!
+//! (s) and (t) set Confab as shipped beside the reference the same way, three rounds each: (s) at scale
+//! (10,000 clients, 10 msg/s), (t) overloaded (1,000 clients offered 400 msg/s).
 
 use super::{clean, cpu_per_delivery_us, run_args, BenchArgs, Load, Outcome, Server, TempDir};
 use crate::run::{self, Report};
@@ -113,30 +116,15 @@ pub async fn against_raw(
         duration: Duration::from_secs(if quick { 3 } else { 15 }),
         ..Load::default()
     };
-    let rounds = if quick { 1 } else { 3 };
-    let mut reports: Vec<[Option<Report>; 3]> = Vec::new();
-    for round in 0..rounds {
-        let mut got: [Option<Report>; 3] = [None, None, None];
-        for step in 0..Kind::ALL.len() {
-            let kind = Kind::ALL[(round + step) % Kind::ALL.len()];
-            let server = kind.start(args, next_port())?;
-            let report = run::run(run_args(&server, &load)).await;
-            server.stop();
-            let report = report?;
-            println!(
-                "\n(r) round {} of {rounds}, {}\n{}",
-                round + 1,
-                kind.label(),
-                report.table()
-            );
-            got[kind as usize] = Some(report);
-        }
-        reports.push(got);
-    }
-    let rounds: Vec<[Report; 3]> = reports
-        .into_iter()
-        .map(|[raw, memory, sqlite]| [raw.unwrap(), memory.unwrap(), sqlite.unwrap()])
-        .collect();
+    let rounds = alternate(
+        args,
+        next_port,
+        "r",
+        Kind::ALL,
+        &load,
+        if quick { 1 } else { 3 },
+    )
+    .await?;
     // The smoke run judges no timing, but fails on any loss or duplicate, the reference's included.
     if quick {
         for report in rounds.iter().flatten() {
@@ -180,23 +168,6 @@ pub async fn against_raw(
         && memory_p99.median <= 1.3
         && memory_cpu.median <= 1.1
         && sqlite_bound.median <= 1.0;
-    let table: Vec<serde_json::Value> = rounds
-        .iter()
-        .map(|round| {
-            let row = |r: &Report| {
-                serde_json::json!({
-                    "p50_ms": r.latency_ms.p50,
-                    "p99_ms": r.latency_ms.p99,
-                    "cpu_percent": r.server.as_ref().map(|s| s.cpu_percent),
-                    "cpu_per_delivery_us": cpu_per_delivery_us(r),
-                    "rss_per_client_kib": r.server.as_ref().map(|s| s.rss_per_client_kib),
-                    "lost": r.lost,
-                    "duplicated": r.duplicated,
-                })
-            };
-            serde_json::json!({ "raw": row(&round[0]), "memory": row(&round[1]), "sqlite": row(&round[2]) })
-        })
-        .collect();
     Ok(Outcome {
         id: "r",
         title: format!(
@@ -219,7 +190,179 @@ pub async fn against_raw(
             "memory_cpu_per_delivery_vs_raw": memory_cpu,
             "sqlite_p99_vs_raw": sqlite_p99,
             "sqlite_p99_vs_memory_plus_fsync": sqlite_bound,
-            "rounds": table,
+            "rounds": rounds_json(&rounds, ["raw", "memory", "sqlite"]),
         })),
     })
+}
+
+/// Runs `load` against a fresh server of each of `kinds`, `rounds` times, each round starting one
+/// further along the list so that none always runs first; the reports by round, in `kinds`' order.
+async fn alternate<const N: usize>(
+    args: &BenchArgs,
+    next_port: &mut impl FnMut() -> u16,
+    id: &str,
+    kinds: [Kind; N],
+    load: &Load,
+    rounds: usize,
+) -> Result<Vec<[Report; N]>, String> {
+    let mut all = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let mut got: [Option<Report>; N] = std::array::from_fn(|_| None);
+        for step in 0..N {
+            let at = (round + step) % N;
+            let kind = kinds[at];
+            let server = kind.start(args, next_port())?;
+            let report = run::run(run_args(&server, load)).await;
+            server.stop();
+            let report = report?;
+            println!(
+                "\n({id}) round {} of {rounds}, {}\n{}",
+                round + 1,
+                kind.label(),
+                report.table()
+            );
+            got[at] = Some(report);
+        }
+        all.push(got.map(|report| report.expect("every kind ran this round")));
+    }
+    Ok(all)
+}
+
+/// (s): 10,000 clients, 10 senders at 10 msg/s in all, against the raw reference and Confab as shipped
+/// (SQLite), three rounds: the p99 at scale, where every message goes to 10,000 sockets.
+pub async fn at_scale(
+    args: &BenchArgs,
+    next_port: &mut impl FnMut() -> u16,
+) -> Result<Outcome, String> {
+    let load = Load {
+        clients: 10_000,
+        senders: 10,
+        rate: 10.0,
+        duration: Duration::from_secs(20),
+        ..Load::default()
+    };
+    let kinds = [Kind::Raw, Kind::Sqlite];
+    let rounds = alternate(args, next_port, "s", kinds, &load, 3).await?;
+    let p99 = Spread::of(
+        rounds
+            .iter()
+            .map(|[raw, sqlite]| sqlite.latency_ms.p99 / raw.latency_ms.p99)
+            .collect(),
+    );
+    let median =
+        |f: &dyn Fn(&[Report; 2]) -> f64| Spread::of(rounds.iter().map(f).collect()).median;
+    let all_clean = rounds.iter().flatten().all(clean);
+    let lost: u64 = rounds.iter().flatten().map(|r| r.lost + r.duplicated).sum();
+    Ok(Outcome {
+        id: "s",
+        title: format!(
+            "{} clients, {} senders, {} msg/s: raw reference and Confab on SQLite, {} rounds",
+            load.clients,
+            load.senders,
+            load.rate,
+            rounds.len()
+        ),
+        target: "SQLite p99 ≤ 1.3× raw, 0 lost",
+        result: format!(
+            "p99 raw {:.1} ms, SQLite {:.1} ms ({} raw); {} lost or duplicated",
+            median(&|r| r[0].latency_ms.p99),
+            median(&|r| r[1].latency_ms.p99),
+            p99.show(),
+            lost
+        ),
+        met: Some(all_clean && p99.median <= 1.3),
+        run: rounds.last().map(|[_, sqlite]| sqlite.clone()),
+        floor: None,
+        detail: Some(serde_json::json!({
+            "sqlite_p99_vs_raw": p99,
+            "rounds": rounds_json(&rounds, ["raw", "sqlite"]),
+        })),
+    })
+}
+
+/// (t): overload, 1,000 clients with 10 senders offering 400 msg/s in all (400,000 deliveries a second),
+/// against the raw reference and Confab as shipped (SQLite), three rounds: how much of it each delivers,
+/// and that Confab loses nothing while it cannot keep up.
+pub async fn overload(
+    args: &BenchArgs,
+    next_port: &mut impl FnMut() -> u16,
+) -> Result<Outcome, String> {
+    let load = Load {
+        clients: 1_000,
+        senders: 10,
+        rate: 400.0,
+        duration: Duration::from_secs(15),
+        ..Load::default()
+    };
+    let kinds = [Kind::Raw, Kind::Sqlite];
+    let rounds = alternate(args, next_port, "t", kinds, &load, 3).await?;
+    let rate = Spread::of(
+        rounds
+            .iter()
+            .map(|[raw, sqlite]| sqlite.deliveries_per_s / raw.deliveries_per_s)
+            .collect(),
+    );
+    let median =
+        |f: &dyn Fn(&[Report; 2]) -> f64| Spread::of(rounds.iter().map(f).collect()).median;
+    let confab_clean = rounds.iter().all(|[_, sqlite]| clean(sqlite));
+    let lost: u64 = rounds
+        .iter()
+        .map(|[_, sqlite]| sqlite.lost + sqlite.duplicated)
+        .sum();
+    let raw_lost: u64 = rounds
+        .iter()
+        .map(|[raw, _]| raw.lost + raw.duplicated)
+        .sum();
+    Ok(Outcome {
+        id: "t",
+        title: format!(
+            "overload: {} clients, {} senders, {} msg/s: raw reference and Confab on SQLite, {} rounds",
+            load.clients,
+            load.senders,
+            load.rate,
+            rounds.len()
+        ),
+        target: "delivered rate ≥ 0.9× raw's, 0 lost",
+        result: format!(
+            "delivered raw {:.0}/s, SQLite {:.0}/s ({} raw's); Confab {} lost or duplicated (raw {})",
+            median(&|r| r[0].deliveries_per_s),
+            median(&|r| r[1].deliveries_per_s),
+            rate.show(),
+            lost,
+            raw_lost
+        ),
+        met: Some(confab_clean && rate.median >= 0.9),
+        run: rounds.last().map(|[_, sqlite]| sqlite.clone()),
+        floor: None,
+        detail: Some(serde_json::json!({
+            "sqlite_delivered_vs_raw": rate,
+            "rounds": rounds_json(&rounds, ["raw", "sqlite"]),
+        })),
+    })
+}
+
+/// Each round's figures by server, for `report.json`.
+fn rounds_json<const N: usize>(rounds: &[[Report; N]], names: [&str; N]) -> Vec<serde_json::Value> {
+    rounds
+        .iter()
+        .map(|round| {
+            let mut row = serde_json::Map::new();
+            for (name, r) in names.iter().zip(round) {
+                row.insert(
+                    (*name).to_owned(),
+                    serde_json::json!({
+                        "p50_ms": r.latency_ms.p50,
+                        "p99_ms": r.latency_ms.p99,
+                        "deliveries_per_s": r.deliveries_per_s,
+                        "cpu_percent": r.server.as_ref().map(|s| s.cpu_percent),
+                        "cpu_per_delivery_us": cpu_per_delivery_us(r),
+                        "rss_per_client_kib": r.server.as_ref().map(|s| s.rss_per_client_kib),
+                        "lost": r.lost,
+                        "duplicated": r.duplicated,
+                    }),
+                );
+            }
+            serde_json::Value::Object(row)
+        })
+        .collect()
 }
