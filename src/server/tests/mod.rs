@@ -663,11 +663,34 @@ async fn floods_are_rate_limited_without_slowing_others() {
     }
 }
 
-/// A store whose every append takes as long as a slow disk's commit, and which records batch sizes.
+/// A store whose every append takes as long as a slow disk's commit, and which records batch sizes and
+/// the thread each append ran on.
 struct SlowDisk {
     inner: MemoryStore,
     commit: Duration,
     batches: Mutex<Vec<usize>>,
+    threads: Mutex<Vec<Option<String>>>,
+}
+
+impl SlowDisk {
+    fn new(commit: Duration) -> Self {
+        Self {
+            inner: MemoryStore::new(1000),
+            commit,
+            batches: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn stores(self: &Arc<Self>) -> Stores {
+        Stores {
+            events: self.clone(),
+            identity: Arc::new(MemoryStore::new(10)),
+            rooms: Arc::new(MemoryStore::new(10)),
+            bots: Arc::new(MemoryStore::new(10)),
+            backplane: Arc::new(Local),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -679,6 +702,8 @@ impl EventStore for SlowDisk {
         at: i64,
     ) -> Result<Vec<Appended>, StoreError> {
         self.batches.lock().unwrap().push(events.len());
+        let thread = std::thread::current().name().map(str::to_owned);
+        self.threads.lock().unwrap().push(thread);
         tokio::time::sleep(self.commit).await;
         self.inner.append(room, events, at).await
     }
@@ -719,21 +744,10 @@ impl EventStore for SlowDisk {
 async fn a_burst_from_one_connection_is_committed_together_and_acknowledged_in_order() {
     // An outbox flushed after a reconnect: 60 messages at once. Each one waiting for its own 20 ms
     // commit would take over a second; the connection keeps reading while earlier ones are stored.
-    let disk = Arc::new(SlowDisk {
-        inner: MemoryStore::new(1000),
-        commit: Duration::from_millis(20),
-        batches: Mutex::new(Vec::new()),
-    });
+    let disk = Arc::new(SlowDisk::new(Duration::from_millis(20)));
     let mut config = memory();
     config.session.burst = std::num::NonZeroU32::new(100).unwrap();
-    let stores = Stores {
-        events: disk.clone(),
-        identity: Arc::new(MemoryStore::new(10)),
-        rooms: Arc::new(MemoryStore::new(10)),
-        bots: Arc::new(MemoryStore::new(10)),
-        backplane: Arc::new(Local),
-    };
-    let server = Server::start_with(config, Some(stores)).await;
+    let server = Server::start_with(config, Some(disk.stores())).await;
     let mut ann = joined(server.addr, "Ann").await;
     let mut bob = joined(server.addr, "Bob").await;
     let writes_before = disk.batches.lock().unwrap().len();
@@ -778,6 +792,27 @@ async fn a_burst_from_one_connection_is_committed_together_and_acknowledged_in_o
         batches.len() <= 10,
         "60 messages in {} commits ({batches:?}): the burst waited for one commit per message",
         batches.len()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rooms_writer_stores_on_the_writers_thread_not_the_connections_runtime() {
+    // Each of an append's round trips to the store ends with the writer waiting for a turn to run; on
+    // the connections' runtime that turn came after every session the last broadcast woke.
+    let disk = Arc::new(SlowDisk::new(Duration::from_millis(1)));
+    let server = Server::start_with(memory(), Some(disk.stores())).await;
+    let mut ann = joined(server.addr, "Ann").await;
+    ann.send(&say("stored where?")).await;
+    ann.next_matching(|f| matches!(f, ServerFrame::Ack { .. }).then_some(()))
+        .await;
+    let threads = disk.threads.lock().unwrap().clone();
+    assert!(!threads.is_empty());
+    assert!(
+        threads
+            .iter()
+            .all(|name| name.as_deref() == Some("confab-writers")),
+        "appends ran on {threads:?}"
     );
     server.stop().await;
 }
