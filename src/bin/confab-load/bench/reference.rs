@@ -228,27 +228,45 @@ async fn alternate<const N: usize>(
     Ok(all)
 }
 
+/// `clients`, 10 of them senders at `rate` msg/s in all for `seconds`, against the raw reference and
+/// Confab as shipped (SQLite), three rounds; the reports by round, the reference's first.
+async fn beside_raw(
+    args: &BenchArgs,
+    next_port: &mut impl FnMut() -> u16,
+    id: &str,
+    clients: usize,
+    rate: f64,
+    seconds: u64,
+) -> Result<(Load, Vec<[Report; 2]>), String> {
+    let load = Load {
+        clients,
+        senders: 10,
+        rate,
+        duration: Duration::from_secs(seconds),
+        ..Load::default()
+    };
+    let rounds = alternate(args, next_port, id, [Kind::Raw, Kind::Sqlite], &load, 3).await?;
+    Ok((load, rounds))
+}
+
+/// Confab's `figure` as a ratio to the reference's, round by round.
+fn against_raw_of(rounds: &[[Report; 2]], figure: fn(&Report) -> f64) -> Spread {
+    Spread::of(
+        rounds
+            .iter()
+            .map(|[raw, sqlite]| figure(sqlite) / figure(raw))
+            .collect(),
+    )
+}
+
 /// (s): 10,000 clients, 10 senders at 10 msg/s in all, against the raw reference and Confab as shipped
 /// (SQLite), three rounds: the p99 at scale, where every message goes to 10,000 sockets.
 pub async fn at_scale(
     args: &BenchArgs,
     next_port: &mut impl FnMut() -> u16,
 ) -> Result<Outcome, String> {
-    let load = Load {
-        clients: 10_000,
-        senders: 10,
-        rate: 10.0,
-        duration: Duration::from_secs(20),
-        ..Load::default()
-    };
-    let kinds = [Kind::Raw, Kind::Sqlite];
-    let rounds = alternate(args, next_port, "s", kinds, &load, 3).await?;
-    let p99 = Spread::of(
-        rounds
-            .iter()
-            .map(|[raw, sqlite]| sqlite.latency_ms.p99 / raw.latency_ms.p99)
-            .collect(),
-    );
+    let (load, rounds) = beside_raw(args, next_port, "s", 10_000, 10.0, 20).await?;
+    let p99 = against_raw_of(&rounds, |r| r.latency_ms.p99);
     let median =
         |f: &dyn Fn(&[Report; 2]) -> f64| Spread::of(rounds.iter().map(f).collect()).median;
     let all_clean = rounds.iter().flatten().all(clean);
@@ -287,21 +305,8 @@ pub async fn overload(
     args: &BenchArgs,
     next_port: &mut impl FnMut() -> u16,
 ) -> Result<Outcome, String> {
-    let load = Load {
-        clients: 1_000,
-        senders: 10,
-        rate: 400.0,
-        duration: Duration::from_secs(15),
-        ..Load::default()
-    };
-    let kinds = [Kind::Raw, Kind::Sqlite];
-    let rounds = alternate(args, next_port, "t", kinds, &load, 3).await?;
-    let rate = Spread::of(
-        rounds
-            .iter()
-            .map(|[raw, sqlite]| sqlite.deliveries_per_s / raw.deliveries_per_s)
-            .collect(),
-    );
+    let (load, rounds) = beside_raw(args, next_port, "t", 1_000, 400.0, 15).await?;
+    let rate = against_raw_of(&rounds, |r| r.deliveries_per_s);
     let median =
         |f: &dyn Fn(&[Report; 2]) -> f64| Spread::of(rounds.iter().map(f).collect()).median;
     let confab_clean = rounds.iter().all(|[_, sqlite]| clean(sqlite));
