@@ -159,7 +159,8 @@ impl Mailbox {
     /// What the connection must catch up on or drop, if anything happened since it last asked. One atomic
     /// load when nothing did, so it is cheap to ask after every batch.
     pub fn take_trouble(&self) -> Option<Trouble> {
-        if !self.trouble.swap(false, Ordering::Acquire) {
+        // Read before the swap: a swap writes, and would take the line from the cores that push.
+        if !self.trouble.load(Ordering::Relaxed) || !self.trouble.swap(false, Ordering::Acquire) {
             return None;
         }
         Some(Trouble {

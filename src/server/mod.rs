@@ -15,6 +15,7 @@ pub mod session;
 pub mod socket;
 pub mod store;
 pub mod web;
+pub mod woken;
 
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@
 //! The sessions see axum's message types for what they read ([`Socket`] converts) and write text through
 //! [`Transport::feed_wire`], so they stay generic over any transport.
 
+use super::woken::Woken;
 use crate::protocol::{ChatEvent, ServerFrame};
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -166,7 +167,7 @@ impl Upgrade {
             };
             let io = Batched::new(TokioIo::new(upgraded));
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            session(Socket(ws)).await;
+            session(Socket::new(ws)).await;
         });
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -287,12 +288,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
     }
 }
 
-/// A server WebSocket in axum's message types.
-pub struct Socket(WebSocketStream<Batched<TokioIo<hyper::upgrade::Upgraded>>>);
+/// A server WebSocket in axum's message types, over an upgraded HTTP connection (or, in tests, any
+/// stream). Its reads are tried again only once the socket woke the session (see [`Woken`]).
+pub struct Socket<T = TokioIo<hyper::upgrade::Upgraded>>(Woken<WebSocketStream<Batched<T>>>);
 
-impl Transport for Socket {
+impl<T> Socket<T> {
+    fn new(ws: WebSocketStream<Batched<T>>) -> Self {
+        Self(Woken::new(ws))
+    }
+
+    fn ws(&mut self) -> &mut WebSocketStream<Batched<T>> {
+        self.0.get_mut()
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for Socket<T> {
     async fn feed_wire(&mut self, wire: Bytes) -> Result<(), axum::Error> {
-        let batched = self.0.get_mut();
+        let batched = self.ws().get_mut();
         std::future::poll_fn(|cx| batched.poll_room(cx))
             .await
             .map_err(axum::Error::new)?;
@@ -331,7 +343,7 @@ fn into_tungstenite(message: Message) -> ts::Message {
     }
 }
 
-impl Stream for Socket {
+impl<T: AsyncRead + AsyncWrite + Unpin> Stream for Socket<T> {
     type Item = Result<Message, axum::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -349,37 +361,33 @@ impl Stream for Socket {
     }
 }
 
-impl Sink<Message> for Socket {
+impl<T: AsyncRead + AsyncWrite + Unpin> Sink<Message> for Socket<T> {
     type Error = axum::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0)
-            .poll_ready(cx)
-            .map_err(axum::Error::new)
+        Pin::new(self.ws()).poll_ready(cx).map_err(axum::Error::new)
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-        Pin::new(&mut self.0)
+        Pin::new(self.ws())
             .start_send(into_tungstenite(item))
             .map_err(axum::Error::new)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0)
-            .poll_flush(cx)
-            .map_err(axum::Error::new)
+        Pin::new(self.ws()).poll_flush(cx).map_err(axum::Error::new)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0)
-            .poll_close(cx)
-            .map_err(axum::Error::new)
+        Pin::new(self.ws()).poll_close(cx).map_err(axum::Error::new)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -447,6 +455,81 @@ mod tests {
         batched.shutdown().await.unwrap();
         drop(batched);
         assert_eq!(reader.await.unwrap(), expected);
+    }
+
+    /// A stream that counts the reads tried on it.
+    struct CountingReads {
+        inner: tokio::io::DuplexStream,
+        reads: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for CountingReads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountingReads {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, data)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_is_read_again_only_once_it_woke_its_task() {
+        use futures_util::{FutureExt, SinkExt, StreamExt};
+        let (near, far) = tokio::io::duplex(4096);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let io = Batched::new(CountingReads {
+            inner: near,
+            reads: reads.clone(),
+        });
+        let mut socket =
+            Socket::new(WebSocketStream::from_raw_socket(io, Role::Server, None).await);
+        let mut client = WebSocketStream::from_raw_socket(far, Role::Client, None).await;
+
+        assert!(socket.next().now_or_never().is_none(), "nothing was sent");
+        let tried = reads.load(Ordering::Relaxed);
+        assert!(tried > 0, "the first poll reads");
+        // What a session does on every delivery: its `select!` polls the socket again.
+        for _ in 0..10 {
+            assert!(socket.next().now_or_never().is_none());
+        }
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            tried,
+            "no read is tried again before the socket wakes the task"
+        );
+
+        // Two frames in one go: the second is read from what the first read took in, with no wake-up.
+        client.feed(ts::Message::text("hello")).await.unwrap();
+        client.feed(ts::Message::text("and more")).await.unwrap();
+        client.flush().await.unwrap();
+        for expected in ["hello", "and more"] {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
+                .await
+                .expect("the socket woke the task")
+                .expect("a frame")
+                .expect("read");
+            assert_eq!(got, Message::Text(Utf8Bytes::from(expected)));
+        }
     }
 
     #[test]

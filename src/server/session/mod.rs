@@ -1,9 +1,10 @@
 //! One WebSocket connection: who it is, its rooms, the history of the room it shows, then live events of
 //! all its rooms, while reading the client's frames. Each command a client sends has a file of its own.
 //!
-//! One task per connection runs a `select!` over the socket, its [`Mailbox`] queue and a ping timer. A
-//! client that stops reading stalls only its own task; its queue then fills, and it catches up from the
-//! store, so it never silently misses an event.
+//! One task per connection runs a `select!` over the socket, its [`Mailbox`] queue and its rarer
+//! wake-ups (a ping timer, signals, the shutdown; see [`Wakes`]). A client that stops reading stalls only
+//! its own task; its queue then fills, and it catches up from the store, so it never silently misses an
+//! event.
 
 mod auth;
 mod create_room;
@@ -28,12 +29,13 @@ use super::hub::{Frame, Hub, Mailbox, PublishError, Receipt, SessionWatch, EPHEM
 use super::presence::Seat;
 use super::socket::{event_wire, frame_wire, Transport};
 use super::store::{IdentityStore, SessionRecord};
+use super::woken::Woken;
 use crate::protocol::{
     parse_client_frame, ClientFrame, ErrorCode, Identity, ServerFrame, MAX_FRAME_BYTES,
 };
 use axum::body::Bytes;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes};
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::{self, AbortHandle, BoxStream, FuturesOrdered, SelectAll};
 use futures_util::{SinkExt, StreamExt};
 use limits::MessageLimits;
 use std::collections::HashMap;
@@ -207,8 +209,11 @@ struct Session<'a, S> {
     ip: IpAddr,
     /// Who this connection speaks for, once joined.
     me: Option<Me>,
-    /// Signals for the user `me` is (a ban, a promotion), wherever they come from.
-    user_watch: Option<SessionWatch>,
+    /// The user whose signals (a ban, a promotion) this connection hears, wherever they come from, and
+    /// the handle that ends their stream in `wakes` when it speaks for someone else.
+    user_watch: Option<AbortHandle>,
+    /// Everything else that may wake the connection; see [`Wakes`].
+    wakes: Wakes,
     last_typing: Option<Instant>,
     /// After a message was refused for its rate, later ones are refused too until it comes again (or
     /// the hold lapses), so nothing overtakes it.
@@ -259,7 +264,7 @@ where
     let mut batch = Vec::new();
     // Subscribe to the browser session's signals before reading who it is, so a sign-out meanwhile is
     // not missed.
-    let mut signals = visitor
+    let signals = visitor
         .session
         .as_ref()
         .map(|session| hub.watch_session(session.id));
@@ -274,6 +279,7 @@ where
         ip: visitor.ip,
         me: None,
         user_watch: None,
+        wakes: Woken::new(SelectAll::new()),
         last_typing: None,
         hold: None,
         batching: false,
@@ -347,18 +353,19 @@ where
 
     // Only a bot's connection rechecks its token.
     let bot_token = visitor.bot_token.clone();
-    let mut recheck = bot_token.as_ref().map(|_| {
-        let every = crate::server::bots::webhook::REFRESH;
-        interval_at(Instant::now() + every, every)
-    });
-    let mut closing = hub.closing();
-    // Made once, not per loop turn: each new wait would register with the one watch channel every
-    // session shares, a lock taken once per frame per connection.
-    let shutdown = shutdown_begun(&mut closing);
-    tokio::pin!(shutdown);
+    if bot_token.is_some() {
+        session.add_wake(every(crate::server::bots::webhook::REFRESH, Wake::Recheck));
+    }
+    session.add_wake(every(config.ping_every, Wake::Ping));
+    let closing = hub.closing();
+    session.add_wake(Box::pin(stream::once(async move {
+        shutdown_begun(closing).await;
+        Wake::Shutdown
+    })));
+    if let Some(watch) = signals {
+        session.add_wake(Box::pin(signal_stream(watch)));
+    }
     metrics::gauge!(super::metrics::CONNECTED).increment(1);
-    let mut ping = interval_at(Instant::now() + config.ping_every, config.ping_every);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // A peer that answered none of the last two pings is gone (a laptop lid closed, a dropped network).
     let mut heard_since_ping = true;
     let mut unanswered = 0u8;
@@ -393,50 +400,49 @@ where
                     batch = Vec::new();
                 }
             }
-            // The user's signals (a ban, a promotion) and the browser session's (a sign-out, a change).
-            () = next_tick(&mut recheck) => {
-                let token = bot_token.as_deref().unwrap_or_default();
-                match ctx.bots.authenticate(token).await {
-                    Ok(Some(user)) if session.user_id() == Some(user.id) => {}
-                    Ok(_) => {
-                        tracing::info!("a bot's token was revoked or rotated; closing its socket");
-                        session.signed_out().await;
-                        break End::Closed;
+            // The ping timer, the user's signals (a ban, a promotion), the browser session's (a sign-out,
+            // a change), the server's shutdown.
+            Some(wake) = session.wakes.next() => match wake {
+                Wake::Signal(signal) => {
+                    if let Err(end) = Box::pin(session.on_signal(signal)).await {
+                        break end;
                     }
-                    // The store is down: the token is checked again next time.
-                    Err(err) => tracing::warn!(error = %err, "rechecking a bot token failed"),
                 }
-            }
-            Some(signal) = next_signal(&mut session.user_watch) => {
-                if let Err(end) = Box::pin(session.on_signal(signal)).await {
-                    break end;
+                Wake::Recheck => {
+                    let token = bot_token.as_deref().unwrap_or_default();
+                    match ctx.bots.authenticate(token).await {
+                        Ok(Some(user)) if session.user_id() == Some(user.id) => {}
+                        Ok(_) => {
+                            tracing::info!("a bot's token was revoked or rotated; closing its socket");
+                            session.signed_out().await;
+                            break End::Closed;
+                        }
+                        // The store is down: the token is checked again next time.
+                        Err(err) => tracing::warn!(error = %err, "rechecking a bot token failed"),
+                    }
                 }
-            }
-            Some(signal) = next_signal(&mut signals) => {
-                if let Err(end) = Box::pin(session.on_signal(signal)).await {
-                    break end;
+                Wake::Shutdown => {
+                    // Tell the client this is a restart, not a failure: it reconnects at once and
+                    // resumes.
+                    let close = CloseFrame {
+                        code: close_code::RESTART,
+                        reason: Utf8Bytes::from_static("server restarting"),
+                    };
+                    let _ = session.socket.send(Message::Close(Some(close))).await;
+                    break End::Closed;
                 }
-            }
-            _ = &mut shutdown => {
-                // Tell the client this is a restart, not a failure: it reconnects at once and resumes.
-                let close = CloseFrame {
-                    code: close_code::RESTART,
-                    reason: Utf8Bytes::from_static("server restarting"),
-                };
-                let _ = session.socket.send(Message::Close(Some(close))).await;
-                break End::Closed;
-            }
-            _ = ping.tick() => {
-                unanswered = if heard_since_ping { 0 } else { unanswered + 1 };
-                heard_since_ping = false;
-                if unanswered >= 2 {
-                    tracing::debug!("peer stopped answering pings");
-                    break End::Socket;
+                Wake::Ping => {
+                    unanswered = if heard_since_ping { 0 } else { unanswered + 1 };
+                    heard_since_ping = false;
+                    if unanswered >= 2 {
+                        tracing::debug!("peer stopped answering pings");
+                        break End::Socket;
+                    }
+                    if session.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break End::Socket;
+                    }
                 }
-                if session.socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::Socket;
-                }
-            }
+            },
         }
     };
     metrics::gauge!(super::metrics::CONNECTED).decrement(1);
@@ -445,32 +451,51 @@ where
     session.unsubscribe_all();
 }
 
-/// The next signal for the connection's browser session; never, for a connection without one. A lagged
-/// receiver missed signals it can read again from the store, so it is told "changed".
-async fn next_signal(watch: &mut Option<SessionWatch>) -> Option<SessionSignal> {
-    let Some(watch) = watch else {
-        return std::future::pending().await;
-    };
-    match watch.receiver.recv().await {
-        Ok(signal) => Some(signal),
-        Err(RecvError::Lagged(_)) => Some(SessionSignal::Changed),
-        Err(RecvError::Closed) => std::future::pending().await,
-    }
+/// What wakes a connection besides its socket, its queue and its messages being stored: each of them
+/// seldom.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// A signal for the connection's user or browser session.
+    Signal(SessionSignal),
+    /// Time to ping the client.
+    Ping,
+    /// Time to check a bot's token again.
+    Recheck,
+    /// The server is shutting down.
+    Shutdown,
 }
 
-/// The next tick of `timer`; never, without one.
-async fn next_tick(timer: &mut Option<tokio::time::Interval>) {
-    match timer {
-        Some(timer) => {
-            timer.tick().await;
-        }
-        None => std::future::pending().await,
-    }
+/// The connection's [`Wake`] sources: one `select!` branch, polled only when one of them woke the task
+/// ([`Woken`]), and then only that one (`SelectAll`). As branches of their own they were all polled
+/// again on every wake-up, that is on every delivery, and the shutdown's wait took a lock that all the
+/// connections share: a contended lock per frame per connection.
+type Wakes = Woken<SelectAll<BoxStream<'static, Wake>>>;
+
+/// `wake` every `period`, the first after one period; a late tick is delayed, not made up for.
+fn every(period: Duration, wake: Wake) -> BoxStream<'static, Wake> {
+    let mut timer = interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    Box::pin(stream::unfold(timer, move |mut timer| async move {
+        timer.tick().await;
+        Some((wake, timer))
+    }))
 }
 
-/// Resolves once the server is shutting down. (A helper, so the watch guard is dropped inside it and
-/// never held across the session's awaits.)
-async fn shutdown_begun(closing: &mut tokio::sync::watch::Receiver<bool>) {
+/// The signals of `watch`, as long as it is kept. A lagged receiver missed signals it can read again
+/// from the store, so it is told "changed".
+fn signal_stream(watch: SessionWatch) -> impl futures_util::Stream<Item = Wake> + Send + 'static {
+    stream::unfold(watch, |mut watch| async move {
+        let signal = match watch.receiver.recv().await {
+            Ok(signal) => signal,
+            Err(RecvError::Lagged(_)) => SessionSignal::Changed,
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Wake::Signal(signal), watch))
+    })
+}
+
+/// Resolves once the server is shutting down.
+async fn shutdown_begun(mut closing: tokio::sync::watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await;
 }
 
@@ -478,6 +503,13 @@ impl<S> Session<'_, S>
 where
     S: Transport,
 {
+    /// Adds `wake` to what wakes the connection.
+    fn add_wake(&mut self, wake: BoxStream<'static, Wake>) {
+        self.wakes.get_mut().push(wake);
+        // A stream pushed is polled at once, and may have woken no one yet.
+        self.wakes.stir();
+    }
+
     fn presence(&self) -> &super::presence::Presence {
         self.hub.presence()
     }
