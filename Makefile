@@ -29,7 +29,7 @@ unit:
 e2e:
 	export CONFAB_TEST_DATABASE_URL="$${CONFAB_TEST_DATABASE_URL:-$$(bash .ci/postgres)}"; cd end2end && npx playwright test
 
-## The benchmark scenarios (a)–(k), and (r) against the raw reference, on the release build; report in target/bench/ (README "Performance").
+## The benchmark scenarios (a)–(k), and (r), (s) and (t) against the raw reference, on the release build; report in target/bench/ (README "Performance").
 ## Then the privacy walk's long mode: thousands of random steps instead of `make test`'s 60.
 bench: setup-test build
 	cargo build --release --features load --bin confab-load --bin confab-raw

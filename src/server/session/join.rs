@@ -1,7 +1,7 @@
 //! `join`, and who a connection is: a guest made from a typed name, or the user its browser session acts
 //! for (restored on connect, and again when the session changes).
 
-use super::{signal_stream, End, Me, Session};
+use super::{End, Me, Session};
 use crate::protocol::{
     validate_name, ErrorCode, EventKind, Identity, ServerFrame, UserKind, Via, GENERAL_ROOM,
 };
@@ -11,7 +11,6 @@ use crate::server::names::name_key;
 use crate::server::presence::{Claim, Seat};
 use crate::server::socket::Transport;
 use crate::server::store::{NewGuest, SessionRecord, User};
-use futures_util::stream;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -135,13 +134,7 @@ where
             .as_ref()
             .is_some_and(|old| old.identity.user_id == me.identity.user_id);
         if !same_user || self.user_watch.is_none() {
-            let (signals, handle) =
-                stream::abortable(signal_stream(self.hub.watch_session(me.identity.user_id)));
-            if let Some(old) = self.user_watch.replace(handle) {
-                // Its stream ends (and lets go of its receiver) the next time `wakes` is polled.
-                old.abort();
-            }
-            self.add_wake(Box::pin(signals));
+            self.watch_user(me.identity.user_id);
         }
         self.me = Some(me);
     }

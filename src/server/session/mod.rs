@@ -209,8 +209,8 @@ struct Session<'a, S> {
     ip: IpAddr,
     /// Who this connection speaks for, once joined.
     me: Option<Me>,
-    /// The user whose signals (a ban, a promotion) this connection hears, wherever they come from, and
-    /// the handle that ends their stream in `wakes` when it speaks for someone else.
+    /// Ends the stream in `wakes` of the signals (a ban, a promotion) for the user `me` is, wherever
+    /// they come from; see [`Session::watch_user`].
     user_watch: Option<AbortHandle>,
     /// Everything else that may wake the connection; see [`Wakes`].
     wakes: Wakes,
@@ -508,6 +508,16 @@ where
         self.wakes.get_mut().push(wake);
         // A stream pushed is polled at once, and may have woken no one yet.
         self.wakes.stir();
+    }
+
+    /// Hears the signals for user `id` from now on, and no longer those of the user heard before.
+    fn watch_user(&mut self, id: Uuid) {
+        let (signals, handle) = stream::abortable(signal_stream(self.hub.watch_session(id)));
+        if let Some(old) = self.user_watch.replace(handle) {
+            // Its stream ends (and lets go of its receiver) the next time `wakes` is polled.
+            old.abort();
+        }
+        self.add_wake(Box::pin(signals));
     }
 
     fn presence(&self) -> &super::presence::Presence {
