@@ -45,6 +45,37 @@ pub struct Framed {
     pub wire: Bytes,
     /// When it was broadcast, for the delivery-lag metric.
     pub at: std::time::Instant,
+    /// What the connection's writer does with it: a room's broadcasts and the session's own entries
+    /// share one queue, so they reach the socket in the order they were queued.
+    pub kind: Kind,
+}
+
+/// What a queued entry asks of the connection's writer ([`crate::server::writer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A frame of `room` for everyone subscribed to it: `seq` is its event's, or [`EPHEMERAL`].
+    Broadcast,
+    /// Frames for this connection alone (replies, history pages): `wire` holds `seq` of them.
+    Own,
+    /// The session is about to replay `room`'s history: its broadcasts wait until the anchor.
+    Hold,
+    /// `room` is written up to `seq`: its broadcasts after that go out, a gap is caught up.
+    Anchor,
+    /// `room` is no longer heard: its broadcasts are dropped.
+    Forget,
+}
+
+impl Framed {
+    /// An entry of this connection's own, for its writer.
+    pub fn own(kind: Kind, room: Arc<str>, seq: u64, wire: Bytes) -> Frame {
+        Arc::new(Self {
+            room,
+            seq,
+            wire,
+            at: std::time::Instant::now(),
+            kind,
+        })
+    }
 }
 
 /// The `seq` of a frame that is not a stored event and takes no part in ordering or catch-up.
@@ -81,43 +112,53 @@ pub enum PublishError {
     Store(Arc<StoreError>),
 }
 
-/// A connection's queue: frames of every room it is subscribed to, in each room's order.
+/// A connection's queue: frames of every room it is subscribed to, in each room's order, and the
+/// session's own entries between them; its writer task drains it ([`crate::server::writer`]).
 ///
 /// A locked `VecDeque` and a [`Notify`](tokio::sync::Notify) rather than a channel: a push is a lock, a
-/// push_back and, only when the queue was empty, a wake-up; the connection takes a whole batch under
-/// one lock. In a join storm a room pushes to thousands of queues per event, and the bounded channel's
+/// push_back and, only when the queue was empty, a wake-up; the writer takes a whole batch under one
+/// lock. In a join storm a room pushes to thousands of queues per event, and the bounded channel's
 /// semaphore and block list were a tenth of the server's time.
 pub struct Mailbox {
     id: u64,
     queue: Mutex<Queue>,
-    /// Wakes the connection when its queue stops being empty, or when trouble arrives.
+    /// Wakes the writer when the queue stops being empty, when a room lagged, or when the session ended.
     ready: tokio::sync::Notify,
+    /// Wakes the session when a room was taken away or the writer ended.
+    told: tokio::sync::Notify,
     capacity: usize,
-    /// Set when a frame did not fit or a room was taken away; the connection then looks at the two sets.
+    /// Set when a broadcast did not fit; the writer then catches up the rooms in `lagged`.
     trouble: AtomicBool,
-    /// Rooms with frames that did not fit: the connection catches them up.
+    /// Rooms with frames that did not fit: the writer catches them up.
     lagged: Mutex<HashSet<Arc<str>>>,
+    /// Set when a room was taken away; the session then reads `gone`.
+    evicted: AtomicBool,
     /// Rooms this connection was taken out of (its user was removed).
     gone: Mutex<Vec<Arc<str>>>,
+    /// The writer has ended (the socket failed): the session ends too.
+    writer_ended: AtomicBool,
 }
 
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<Frame>,
-    /// The connection has ended: nothing more is queued.
+    /// The writer has ended: nothing more is queued.
     closed: bool,
+    /// The session has ended: the writer writes what is queued, then ends.
+    finished: bool,
 }
 
 /// A queue emptied with more room than this gives it back: a storm's backlog must not stay allocated
 /// on every connection afterwards.
 const QUEUE_KEEP: usize = 64;
 
-/// What the connection must do besides writing its queued frames.
-#[derive(Debug, Default)]
-pub struct Trouble {
-    pub lagged: Vec<Arc<str>>,
-    pub gone: Vec<Arc<str>>,
-}
+/// How far past its capacity the session's own entries may fill a queue: a client that sends and never
+/// reads would otherwise grow it without end. Past this the session ends the connection.
+const OWN_SLACK: usize = 4_096;
+
+/// The session queued more than a client that reads ever leaves unread.
+#[derive(Debug)]
+pub struct NotReading;
 
 impl Mailbox {
     #[cfg(test)]
@@ -128,7 +169,7 @@ impl Mailbox {
     /// Queues `frames`, one room's in its order, under one lock and with at most one wake-up: a room
     /// delivers a stored batch to each connection at once. In a join storm that is one lock per
     /// connection per batch of a few hundred join lines, not one per line.
-    fn push_all(&self, frames: &[Frame]) {
+    pub(crate) fn push_all(&self, frames: &[Frame]) {
         let mut queue = lock(&self.queue);
         if queue.closed {
             return; // the connection is ending; it unsubscribes on its way out
@@ -144,29 +185,71 @@ impl Mailbox {
             lock(&self.lagged).insert(lost.room.clone());
             self.trouble.store(true, Ordering::Release);
         }
-        // A full queue's connection is awake already.
+        // A full queue's writer is awake already.
         if was_empty && fits > 0 {
             self.ready.notify_one();
         }
     }
 
-    /// Marks trouble and wakes the connection to look at it.
-    fn alarm(&self) {
-        self.trouble.store(true, Ordering::Release);
+    /// Queues one of the session's own entries ([`Framed::own`]) after everything queued before it.
+    /// It is never dropped for want of room, but frames ([`Kind::Own`]) that far past the queue's
+    /// capacity are refused: they belong to a client that stopped reading.
+    pub fn push_own(&self, entry: Frame) -> Result<(), NotReading> {
+        let mut queue = lock(&self.queue);
+        if queue.closed {
+            return Ok(()); // the writer ended; the session hears of it and ends too
+        }
+        if entry.kind == Kind::Own && queue.frames.len() >= self.capacity + OWN_SLACK {
+            return Err(NotReading);
+        }
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(entry);
+        drop(queue);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The session has ended: the writer writes what is queued, then ends.
+    pub fn finish(&self) {
+        lock(&self.queue).finished = true;
         self.ready.notify_one();
     }
 
-    /// What the connection must catch up on or drop, if anything happened since it last asked. One atomic
-    /// load when nothing did, so it is cheap to ask after every batch.
-    pub fn take_trouble(&self) -> Option<Trouble> {
+    /// The rooms to catch up from the store, if any lagged since last asked. One atomic load when
+    /// none did, so the writer asks after every batch.
+    pub fn take_lagged(&self) -> Option<Vec<Arc<str>>> {
         // Read before the swap: a swap writes, and would take the line from the cores that push.
         if !self.trouble.load(Ordering::Relaxed) || !self.trouble.swap(false, Ordering::Acquire) {
             return None;
         }
-        Some(Trouble {
-            lagged: lock(&self.lagged).drain().collect(),
-            gone: std::mem::take(&mut *lock(&self.gone)),
-        })
+        Some(lock(&self.lagged).drain().collect())
+    }
+
+    /// The rooms this connection was taken out of since last asked.
+    pub fn take_gone(&self) -> Vec<Arc<str>> {
+        if !self.evicted.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *lock(&self.gone))
+    }
+
+    /// Whether the writer has ended (its socket failed).
+    pub fn writer_ended(&self) -> bool {
+        self.writer_ended.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the session has something to look at: a room taken away, or the writer ended.
+    pub async fn told(&self) {
+        self.told.notified().await;
+    }
+
+    /// Takes the connection out of `room` and tells its session.
+    fn evict(&self, room: Arc<str>) {
+        lock(&self.gone).push(room);
+        self.evicted.store(true, Ordering::Release);
+        self.told.notify_one();
     }
 }
 
@@ -177,16 +260,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The connection's end of its [`Mailbox`].
+/// The writer's end of its connection's [`Mailbox`].
 pub struct Deliveries {
     mailbox: Arc<Mailbox>,
 }
 
 impl Deliveries {
-    /// Waits until frames are queued, then moves up to `limit` of them into `into` (oldest first); or
-    /// returns with none taken when the connection was woken for trouble (see
-    /// [`Mailbox::take_trouble`]). Cancel-safe: frames are taken only in the poll that returns.
-    pub async fn recv(&mut self, into: &mut Vec<Frame>, limit: usize) {
+    /// Waits until entries are queued, then moves up to `limit` of them into `into` (oldest first); or
+    /// returns with none taken when a room lagged (see [`Mailbox::take_lagged`]). False once the session
+    /// has ended and everything it queued was taken. Cancel-safe: entries are taken only in the poll
+    /// that returns.
+    pub async fn recv(&mut self, into: &mut Vec<Frame>, limit: usize) -> bool {
         loop {
             {
                 let mut queue = lock(&self.mailbox.queue);
@@ -196,11 +280,14 @@ impl Deliveries {
                     if queue.frames.is_empty() && queue.frames.capacity() > QUEUE_KEEP {
                         queue.frames = VecDeque::new();
                     }
-                    return;
+                    return true;
+                }
+                if queue.finished {
+                    return false;
                 }
             }
             if self.mailbox.trouble.load(Ordering::Acquire) {
-                return;
+                return true;
             }
             // A push between the check above and this wait leaves a permit, so no wake-up is lost.
             self.mailbox.ready.notified().await;
@@ -213,6 +300,9 @@ impl Drop for Deliveries {
         let mut queue = lock(&self.mailbox.queue);
         queue.closed = true;
         queue.frames = VecDeque::new();
+        drop(queue);
+        self.mailbox.writer_ended.store(true, Ordering::Release);
+        self.mailbox.told.notify_one();
     }
 }
 
@@ -326,6 +416,7 @@ impl Room {
             seq: event.seq,
             wire: event_wire(event),
             at: std::time::Instant::now(),
+            kind: Kind::Broadcast,
         });
         if self.recent_limit > 0 {
             let mut recent = lock(&self.recent);
@@ -599,16 +690,24 @@ impl Hub {
         self.inner.store.close().await;
     }
 
+    /// How many broadcasts a connection's queue holds.
+    pub fn live_capacity(&self) -> usize {
+        self.inner.config.live_capacity.max(1)
+    }
+
     /// A new connection's queue, and its receiving end.
     pub fn mailbox(&self) -> (Arc<Mailbox>, Deliveries) {
         let mailbox = Arc::new(Mailbox {
             id: self.inner.next_mailbox.fetch_add(1, Ordering::Relaxed),
             queue: Mutex::default(),
             ready: tokio::sync::Notify::new(),
+            told: tokio::sync::Notify::new(),
             capacity: self.inner.config.live_capacity.max(1),
             trouble: AtomicBool::new(false),
             lagged: Mutex::default(),
+            evicted: AtomicBool::new(false),
             gone: Mutex::default(),
+            writer_ended: AtomicBool::new(false),
         });
         let deliveries = Deliveries {
             mailbox: mailbox.clone(),
@@ -674,8 +773,7 @@ impl Hub {
             if s.user != user {
                 return true;
             }
-            lock(&s.mailbox.gone).push(entry.slug.clone());
-            s.mailbox.alarm();
+            s.mailbox.evict(entry.slug.clone());
             false
         });
     }
@@ -722,6 +820,7 @@ impl Hub {
             seq: EPHEMERAL,
             wire: frame_wire(frame),
             at: std::time::Instant::now(),
+            kind: Kind::Broadcast,
         })]);
     }
 
@@ -1001,6 +1100,7 @@ mod tests {
             seq,
             wire: crate::server::socket::text_frame(b"{}"),
             at: std::time::Instant::now(),
+            kind: Kind::Broadcast,
         })
     }
 
@@ -1026,9 +1126,9 @@ mod tests {
         deliveries.recv(&mut batch, 64).await;
         let seqs: Vec<u64> = batch.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2]);
-        let trouble = mailbox.take_trouble().expect("the third did not fit");
-        assert_eq!(trouble.lagged, std::slice::from_ref(&room));
-        assert!(mailbox.take_trouble().is_none(), "told once");
+        let lagged = mailbox.take_lagged().expect("the third did not fit");
+        assert_eq!(lagged, std::slice::from_ref(&room));
+        assert!(mailbox.take_lagged().is_none(), "told once");
         // Room again: the next push is queued and wakes the waiting connection.
         batch.clear();
         let waiting = tokio::spawn(async move {
@@ -1052,28 +1152,26 @@ mod tests {
         deliveries.recv(&mut taken, 64).await;
         let seqs: Vec<u64> = taken.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2, 3], "what fits, in order");
-        let trouble = mailbox.take_trouble().expect("4 and 5 did not fit");
-        assert_eq!(trouble.lagged, std::slice::from_ref(&room));
+        let lagged = mailbox.take_lagged().expect("4 and 5 did not fit");
+        assert_eq!(lagged, std::slice::from_ref(&room));
         // Typing that does not fit is dropped without trouble.
         let typing: Vec<Frame> = (0..4).map(|_| frame(&room, EPHEMERAL)).collect();
         mailbox.push_all(&typing);
-        assert!(mailbox.take_trouble().is_none());
+        assert!(mailbox.take_lagged().is_none());
     }
 
     #[tokio::test]
-    async fn an_eviction_wakes_an_idle_connection_with_nothing_queued() {
+    async fn an_eviction_tells_an_idle_session_and_its_writer_ends_when_the_session_does() {
         let hub = hub(8);
         let user = Uuid::new_v4();
         let (mailbox, mut deliveries) = hub.mailbox();
         hub.subscribe("design", user, &mailbox);
         hub.evict_here("design", user);
-        let mut batch = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), deliveries.recv(&mut batch, 64))
+        tokio::time::timeout(Duration::from_secs(5), mailbox.told())
             .await
-            .expect("woken");
-        assert!(batch.is_empty());
-        let trouble = mailbox.take_trouble().unwrap();
-        assert_eq!(trouble.gone, [Arc::<str>::from("design")]);
+            .expect("the session is told");
+        assert_eq!(mailbox.take_gone(), [Arc::<str>::from("design")]);
+        assert!(mailbox.take_gone().is_empty(), "told once");
         // Gone from the room: nothing of it is queued any more.
         hub.broadcast_ephemeral(
             "design",
@@ -1083,5 +1181,31 @@ mod tests {
             },
         );
         assert!(lock(&mailbox.queue).frames.is_empty());
+        // The session's own entries are written before its writer ends.
+        let own = Framed::own(Kind::Own, Arc::from(""), 1, Bytes::from_static(b"bye"));
+        mailbox.push_own(own).unwrap();
+        mailbox.finish();
+        let mut batch = Vec::new();
+        assert!(deliveries.recv(&mut batch, 64).await);
+        assert_eq!(&batch[0].wire[..], b"bye");
+        assert!(!deliveries.recv(&mut batch, 64).await, "then it ends");
+        drop(deliveries);
+        assert!(mailbox.writer_ended());
+    }
+
+    #[test]
+    fn the_sessions_own_entries_are_never_dropped_but_are_bounded() {
+        let (mailbox, _deliveries) = hub(2).mailbox();
+        let room: Arc<str> = Arc::from("general");
+        for seq in 1..=2 {
+            mailbox.push(frame(&room, seq));
+        }
+        // The queue is full of broadcasts; a reply still goes in, up to the slack.
+        for _ in 0..OWN_SLACK {
+            let own = Framed::own(Kind::Own, room.clone(), 1, Bytes::from_static(b"x"));
+            assert!(mailbox.push_own(own).is_ok());
+        }
+        let own = Framed::own(Kind::Own, room, 1, Bytes::from_static(b"x"));
+        assert!(mailbox.push_own(own).is_err(), "a client that never reads");
     }
 }

@@ -16,6 +16,7 @@ pub mod socket;
 pub mod store;
 pub mod web;
 pub mod woken;
+pub mod writer;
 
 #[cfg(test)]
 mod tests;

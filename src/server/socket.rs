@@ -1,18 +1,17 @@
-//! The WebSocket under the sessions: the RFC 6455 handshake, tungstenite's reading and control frames,
-//! and text frames written as they are, shared.
+//! The WebSocket under the sessions: the RFC 6455 handshake, the socket split in two halves, tungstenite
+//! reading, and text frames written as they are, shared.
 //!
 //! Every text frame a server sends is the same bytes for every recipient: final, unmasked, its length
-//! in front ([`text_frame`]). So a broadcast is framed once, by the hub, and each recipient's connection
-//! queues a reference to those bytes in [`Batched`], which writes a batch of them in one vectored system
-//! call at the flush. Nothing is copied per recipient: through tungstenite, each delivery was framed
-//! again and copied twice (into its buffer, then into ours), and its buffer kept the largest frame it
-//! ever wrote (the history page sent on connecting) for the connection's whole life. Tungstenite still
-//! reads, answers pings and writes the control frames (its writes are queued in the same order as the
-//! text), so its own buffer, set to write through, only ever holds one control frame.
+//! in front ([`text_frame`]). So a broadcast is framed once, by the hub, and each recipient's writer
+//! task ([`crate::server::writer`]) queues a reference to those bytes in [`Batched`], which writes a
+//! batch of them in one vectored system call. Nothing is copied per recipient.
 //!
-//! The sessions see axum's message types for what they read ([`Socket`] converts) and write text through
-//! [`Transport::feed_wire`], so they stay generic over any transport.
+//! The socket is split: its write half belongs to the writer task, its read half to the session, which
+//! reads through tungstenite ([`Socket`]). Tungstenite's own writes (pongs, closes) and the session's
+//! frames go into the connection's queue, after the broadcasts queued before them, so everything
+//! reaches the wire in the order it was queued.
 
+use super::hub::{Framed, Kind, Mailbox};
 use super::woken::Woken;
 use crate::protocol::{ChatEvent, ServerFrame};
 use axum::body::{Body, Bytes};
@@ -26,8 +25,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{self as ts, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -40,14 +40,17 @@ const KEEP_PARTS: usize = 4;
 /// The most parts handed to one vectored write (Linux takes up to 1,024).
 const MAX_SLICES: usize = 256;
 
-/// What a session talks through: client frames in, axum's messages out for control frames, and text
-/// frames already framed for the wire.
+/// What a session reads through, and writes its control frames (pings, closes) through: client frames
+/// in, axum's messages out. Its text goes straight into its queue, already framed.
 pub trait Transport:
     Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin
 {
-    /// Queues `wire`, a whole frame as [`text_frame`] makes it, for the next flush; it waits only when a
-    /// batch of [`WRITE_AT`] is gathered and must go out first.
-    fn feed_wire(&mut self, wire: Bytes) -> impl Future<Output = Result<(), axum::Error>> + Send;
+}
+
+impl<
+        T: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+    > Transport for T
+{
 }
 
 /// A server's text frame of `payload`, as it goes on the wire (RFC 6455 §5.2): final, unmasked, its
@@ -148,15 +151,54 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     }
 }
 
+/// The read half of an upgraded connection.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of an upgraded connection.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An upgraded connection, split: the session reads one half, its writer task writes the other.
+pub struct Connection {
+    pub read: ReadHalf,
+    pub write: WriteHalf,
+    pub config: WebSocketConfig,
+}
+
+impl Connection {
+    /// Splits `upgraded`. A TCP socket splits into two owned halves that take no lock; anything else
+    /// (not served by axum over TCP) is split behind a lock.
+    fn split(upgraded: hyper::upgrade::Upgraded, config: WebSocketConfig) -> Self {
+        use hyper_util::server::conn::auto::upgrade::downcast;
+        match downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
+            Ok(parts) => {
+                let (read, write) = parts.io.into_inner().into_split();
+                // What the server read past the handshake is the start of the WebSocket stream.
+                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                Self {
+                    read: Box::new(read),
+                    write: Box::new(write),
+                    config,
+                }
+            }
+            Err(upgraded) => {
+                tracing::debug!("an upgraded connection that is not TCP is split behind a lock");
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                Self {
+                    read: Box::new(read),
+                    write: Box::new(write),
+                    config,
+                }
+            }
+        }
+    }
+}
+
 impl Upgrade {
-    /// The `101 Switching Protocols` response; once it is out, `session` runs with the socket.
+    /// The `101 Switching Protocols` response; once it is out, `session` runs with the connection.
     pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
     where
-        F: FnOnce(Socket) -> Fut + Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        // Each frame goes straight into `Batched`: tungstenite's own buffer then never holds a batch.
-        let config = config.write_buffer_size(0);
         tokio::spawn(async move {
             let upgraded = match self.on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -165,9 +207,7 @@ impl Upgrade {
                     return;
                 }
             };
-            let io = Batched::new(TokioIo::new(upgraded));
-            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            session(Socket::new(ws)).await;
+            session(Connection::split(upgraded, config)).await;
         });
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -180,9 +220,8 @@ impl Upgrade {
 }
 
 /// Gathers frames until a flush (or [`WRITE_AT`]), then writes them in one vectored call. Shared frames
-/// are queued as they are; tungstenite's own writes (control frames) are copied into the same queue, so
-/// everything goes out in the order it was written. A queue grown past [`KEEP_PARTS`] is dropped once
-/// written.
+/// are queued as they are, so nothing is copied per recipient. A queue grown past [`KEEP_PARTS`] is
+/// dropped once written.
 pub struct Batched<T> {
     inner: T,
     parts: VecDeque<Bytes>,
@@ -202,7 +241,7 @@ impl<T> Batched<T> {
         }
     }
 
-    fn push(&mut self, part: Bytes) {
+    pub fn push(&mut self, part: Bytes) {
         self.pending += part.len();
         self.parts.push_back(part);
     }
@@ -215,6 +254,21 @@ impl<T> Batched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> Batched<T> {
+    /// Bytes gathered and not written yet.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Writes out everything gathered.
+    pub async fn write_out(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
+    /// Waits until there is room for more: a batch of [`WRITE_AT`] goes out first.
+    pub async fn make_room(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_room(cx)).await
+    }
+
     /// Writes out everything gathered.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.parts.is_empty() {
@@ -256,16 +310,6 @@ impl<T: AsyncWrite + Unpin> Batched<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Batched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
 impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -288,28 +332,63 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Batched<T> {
     }
 }
 
-/// A server WebSocket in axum's message types, over an upgraded HTTP connection (or, in tests, any
-/// stream). Its reads are tried again only once the socket woke the session (see [`Woken`]).
-pub struct Socket<T = TokioIo<hyper::upgrade::Upgraded>>(Woken<WebSocketStream<Batched<T>>>);
+/// The session's side of the connection under tungstenite: reads from the socket's read half; writes
+/// (tungstenite's pongs and closes) go into the connection's queue, to be written by its writer task.
+pub struct Halves<R> {
+    read: R,
+    out: Arc<Mailbox>,
+}
 
-impl<T> Socket<T> {
-    fn new(ws: WebSocketStream<Batched<T>>) -> Self {
-        Self(Woken::new(ws))
-    }
-
-    fn ws(&mut self) -> &mut WebSocketStream<Batched<T>> {
-        self.0.get_mut()
+impl<R: AsyncRead + Unpin> AsyncRead for Halves<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for Socket<T> {
-    async fn feed_wire(&mut self, wire: Bytes) -> Result<(), axum::Error> {
-        let batched = self.ws().get_mut();
-        std::future::poll_fn(|cx| batched.poll_room(cx))
-            .await
-            .map_err(axum::Error::new)?;
-        batched.push(wire);
-        Ok(())
+impl<R: Unpin> AsyncWrite for Halves<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let entry = Framed::own(Kind::Own, Arc::from(""), 1, Bytes::copy_from_slice(data));
+        match self.out.push_own(entry) {
+            Ok(()) => Poll::Ready(Ok(data.len())),
+            Err(_) => Poll::Ready(Err(io::Error::other("the client stopped reading"))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The writer shuts the socket down once the session has ended and everything queued is out.
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A server WebSocket's reading side in axum's message types, over the read half of an upgraded
+/// connection (or, in tests, any stream). Its reads are tried again only once the socket woke the
+/// session (see [`Woken`]).
+pub struct Socket<R = ReadHalf>(Woken<WebSocketStream<Halves<R>>>);
+
+impl<R: AsyncRead + Unpin> Socket<R> {
+    /// The session's socket over `read`; what it writes goes into `out`.
+    pub async fn new(read: R, out: Arc<Mailbox>, config: WebSocketConfig) -> Self {
+        // Tungstenite writes each frame straight into the queue: its own buffer never holds one.
+        let config = config.write_buffer_size(0);
+        let halves = Halves { read, out };
+        let ws = WebSocketStream::from_raw_socket(halves, Role::Server, Some(config)).await;
+        Self(Woken::new(ws))
+    }
+
+    fn ws(&mut self) -> &mut WebSocketStream<Halves<R>> {
+        self.0.get_mut()
     }
 }
 
@@ -331,7 +410,7 @@ fn from_tungstenite(message: ts::Message) -> Option<Message> {
 
 fn into_tungstenite(message: Message) -> ts::Message {
     match message {
-        // Sessions write text with `feed_wire`; this is for any other writer.
+        // Sessions queue their text already framed; this is for any other writer.
         Message::Text(text) => ts::Message::Text(text.as_str().into()),
         Message::Binary(data) => ts::Message::Binary(data),
         Message::Ping(data) => ts::Message::Ping(data),
@@ -343,7 +422,7 @@ fn into_tungstenite(message: Message) -> ts::Message {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Stream for Socket<T> {
+impl<R: AsyncRead + Unpin> Stream for Socket<R> {
     type Item = Result<Message, axum::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -361,7 +440,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Stream for Socket<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Sink<Message> for Socket<T> {
+impl<R: AsyncRead + Unpin> Sink<Message> for Socket<R> {
     type Error = axum::Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -387,7 +466,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Sink<Message> for Socket<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
@@ -474,35 +552,22 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for CountingReads {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, data)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
-    }
-
     #[tokio::test]
     async fn a_socket_is_read_again_only_once_it_woke_its_task() {
         use futures_util::{FutureExt, SinkExt, StreamExt};
         let (near, far) = tokio::io::duplex(4096);
         let reads = Arc::new(AtomicUsize::new(0));
-        let io = Batched::new(CountingReads {
+        let read = CountingReads {
             inner: near,
             reads: reads.clone(),
-        });
-        let mut socket =
-            Socket::new(WebSocketStream::from_raw_socket(io, Role::Server, None).await);
+        };
+        let hub = crate::server::hub::Hub::new(
+            Arc::new(crate::server::store::MemoryStore::new(10)),
+            Arc::new(crate::server::backplane::Local),
+            crate::server::hub::HubConfig::default(),
+        );
+        let (mailbox, _deliveries) = hub.mailbox();
+        let mut socket = Socket::new(read, mailbox, WebSocketConfig::default()).await;
         let mut client = WebSocketStream::from_raw_socket(far, Role::Client, None).await;
 
         assert!(socket.next().now_or_never().is_none(), "nothing was sent");

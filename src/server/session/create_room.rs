@@ -100,7 +100,7 @@ where
                 return self.send_unavailable(None).await;
             }
         };
-        let slug = self.hear(seen, head);
+        let slug = self.hear(seen, Some(head));
         if seen.room.kind != RoomKind::Direct {
             let line = me.seat.event(EventKind::Join);
             if let Err(err) = self.hub.publish(&slug, line).await {

@@ -1,9 +1,11 @@
 //! One WebSocket connection: who it is, its rooms, the history of the room it shows, then live events of
 //! all its rooms, while reading the client's frames. Each command a client sends has a file of its own.
 //!
-//! One task per connection runs a `select!` over the socket, its [`Mailbox`] queue and its rarer
-//! wake-ups (a ping timer, signals, the shutdown; see [`Wakes`]). A client that stops reading stalls only
-//! its own task; its queue then fills, and it catches up from the store, so it never silently misses an
+//! Each connection has two tasks. The session's runs a `select!` over the socket's reading side, its
+//! messages in flight and its rarer wake-ups (a ping timer, signals, the shutdown, word from its queue;
+//! see [`Wakes`]). Its writer task ([`crate::server::writer`]) writes the connection's queue, where the
+//! rooms' broadcasts and the session's own frames go in order. A client that stops reading stalls only
+//! its writer; its queue then fills, and it catches up from the store, so it never silently misses an
 //! event.
 
 mod auth;
@@ -25,9 +27,9 @@ mod typing;
 mod update_room;
 
 use super::backplane::SessionSignal;
-use super::hub::{Frame, Hub, Mailbox, PublishError, Receipt, SessionWatch, EPHEMERAL};
+use super::hub::{Framed, Hub, Kind, Mailbox, PublishError, Receipt, SessionWatch};
 use super::presence::Seat;
-use super::socket::{event_wire, frame_wire, Transport};
+use super::socket::{frame_wire, Connection, Socket, Transport};
 use super::store::{IdentityStore, SessionRecord};
 use super::woken::Woken;
 use crate::protocol::{
@@ -177,16 +179,15 @@ enum End {
     Socket,
 }
 
-/// A room this connection hears.
+/// A room this connection hears. How far it has been written is its writer's to know (see
+/// [`crate::server::writer`]).
 #[derive(Debug, Clone, Copy)]
 struct Heard {
-    /// The highest sequence number of the room written to this socket (or, for a room whose history it
-    /// has not asked for, the room's head when it subscribed); live frames at or below it are duplicates.
-    last_seq: u64,
     /// The user is a member (and so may post); false for a public room only being read.
     member: bool,
     archived: bool,
-    /// `last_seq` has been set (by a replay, or to the head): until then nothing of the room is written.
+    /// The writer was told where the room starts (by a replay, or its head): until then nothing of the
+    /// room is written.
     anchored: bool,
     /// How far the user has read the room, as this connection last told its client.
     read: u64,
@@ -200,7 +201,8 @@ struct Session<'a, S> {
     socket: S,
     ctx: &'a Context,
     hub: &'a Hub,
-    /// Where every room this connection hears delivers its frames.
+    /// Where every room this connection hears delivers its frames, and where the session's own go, for
+    /// its writer.
     mailbox: Arc<Mailbox>,
     /// The rooms it hears, by slug (the same `Arc` the frames carry).
     rooms: HashMap<Arc<str>, Heard>,
@@ -218,50 +220,29 @@ struct Session<'a, S> {
     /// After a message was refused for its rate, later ones are refused too until it comes again (or
     /// the hold lapses), so nothing overtakes it.
     hold: Option<limits::Hold>,
-    /// True while frames are fed for one flush (`forward_batch`, a replay); see `end_batch`.
-    batching: bool,
-    /// Looked up once: a registry lookup per frame is measurable at 100,000 frames a second.
-    frames_out: metrics::Counter,
-    delivery_lag: metrics::Histogram,
-    /// Frames written since the counter was last told: it is told once per write, not per frame.
-    unreported: u64,
-    /// Writes so far; the delivery lag is sampled on one in [`LAG_SAMPLE`].
-    writes: u64,
     /// Messages handed to the room's writer and not yet acknowledged, oldest first. Reading goes on
     /// meanwhile, so a client that sends a burst (an outbox after a reconnect) gets one group commit, not
     /// one round trip per message.
     in_flight: FuturesOrdered<Receipt>,
 }
 
-/// One write in this many records its delivery lag: the metric costs a few percent of the server's CPU
-/// when recorded on every write at 100,000 writes a second.
-const LAG_SAMPLE: u64 = 8;
-
 /// The most messages one connection may have in flight; the next waits for the oldest to be stored.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// The most frames `forward_batch` takes before flushing, as many as one vectored write takes.
-/// (Measured with 1,000 clients at 100 msg/s: batching halves the server's CPU, 103% → 50%, and p50
-/// latency falls from 49 to 32 ms. In a storm of 10,000 joins, 64 made three write calls for each of
-/// the raw reference's, and 256 took a quarter of the server's CPU out of the storm.)
-const FORWARD_BATCH: usize = 256;
-
-/// A batch list grown past this (a burst) is given back once forwarded: steady chat takes tens of frames
-/// at a time, and an idle connection should not hold room for hundreds.
-const FORWARD_KEEP: usize = 64;
-
-/// How many events a connection that fell behind takes in one step of its catch-up.
-const CATCH_UP_PAGE: usize = 500;
-
 /// Runs one connection of `visitor` to its end; it shows room `shown` first, from `start`.
-pub async fn run<S>(socket: S, ctx: Context, shown: &str, visitor: Visitor, start: Start)
-where
-    S: Transport,
-{
+pub async fn run(conn: Connection, ctx: Context, shown: &str, visitor: Visitor, start: Start) {
     let hub = ctx.hub.clone();
     let _running = hub.session_started();
-    let (mailbox, mut queue) = hub.mailbox();
-    let mut batch = Vec::new();
+    let (mailbox, deliveries) = hub.mailbox();
+    tokio::spawn(super::writer::run(
+        conn.write,
+        deliveries,
+        mailbox.clone(),
+        hub.clone(),
+    ));
+    // However the session ends, its writer writes what it queued, then ends.
+    let _finish = Finish(mailbox.clone());
+    let socket = Socket::new(conn.read, mailbox.clone(), conn.config).await;
     // Subscribe to the browser session's signals before reading who it is, so a sign-out meanwhile is
     // not missed.
     let signals = visitor
@@ -282,11 +263,6 @@ where
         wakes: Woken::new(SelectAll::new()),
         last_typing: None,
         hold: None,
-        batching: false,
-        frames_out: metrics::counter!(super::metrics::FRAMES_OUT),
-        delivery_lag: metrics::histogram!(super::metrics::DELIVERY_SECONDS),
-        unreported: 0,
-        writes: 0,
         in_flight: FuturesOrdered::new(),
     };
     if visitor.unknown {
@@ -365,6 +341,11 @@ where
     if let Some(watch) = signals {
         session.add_wake(Box::pin(signal_stream(watch)));
     }
+    let told = session.mailbox.clone();
+    session.add_wake(Box::pin(stream::unfold(told, |told| async move {
+        told.told().await;
+        Some((Wake::Told, told))
+    })));
     metrics::gauge!(super::metrics::CONNECTED).increment(1);
     // A peer that answered none of the last two pings is gone (a laptop lid closed, a dropped network).
     let mut heard_since_ping = true;
@@ -392,17 +373,14 @@ where
                     break End::Socket;
                 }
             }
-            () = queue.recv(&mut batch, FORWARD_BATCH) => {
-                if session.forward_batch(&mut batch).await.is_err() {
-                    break End::Socket;
-                }
-                if batch.capacity() > FORWARD_KEEP {
-                    batch = Vec::new();
-                }
-            }
             // The ping timer, the user's signals (a ban, a promotion), the browser session's (a sign-out,
-            // a change), the server's shutdown.
+            // a change), the server's shutdown, word from the queue (a room taken away, the writer gone).
             Some(wake) = session.wakes.next() => match wake {
+                Wake::Told => {
+                    if let Err(end) = Box::pin(session.on_told()).await {
+                        break end;
+                    }
+                }
                 Wake::Signal(signal) => {
                     if let Err(end) = Box::pin(session.on_signal(signal)).await {
                         break end;
@@ -463,6 +441,18 @@ enum Wake {
     Recheck,
     /// The server is shutting down.
     Shutdown,
+    /// The queue has word for the session: a room was taken away, or the writer ended.
+    Told,
+}
+
+/// Tells the connection's writer, when dropped, that the session has ended: it writes what is queued,
+/// then ends.
+struct Finish(Arc<Mailbox>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 /// The connection's [`Wake`] sources: one `select!` branch, polled only when one of them woke the task
@@ -555,122 +545,31 @@ where
         let _ = self.socket.send(Message::Close(Some(close))).await;
     }
 
-    /// Forwards a batch taken from the queue in one write to the socket where it fits: under load that
-    /// saves a system call per frame, and each call wakes the receiver. An empty batch is a wake-up for
-    /// trouble alone.
-    async fn forward_batch(&mut self, batch: &mut Vec<Frame>) -> Result<(), End> {
-        self.batching = true;
-        let broadcast_at = batch.first().map(|frame| frame.at);
-        let mut result = Ok(());
-        for frame in batch.drain(..) {
-            if result.is_ok() {
-                result = self.forward(frame).await;
-            }
+    /// Word from the queue: rooms the user was removed from are dropped, and the client is told; a
+    /// writer that ended (its socket failed) ends the session.
+    async fn on_told(&mut self) -> Result<(), End> {
+        if self.mailbox.writer_ended() {
+            return Err(End::Socket);
         }
-        // A catch-up is part of the batch too: thousands of frames at once, each flushed on its own, were
-        // a system call per frame in a join storm.
-        if result.is_ok() {
-            if let Some(trouble) = self.mailbox.take_trouble() {
-                // Boxed, as the handlers are (see `run`): rare, and large.
-                result = Box::pin(self.on_trouble(trouble)).await;
-            }
-        }
-        let flushed = self.end_batch().await;
-        result?;
-        flushed?;
-        let Some(broadcast_at) = broadcast_at else {
-            return Ok(());
-        };
-        self.writes += 1;
-        if self.writes % LAG_SAMPLE == 1 {
-            // The oldest frame of the write: how long the broadcast took to reach this socket.
-            self.delivery_lag
-                .record(broadcast_at.elapsed().as_secs_f64());
-        }
-        Ok(())
-    }
-
-    /// Ends the batch begun by setting `batching`: one flush for every frame fed since, counted once.
-    async fn end_batch(&mut self) -> Result<(), End> {
-        self.batching = false;
-        self.frames_out
-            .increment(std::mem::take(&mut self.unreported));
-        self.socket.flush().await.map_err(|_| End::Socket)
-    }
-
-    async fn forward(&mut self, frame: Frame) -> Result<(), End> {
-        // A room the connection stopped hearing a moment ago.
-        let Some(heard) = self.rooms.get_mut(&*frame.room) else {
-            return Ok(());
-        };
-        if frame.seq == EPHEMERAL {
-            return self.send_wire(frame.wire.clone()).await;
-        }
-        if frame.seq <= heard.last_seq {
-            return Ok(());
-        }
-        if frame.seq > heard.last_seq + 1 {
-            // Frames that did not fit in the queue, or a gap while subscribing: the store fills it.
-            return Box::pin(self.catch_up(&frame.room)).await;
-        }
-        heard.last_seq = frame.seq;
-        self.send_wire(frame.wire.clone()).await
-    }
-
-    /// Rooms whose frames did not fit in the queue are caught up from the store; rooms the user was
-    /// removed from are dropped, and the client is told.
-    async fn on_trouble(&mut self, trouble: super::hub::Trouble) -> Result<(), End> {
-        for room in trouble.gone {
+        for room in self.mailbox.take_gone() {
             if self.rooms.remove(&room).is_some() {
+                self.tell_writer(Kind::Forget, room.clone(), 0);
                 self.send_frame(&ServerFrame::RoomGone {
                     room: room.to_string(),
                 })
                 .await?;
             }
         }
-        for room in trouble.lagged {
-            tracing::debug!(%room, "slow connection catches up from the store");
-            self.catch_up(&room).await?;
-        }
         Ok(())
     }
 
-    /// Sends everything of `room` after its `last_seq`, from the room's recent frames where they reach
-    /// back that far, else from the store; later live frames at or below it are skipped.
-    async fn catch_up(&mut self, room: &str) -> Result<(), End> {
-        loop {
-            let Some(after) = self.rooms.get(room).map(|heard| heard.last_seq) else {
-                return Ok(());
-            };
-            if let Some(frames) = self.hub.recent_after(room, after, CATCH_UP_PAGE) {
-                let Some(last) = frames.last().map(|f| f.seq) else {
-                    return Ok(());
-                };
-                if let Some(heard) = self.rooms.get_mut(room) {
-                    heard.last_seq = last;
-                }
-                for frame in frames {
-                    self.send_wire(frame.wire.clone()).await?;
-                }
-                continue;
-            }
-            let events = match self.hub.store().since(room, after, CATCH_UP_PAGE).await {
-                Ok(events) => events,
-                Err(err) => {
-                    tracing::error!(error = %err, "catch-up read failed; closing so the client resumes");
-                    return Err(End::Socket);
-                }
-            };
-            let Some(last) = events.last().map(|e| e.seq) else {
-                return Ok(());
-            };
-            if let Some(heard) = self.rooms.get_mut(room) {
-                heard.last_seq = last;
-            }
-            for event in events {
-                self.send_wire(event_wire(&event)).await?;
-            }
-        }
+    /// Steers the writer's cursor of `room` (see [`crate::server::writer`]), after everything queued
+    /// so far.
+    fn tell_writer(&self, kind: Kind, room: Arc<str>, seq: u64) {
+        // Only frames are refused to a client that stopped reading.
+        let _ = self
+            .mailbox
+            .push_own(Framed::own(kind, room, seq, Bytes::new()));
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), End> {
@@ -796,16 +695,18 @@ where
         self.send_wire(frame_wire(frame)).await
     }
 
-    /// Sends a text frame already framed (see [`frame_wire`]): queued for the batch's flush while
-    /// batching, else written now.
+    /// Sends a text frame already framed (see [`frame_wire`]), after everything queued before it.
     async fn send_wire(&mut self, wire: Bytes) -> Result<(), End> {
-        self.socket.feed_wire(wire).await.map_err(|_| End::Socket)?;
-        if self.batching {
-            // `forward_batch` (or the replay) flushes and counts.
-            self.unreported += 1;
-            return Ok(());
-        }
-        self.frames_out.increment(1);
-        self.socket.flush().await.map_err(|_| End::Socket)
+        self.send_wires(wire, 1)
+    }
+
+    /// Sends `frames` text frames framed and joined in `wire`, after everything queued before them.
+    /// A client that stopped reading long ago is let go.
+    fn send_wires(&self, wire: Bytes, frames: u64) -> Result<(), End> {
+        let entry = Framed::own(Kind::Own, Arc::from(""), frames, wire);
+        self.mailbox.push_own(entry).map_err(|_| {
+            tracing::debug!("client stopped reading; closing");
+            End::Socket
+        })
     }
 }

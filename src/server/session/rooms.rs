@@ -6,6 +6,7 @@ use super::{End, Heard, Session, Start};
 use crate::protocol::{
     ErrorCode, Notify, RoomInfo, RoomKind, ServerFrame, GENERAL_ROOM, HISTORY_PAGE, PRESENCE_NAMES,
 };
+use crate::server::hub::Kind;
 use crate::server::rooms::{post_refusal, Seen, NO_SUCH_ROOM};
 use crate::server::socket::{event_wire, Transport};
 use crate::server::store::StoreError;
@@ -36,15 +37,15 @@ impl<S> Session<'_, S>
 where
     S: Transport,
 {
-    /// Every connection hears `general`, joined or not.
+    /// Every connection hears `general`, joined or not; its broadcasts wait for its history.
     pub(super) fn hear_general(&mut self) {
+        self.tell_writer(Kind::Hold, Arc::from(GENERAL_ROOM), 0);
         let slug = self
             .hub
             .subscribe(GENERAL_ROOM, uuid::Uuid::nil(), &self.mailbox);
         self.rooms.insert(
             slug,
             Heard {
-                last_seq: 0,
                 member: false,
                 archived: false,
                 anchored: false,
@@ -55,16 +56,23 @@ where
         );
     }
 
-    /// Subscribes to room `seen` (again, if already: its user may have changed), anchored at `head` if
-    /// it was not heard yet.
-    pub(super) fn hear(&mut self, seen: &Seen, head: u64) -> Arc<str> {
+    /// Subscribes to room `seen` (again, if already: its user may have changed). A room not heard yet
+    /// is anchored at `head`; with none, its broadcasts wait until [`Session::anchor`].
+    pub(super) fn hear(&mut self, seen: &Seen, head: Option<u64>) -> Arc<str> {
         let user = self.user_id().unwrap_or_default();
-        let slug = self.hub.subscribe(&seen.room.slug, user, &self.mailbox);
+        let slug: Arc<str> = Arc::from(seen.room.slug.as_str());
+        if !self.rooms.contains_key(&slug) {
+            // Told before subscribing, so no broadcast of the room comes before it.
+            match head {
+                Some(head) => self.tell_writer(Kind::Anchor, slug.clone(), head),
+                None => self.tell_writer(Kind::Hold, slug.clone(), 0),
+            }
+        }
+        let slug = self.hub.subscribe(&slug, user, &self.mailbox);
         let heard = self.rooms.entry(slug.clone()).or_insert(Heard {
-            last_seq: head,
             member: seen.member,
             archived: seen.room.archived,
-            anchored: true,
+            anchored: head.is_some(),
             read: 0,
             shown: fingerprint(&seen.room),
             notify: Notify::default(),
@@ -106,7 +114,9 @@ where
 
     /// Stops hearing `room`.
     fn stop_hearing(&mut self, room: &str) {
-        self.rooms.remove(room);
+        if let Some((slug, _)) = self.rooms.remove_entry(room) {
+            self.tell_writer(Kind::Forget, slug, 0);
+        }
         self.hub.unsubscribe(room, &self.mailbox);
     }
 
@@ -134,12 +144,7 @@ where
                 room,
             };
             let before = self.rooms.get(seen.room.slug.as_str()).copied();
-            let slug = self.hear(&seen, 0);
-            if before.is_none() {
-                if let Some(heard) = self.rooms.get_mut(&slug) {
-                    heard.anchored = false;
-                }
-            }
+            let slug = self.hear(&seen, None);
             heard.push((seen, slug, before));
         }
         if heard
@@ -175,9 +180,8 @@ where
             };
             // Only a room not anchored yet is anchored at its head: one anchored already may have
             // frames queued below the head that are still to be written.
-            if let Some(heard) = self.rooms.get_mut(&slug).filter(|h| !h.anchored) {
-                heard.last_seq = heard.last_seq.max(info.head);
-                heard.anchored = true;
+            if self.rooms.get(&slug).is_some_and(|h| !h.anchored) {
+                self.anchor(&slug, info.head);
             }
             let known = known && notify_before == Some(info.notify);
             if first {
@@ -249,7 +253,7 @@ where
                         return Ok(None);
                     }
                 };
-                let slug = self.hear(&seen, head);
+                let slug = self.hear(&seen, Some(head));
                 if seen.room.kind != RoomKind::Public && !self.still_member(&slug).await {
                     self.stop_hearing(&slug);
                     self.send_error(ErrorCode::NotFound, NO_SUCH_ROOM, id)
@@ -285,6 +289,8 @@ where
             return Ok(());
         };
         let fresh_page = matches!(start, Start::Recent) && (asked || &*slug != GENERAL_ROOM);
+        // The room's broadcasts wait while its history is read and queued, then follow it.
+        self.tell_writer(Kind::Hold, slug.clone(), 0);
         // A busy room's newest page is in memory already, encoded: every tab opened in a join storm
         // would otherwise read and encode the same fifty events from the store again.
         let cached = match start {
@@ -294,9 +300,8 @@ where
         let replay = match cached {
             Some(frames) => {
                 let last = frames.last().map(|f| f.seq);
-                self.send_replay(frames.iter().map(|f| f.wire.clone()))
-                    .await?;
-                self.heard_up_to(&slug, last);
+                self.send_replay(frames.iter().map(|f| f.wire.clone()))?;
+                self.anchor(&slug, last.unwrap_or(0));
                 Ok(None)
             }
             None => read_start(self.hub.store(), &slug, start).await.map(Some),
@@ -310,12 +315,12 @@ where
                     Start::After(after) => after,
                     Start::Recent => 0,
                 };
-                let last = Some(events.last().map_or(cursor, |e| e.seq.max(cursor)));
-                self.send_replay(events.iter().map(event_wire)).await?;
-                self.heard_up_to(&slug, last);
+                let last = events.last().map_or(cursor, |e| e.seq.max(cursor));
+                self.send_replay(events.iter().map(event_wire))?;
+                self.anchor(&slug, last);
             }
             Ok(Some(Replay::Events(events) | Replay::Reset(events))) => {
-                self.heard_up_to(&slug, events.last().map(|e| e.seq));
+                let last = events.last().map_or(0, |e| e.seq);
                 let complete = crate::protocol::reaches_first_event(&events);
                 self.send_frame(&ServerFrame::Reset {
                     room: slug.to_string(),
@@ -323,6 +328,7 @@ where
                     complete,
                 })
                 .await?;
+                self.anchor(&slug, last);
             }
             Err(err) => {
                 tracing::error!(error = %err, "reading history failed");
@@ -336,28 +342,30 @@ where
         Ok(())
     }
 
-    /// Sends events one frame each, with one flush for all of them.
-    async fn send_replay(&mut self, wires: impl Iterator<Item = Bytes>) -> Result<(), End> {
-        let began = !self.batching;
-        self.batching = true;
-        let mut sent = Ok(());
+    /// Sends events one frame each, joined in one entry of the queue.
+    fn send_replay(&mut self, wires: impl Iterator<Item = Bytes>) -> Result<(), End> {
+        let mut joined = Vec::new();
+        let mut frames = 0;
         for wire in wires {
-            sent = self.send_wire(wire).await;
-            if sent.is_err() {
-                break;
-            }
+            joined.extend_from_slice(&wire);
+            frames += 1;
         }
-        if began {
-            let flushed = self.end_batch().await;
-            sent = sent.and(flushed);
+        if frames == 0 {
+            return Ok(());
         }
-        sent
+        self.send_wires(joined.into(), frames)
     }
 
-    fn heard_up_to(&mut self, room: &str, seq: Option<u64>) {
-        if let Some(heard) = self.rooms.get_mut(room) {
-            heard.last_seq = heard.last_seq.max(seq.unwrap_or(0));
-            heard.anchored = true;
+    /// Tells the writer `room` is written up to `seq` (or further, if it was): its broadcasts after that
+    /// go out, and those that waited for it follow.
+    fn anchor(&mut self, room: &Arc<str>, seq: u64) {
+        match self.rooms.get_mut(room) {
+            Some(heard) => {
+                heard.anchored = true;
+                self.tell_writer(Kind::Anchor, room.clone(), seq);
+            }
+            // Stopped hearing it meanwhile: the writer lets go of what it held.
+            None => self.tell_writer(Kind::Forget, room.clone(), 0),
         }
     }
 

@@ -95,7 +95,7 @@ where
             member,
         };
         if member {
-            self.hear(&seen, 0);
+            self.hear(&seen, Some(0));
         }
         self.send_room(&seen).await?;
         // Every member's connections, here and elsewhere, read their rooms again and see the change.

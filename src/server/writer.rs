@@ -1,0 +1,420 @@
+//! A connection's writer task: it alone drains the connection's queue ([`Mailbox`]) onto the socket's
+//! write half.
+//!
+//! A delivery wakes only this task, which touches the queue, the room's cursor and the socket. The
+//! session's larger state (its rooms, who it is, its messages in flight, tungstenite's reading side)
+//! stays out of it. At 10,000 connections nothing of one connection stays in cache between two of its
+//! deliveries, so every cache line a wake-up touches is a miss: when the session wrote its deliveries
+//! itself, each one cost twice what a bare writer task costs.
+//!
+//! The writer keeps each room's cursor, the highest sequence number written. A broadcast at or below it
+//! is a duplicate and is skipped; one further on than the next is a gap, caught up from the room's
+//! window of recent frames or from the store. The session steers it through the same queue, so that
+//! everything reaches the client in the order it was queued:
+//! - [`Kind::Hold`] before the session replays a room's history: the room's broadcasts wait;
+//! - its own frames ([`Kind::Own`]): replies, the history itself;
+//! - [`Kind::Anchor`] once the replay is queued: the room is written up to there, and what waited goes
+//!   out after it, duplicates skipped;
+//! - [`Kind::Forget`] when the room is no longer heard.
+
+use super::hub::{Deliveries, Frame, Hub, Kind, Mailbox, EPHEMERAL};
+use super::socket::{event_wire, Batched};
+use axum::body::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// The most entries taken from the queue for one write, as many as one vectored write takes.
+/// (Measured with 1,000 clients at 100 msg/s: batching halves the server's CPU, 103% → 50%, and p50
+/// latency falls from 49 to 32 ms. In a storm of 10,000 joins, 64 made three write calls for each of
+/// the raw reference's, and 256 took a quarter of the server's CPU out of the storm.)
+const FORWARD_BATCH: usize = 256;
+
+/// A batch list grown past this (a burst) is given back once written: steady chat takes tens of frames
+/// at a time, and an idle connection should not hold room for hundreds.
+const FORWARD_KEEP: usize = 64;
+
+/// How many events a connection that fell behind takes in one step of its catch-up.
+const CATCH_UP_PAGE: usize = 500;
+
+/// One write in this many records its delivery lag: the metric costs a few percent of the server's CPU
+/// when recorded on every write at 100,000 writes a second.
+const LAG_SAMPLE: u64 = 8;
+
+/// How far a room has been written to this connection.
+#[derive(Default)]
+struct Cursor {
+    /// The highest sequence number written; broadcasts at or below it are duplicates.
+    last_seq: u64,
+    /// While the session replays the room's history: its broadcasts since, written after the anchor.
+    held: Option<Vec<Frame>>,
+    /// Broadcasts did not fit in `held`, or a catch-up came while held: caught up after the anchor.
+    behind: bool,
+}
+
+/// The socket failed, or the store could not fill a gap: the connection ends, and the client resumes.
+struct Ended;
+
+struct Writer<W> {
+    out: Batched<W>,
+    hub: Hub,
+    mailbox: Arc<Mailbox>,
+    rooms: HashMap<Arc<str>, Cursor>,
+    /// At most this many broadcasts wait in a held room, as many as the queue holds.
+    hold_limit: usize,
+    /// Looked up once: a registry lookup per frame is measurable at 100,000 frames a second.
+    frames_out: metrics::Counter,
+    delivery_lag: metrics::Histogram,
+    /// Frames queued for the write under way; the counter is told once per write, not per frame.
+    unreported: u64,
+    /// Writes so far; the delivery lag is sampled on one in [`LAG_SAMPLE`].
+    writes: u64,
+}
+
+/// Writes what `deliveries` brings to `write` until the session has ended and everything it queued is
+/// written, or the socket fails. Either way the mailbox then tells the session the writer has ended.
+pub async fn run<W>(write: W, mut deliveries: Deliveries, mailbox: Arc<Mailbox>, hub: Hub)
+where
+    W: AsyncWrite + Unpin,
+{
+    // Shutdown waits for this task too: the session's close frame is written here.
+    let _running = hub.session_started();
+    let mut writer = Writer {
+        out: Batched::new(write),
+        hold_limit: hub.live_capacity(),
+        hub,
+        mailbox,
+        rooms: HashMap::new(),
+        frames_out: metrics::counter!(super::metrics::FRAMES_OUT),
+        delivery_lag: metrics::histogram!(super::metrics::DELIVERY_SECONDS),
+        unreported: 0,
+        writes: 0,
+    };
+    let mut batch = Vec::new();
+    while deliveries.recv(&mut batch, FORWARD_BATCH).await {
+        if writer.write_batch(&mut batch).await.is_err() {
+            return;
+        }
+        if batch.capacity() > FORWARD_KEEP {
+            batch = Vec::new();
+        }
+    }
+    let _ = writer.out.shutdown().await;
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    /// Writes a batch taken from the queue, and any catch-up, in one vectored write where it fits:
+    /// under load that saves a system call per frame, and each call wakes the receiver.
+    async fn write_batch(&mut self, batch: &mut Vec<Frame>) -> Result<(), Ended> {
+        let broadcast_at = batch
+            .iter()
+            .find(|entry| entry.kind == Kind::Broadcast)
+            .map(|entry| entry.at);
+        for entry in batch.drain(..) {
+            self.take(entry).await?;
+        }
+        if let Some(lagged) = self.mailbox.take_lagged() {
+            for room in lagged {
+                tracing::debug!(%room, "slow connection catches up from the store");
+                self.catch_up(&room).await?;
+            }
+        }
+        self.out.write_out().await.map_err(|_| Ended)?;
+        self.frames_out
+            .increment(std::mem::take(&mut self.unreported));
+        if let Some(at) = broadcast_at {
+            self.writes += 1;
+            if self.writes % LAG_SAMPLE == 1 {
+                // The oldest broadcast of the write: how long it took to reach this socket.
+                self.delivery_lag.record(at.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    async fn take(&mut self, entry: Frame) -> Result<(), Ended> {
+        match entry.kind {
+            Kind::Broadcast => self.forward(entry).await,
+            Kind::Own => self.send(entry.wire.clone(), entry.seq).await,
+            Kind::Hold => {
+                let cursor = self.rooms.entry(entry.room.clone()).or_default();
+                cursor.held.get_or_insert_with(Vec::new);
+                Ok(())
+            }
+            Kind::Anchor => {
+                let cursor = self.rooms.entry(entry.room.clone()).or_default();
+                cursor.last_seq = cursor.last_seq.max(entry.seq);
+                let held = cursor.held.take().unwrap_or_default();
+                let behind = std::mem::take(&mut cursor.behind);
+                for frame in held {
+                    self.forward(frame).await?;
+                }
+                if behind {
+                    self.catch_up(&entry.room).await?;
+                }
+                Ok(())
+            }
+            Kind::Forget => {
+                self.rooms.remove(&*entry.room);
+                Ok(())
+            }
+        }
+    }
+
+    /// A room's broadcast: written if it is the room's next, held while the room is, caught up to
+    /// after a gap, skipped if written already or if the room is not heard.
+    async fn forward(&mut self, frame: Frame) -> Result<(), Ended> {
+        let Some(cursor) = self.rooms.get_mut(&*frame.room) else {
+            return Ok(());
+        };
+        if frame.seq == EPHEMERAL {
+            return self.send(frame.wire.clone(), 1).await;
+        }
+        if let Some(held) = cursor.held.as_mut() {
+            if held.len() < self.hold_limit {
+                held.push(frame);
+            } else {
+                cursor.behind = true;
+            }
+            return Ok(());
+        }
+        if frame.seq <= cursor.last_seq {
+            return Ok(());
+        }
+        if frame.seq > cursor.last_seq + 1 {
+            // Frames that did not fit in the queue, or a gap while subscribing: the store fills it.
+            // Boxed: rare, and large.
+            return Box::pin(self.catch_up(&frame.room)).await;
+        }
+        cursor.last_seq = frame.seq;
+        self.send(frame.wire.clone(), 1).await
+    }
+
+    /// Queues `wire`, `frames` whole frames, for this batch's write; a batch grown large is written out
+    /// first.
+    async fn send(&mut self, wire: Bytes, frames: u64) -> Result<(), Ended> {
+        self.out.make_room().await.map_err(|_| Ended)?;
+        self.out.push(wire);
+        self.unreported += frames;
+        Ok(())
+    }
+
+    /// Sends everything of `room` after its cursor, from the room's recent frames where they reach back
+    /// that far, else from the store; later broadcasts at or below it are skipped.
+    async fn catch_up(&mut self, room: &str) -> Result<(), Ended> {
+        loop {
+            let Some(cursor) = self.rooms.get_mut(room) else {
+                return Ok(());
+            };
+            if cursor.held.is_some() {
+                // The session is replaying the room: caught up after its anchor.
+                cursor.behind = true;
+                return Ok(());
+            }
+            let after = cursor.last_seq;
+            if let Some(frames) = self.hub.recent_after(room, after, CATCH_UP_PAGE) {
+                let Some(last) = frames.last().map(|f| f.seq) else {
+                    return Ok(());
+                };
+                cursor.last_seq = last;
+                for frame in frames {
+                    self.send(frame.wire.clone(), 1).await?;
+                }
+                continue;
+            }
+            let events = match self.hub.store().since(room, after, CATCH_UP_PAGE).await {
+                Ok(events) => events,
+                Err(err) => {
+                    tracing::error!(error = %err, "catch-up read failed; closing so the client resumes");
+                    return Err(Ended);
+                }
+            };
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            if let Some(cursor) = self.rooms.get_mut(room) {
+                cursor.last_seq = last;
+            }
+            for event in events {
+                self.send(event_wire(&event), 1).await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{EventKind, ServerFrame, UserKind, GENERAL_ROOM};
+    use crate::server::hub::{Framed, HubConfig};
+    use crate::server::socket::text_frame;
+    use crate::server::store::NewEvent;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    fn hub(live_capacity: usize) -> Hub {
+        Hub::new(
+            Arc::new(crate::server::store::MemoryStore::new(10)),
+            Arc::new(crate::server::backplane::Local),
+            HubConfig {
+                live_capacity,
+                ..HubConfig::default()
+            },
+        )
+    }
+
+    /// A broadcast of `room` whose text says which it is.
+    fn broadcast(room: &str, seq: u64) -> Frame {
+        Arc::new(Framed {
+            room: Arc::from(room),
+            seq,
+            wire: text_frame(format!("{room} {seq}").as_bytes()),
+            at: std::time::Instant::now(),
+            kind: Kind::Broadcast,
+        })
+    }
+
+    fn steer(mailbox: &Mailbox, kind: Kind, room: &str, seq: u64) {
+        mailbox
+            .push_own(Framed::own(kind, Arc::from(room), seq, Bytes::new()))
+            .unwrap();
+    }
+
+    /// The session's own frames, joined in one entry as a replay is.
+    fn own(mailbox: &Mailbox, texts: &[&str]) {
+        let mut joined = Vec::new();
+        for text in texts {
+            joined.extend_from_slice(&text_frame(text.as_bytes()));
+        }
+        let entry = Framed::own(Kind::Own, Arc::from(""), texts.len() as u64, joined.into());
+        mailbox.push_own(entry).unwrap();
+    }
+
+    /// Every text frame the writer wrote, until it shut the socket.
+    async fn written(mut far: DuplexStream) -> Vec<String> {
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), far.read_to_end(&mut all))
+            .await
+            .expect("the writer ends once the session has")
+            .unwrap();
+        let mut texts = Vec::new();
+        let mut rest = &all[..];
+        while !rest.is_empty() {
+            assert_eq!(rest[0], 0x81, "a final, unmasked text frame");
+            let (len, head) = match rest[1] {
+                126 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                127 => panic!("no frame here is that long"),
+                n => (usize::from(n), 2),
+            };
+            texts.push(String::from_utf8(rest[head..head + len].to_vec()).unwrap());
+            rest = &rest[head + len..];
+        }
+        texts
+    }
+
+    /// The sequence number of each event frame in `texts`, in order.
+    fn seqs(texts: &[String]) -> Vec<u64> {
+        texts
+            .iter()
+            .filter_map(|text| match serde_json::from_str::<ServerFrame>(text) {
+                Ok(ServerFrame::Event(event)) => Some(event.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_rooms_broadcasts_wait_for_its_replay_then_follow_it_once_each_in_order() {
+        let hub = hub(64);
+        let (mailbox, deliveries) = hub.mailbox();
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(run(near, deliveries, mailbox.clone(), hub.clone()));
+
+        steer(&mailbox, Kind::Anchor, "general", 0);
+        mailbox.push_all(&[broadcast("general", 1)]);
+        // A tab reopens `general` after 0 while 2 and 3 are broadcast: they wait for the replay.
+        steer(&mailbox, Kind::Hold, "general", 0);
+        mailbox.push_all(&[broadcast("general", 2), broadcast("general", 3)]);
+        // A room not heard, and typing, which goes out at once.
+        mailbox.push_all(&[broadcast("design", 1), broadcast("general", EPHEMERAL)]);
+        own(&mailbox, &["replay 1", "replay 2", "replay 3"]);
+        steer(&mailbox, Kind::Anchor, "general", 3);
+        // 3 again is a duplicate; 4 is next.
+        mailbox.push_all(&[broadcast("general", 3), broadcast("general", 4)]);
+        steer(&mailbox, Kind::Forget, "general", 0);
+        mailbox.push_all(&[broadcast("general", 5)]);
+        own(&mailbox, &["bye"]);
+        mailbox.finish();
+
+        assert_eq!(
+            written(far).await,
+            [
+                "general 1",
+                "general 0",
+                "replay 1",
+                "replay 2",
+                "replay 3",
+                "general 4",
+                "bye"
+            ]
+        );
+        writer.await.unwrap();
+        assert!(mailbox.writer_ended());
+    }
+
+    #[tokio::test]
+    async fn a_room_that_fell_behind_while_held_is_caught_up_after_its_anchor() {
+        // A queue of 2: most of the broadcasts neither fit in the queue nor in the held list.
+        let hub = hub(2);
+        let (mailbox, deliveries) = hub.mailbox();
+        let (near, far) = tokio::io::duplex(1 << 16);
+        steer(&mailbox, Kind::Hold, GENERAL_ROOM, 0);
+        hub.subscribe(GENERAL_ROOM, uuid::Uuid::nil(), &mailbox);
+        for i in 0..12 {
+            let event = NewEvent {
+                id: uuid::Uuid::new_v4(),
+                kind: EventKind::Message,
+                name: "Ann".into(),
+                user_id: uuid::Uuid::new_v4(),
+                user_kind: UserKind::Guest,
+                text: format!("m{i}"),
+                target: None,
+                call: Vec::new(),
+            };
+            hub.publish(GENERAL_ROOM, event).await.unwrap();
+        }
+        // The writer starts only now, as one would whose client read nothing meanwhile.
+        let writer = tokio::spawn(run(near, deliveries, mailbox.clone(), hub.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The session's replay went up to 3.
+        own(&mailbox, &["replay"]);
+        steer(&mailbox, Kind::Anchor, GENERAL_ROOM, 3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        mailbox.finish();
+        let texts = written(far).await;
+        assert_eq!(texts[0], "replay", "nothing of the room before its replay");
+        assert_eq!(
+            seqs(&texts),
+            (4..=12).collect::<Vec<_>>(),
+            "no gap, no duplicate"
+        );
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_writer_whose_socket_failed_tells_its_session() {
+        let hub = hub(8);
+        let (mailbox, deliveries) = hub.mailbox();
+        let (near, far) = tokio::io::duplex(64);
+        drop(far);
+        let writer = tokio::spawn(run(near, deliveries, mailbox.clone(), hub.clone()));
+        own(&mailbox, &["nobody reads this"]);
+        tokio::time::timeout(Duration::from_secs(5), mailbox.told())
+            .await
+            .expect("the session is told");
+        assert!(mailbox.writer_ended());
+        writer.await.unwrap();
+        // Nothing more is queued for a writer that is gone.
+        own(&mailbox, &["nor this"]);
+    }
+}
