@@ -148,10 +148,6 @@ struct Queue {
     finished: bool,
 }
 
-/// A queue emptied with more room than this gives it back: a storm's backlog must not stay allocated
-/// on every connection afterwards.
-const QUEUE_KEEP: usize = 64;
-
 /// How far past its capacity the session's own entries may fill a queue: a client that sends and never
 /// reads would otherwise grow it without end. Past this the session ends the connection.
 const OWN_SLACK: usize = 4_096;
@@ -266,20 +262,18 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    /// Waits until entries are queued, then moves up to `limit` of them into `into` (oldest first); or
-    /// returns with none taken when a room lagged (see [`Mailbox::take_lagged`]). False once the session
-    /// has ended and everything it queued was taken. Cancel-safe: entries are taken only in the poll
-    /// that returns.
-    pub async fn recv(&mut self, into: &mut Vec<Frame>, limit: usize) -> bool {
+    /// Waits until entries are queued, then takes all of them: `into`, which must be empty, and the
+    /// queue trade places, so nothing is copied and each keeps its room for the next time. Or returns
+    /// with none taken when a room lagged (see [`Mailbox::take_lagged`]). False once the session has
+    /// ended and everything it queued was taken. Cancel-safe: entries are taken only in the poll that
+    /// returns.
+    pub async fn recv(&mut self, into: &mut VecDeque<Frame>) -> bool {
+        debug_assert!(into.is_empty());
         loop {
             {
                 let mut queue = lock(&self.mailbox.queue);
                 if !queue.frames.is_empty() {
-                    let n = limit.min(queue.frames.len());
-                    into.extend(queue.frames.drain(..n));
-                    if queue.frames.is_empty() && queue.frames.capacity() > QUEUE_KEEP {
-                        queue.frames = VecDeque::new();
-                    }
+                    std::mem::swap(&mut queue.frames, into);
                     return true;
                 }
                 if queue.finished {
@@ -739,10 +733,22 @@ impl Hub {
 
     /// Live frames of `room` go to `mailbox` from now on, for `user` (nil for a reader). Subscribe
     /// *before* reading history, then skip frames whose `seq` the history already covered: that way
-    /// nothing falls between the two. Returns the room's slug as frames carry it.
-    pub fn subscribe(&self, room: &str, user: Uuid, mailbox: &Arc<Mailbox>) -> Arc<str> {
+    /// nothing falls between the two. `first`, if given, is queued for the connection's writer ahead
+    /// of every frame of the room ([`Kind::Hold`] or [`Kind::Anchor`] at a sequence number). Returns the
+    /// room's slug as frames carry it: the writer finds a room's cursor by that pointer.
+    pub fn subscribe(
+        &self,
+        room: &str,
+        user: Uuid,
+        mailbox: &Arc<Mailbox>,
+        first: Option<(Kind, u64)>,
+    ) -> Arc<str> {
         let mut rooms = lock(&self.inner.rooms);
         let room = Self::room_in(&mut rooms, room, &self.inner.config);
+        if let Some((kind, seq)) = first {
+            // Before the subscription, under the map's lock: no broadcast of the room can come first.
+            let _ = mailbox.push_own(Framed::own(kind, room.slug.clone(), seq, Bytes::new()));
+        }
         let subscriber = Subscriber {
             user,
             mailbox: mailbox.clone(),
@@ -1122,8 +1128,8 @@ mod tests {
         }
         // A typing frame that does not fit is dropped without trouble; it is not stored anywhere.
         mailbox.push(frame(&room, EPHEMERAL));
-        let mut batch = Vec::new();
-        deliveries.recv(&mut batch, 64).await;
+        let mut batch = VecDeque::new();
+        deliveries.recv(&mut batch).await;
         let seqs: Vec<u64> = batch.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2]);
         let lagged = mailbox.take_lagged().expect("the third did not fit");
@@ -1132,8 +1138,8 @@ mod tests {
         // Room again: the next push is queued and wakes the waiting connection.
         batch.clear();
         let waiting = tokio::spawn(async move {
-            let mut batch = Vec::new();
-            deliveries.recv(&mut batch, 64).await;
+            let mut batch = VecDeque::new();
+            deliveries.recv(&mut batch).await;
             batch.iter().map(|f| f.seq).collect::<Vec<_>>()
         });
         tokio::task::yield_now().await;
@@ -1148,8 +1154,8 @@ mod tests {
         mailbox.push(frame(&room, 1));
         let batch: Vec<Frame> = (2..=5).map(|seq| frame(&room, seq)).collect();
         mailbox.push_all(&batch);
-        let mut taken = Vec::new();
-        deliveries.recv(&mut taken, 64).await;
+        let mut taken = VecDeque::new();
+        deliveries.recv(&mut taken).await;
         let seqs: Vec<u64> = taken.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2, 3], "what fits, in order");
         let lagged = mailbox.take_lagged().expect("4 and 5 did not fit");
@@ -1165,7 +1171,7 @@ mod tests {
         let hub = hub(8);
         let user = Uuid::new_v4();
         let (mailbox, mut deliveries) = hub.mailbox();
-        hub.subscribe("design", user, &mailbox);
+        hub.subscribe("design", user, &mailbox, None);
         hub.evict_here("design", user);
         tokio::time::timeout(Duration::from_secs(5), mailbox.told())
             .await
@@ -1185,10 +1191,11 @@ mod tests {
         let own = Framed::own(Kind::Own, Arc::from(""), 1, Bytes::from_static(b"bye"));
         mailbox.push_own(own).unwrap();
         mailbox.finish();
-        let mut batch = Vec::new();
-        assert!(deliveries.recv(&mut batch, 64).await);
+        let mut batch = VecDeque::new();
+        assert!(deliveries.recv(&mut batch).await);
         assert_eq!(&batch[0].wire[..], b"bye");
-        assert!(!deliveries.recv(&mut batch, 64).await, "then it ends");
+        batch.clear();
+        assert!(!deliveries.recv(&mut batch).await, "then it ends");
         drop(deliveries);
         assert!(mailbox.writer_ended());
     }

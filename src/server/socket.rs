@@ -171,10 +171,17 @@ impl Connection {
         match downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
             Ok(parts) => {
                 let (read, write) = parts.io.into_inner().into_split();
-                // What the server read past the handshake is the start of the WebSocket stream.
-                let read = std::io::Cursor::new(parts.read_buf).chain(read);
+                // What the server read past the handshake is the start of the WebSocket stream. It is
+                // a slice of the HTTP connection's read buffer, which it would keep whole for the
+                // connection's life: kept only when there is something in it (clients wait for the
+                // 101 before they send).
+                let read: ReadHalf = if parts.read_buf.is_empty() {
+                    Box::new(read)
+                } else {
+                    Box::new(std::io::Cursor::new(parts.read_buf).chain(read))
+                };
                 Self {
-                    read: Box::new(read),
+                    read,
                     write: Box::new(write),
                     config,
                 }
@@ -272,6 +279,21 @@ impl<T: AsyncWrite + Unpin> Batched<T> {
     /// Writes out everything gathered.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.parts.is_empty() {
+            if self.parts.len() == 1 {
+                // One frame per write is the common case under wide fan-out: no slices to build.
+                let part = &self.parts[0][self.written..];
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, part))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pending -= n;
+                self.written += n;
+                if self.written == self.parts[0].len() {
+                    self.written = 0;
+                    self.parts.pop_front();
+                }
+                continue;
+            }
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
             for (slice, part) in slices.iter_mut().zip(&self.parts) {

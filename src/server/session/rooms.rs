@@ -39,10 +39,10 @@ where
 {
     /// Every connection hears `general`, joined or not; its broadcasts wait for its history.
     pub(super) fn hear_general(&mut self) {
-        self.tell_writer(Kind::Hold, Arc::from(GENERAL_ROOM), 0);
+        let hold = Some((Kind::Hold, 0));
         let slug = self
             .hub
-            .subscribe(GENERAL_ROOM, uuid::Uuid::nil(), &self.mailbox);
+            .subscribe(GENERAL_ROOM, uuid::Uuid::nil(), &self.mailbox, hold);
         self.rooms.insert(
             slug,
             Heard {
@@ -60,15 +60,11 @@ where
     /// is anchored at `head`; with none, its broadcasts wait until [`Session::anchor`].
     pub(super) fn hear(&mut self, seen: &Seen, head: Option<u64>) -> Arc<str> {
         let user = self.user_id().unwrap_or_default();
-        let slug: Arc<str> = Arc::from(seen.room.slug.as_str());
-        if !self.rooms.contains_key(&slug) {
-            // Told before subscribing, so no broadcast of the room comes before it.
-            match head {
-                Some(head) => self.tell_writer(Kind::Anchor, slug.clone(), head),
-                None => self.tell_writer(Kind::Hold, slug.clone(), 0),
-            }
-        }
-        let slug = self.hub.subscribe(&slug, user, &self.mailbox);
+        let slug = seen.room.slug.as_str();
+        // A room new to the writer starts there, ahead of its broadcasts.
+        let first = (!self.rooms.contains_key(slug))
+            .then_some(head.map_or((Kind::Hold, 0), |head| (Kind::Anchor, head)));
+        let slug = self.hub.subscribe(slug, user, &self.mailbox, first);
         let heard = self.rooms.entry(slug.clone()).or_insert(Heard {
             member: seen.member,
             archived: seen.room.archived,
