@@ -63,6 +63,8 @@ pub enum Kind {
     Anchor,
     /// `room` is no longer heard: its broadcasts are dropped.
     Forget,
+    /// The close frame, in `wire`: the last thing written.
+    Close,
 }
 
 impl Framed {
@@ -113,7 +115,8 @@ pub enum PublishError {
 }
 
 /// A connection's queue: frames of every room it is subscribed to, in each room's order, and the
-/// session's own entries between them; its writer task drains it ([`crate::server::writer`]).
+/// session's own entries in theirs; its writer task drains it ([`crate::server::writer`]), the
+/// session's entries first.
 ///
 /// A locked `VecDeque` and a [`Notify`](tokio::sync::Notify) rather than a channel: a push is a lock, a
 /// push_back and, only when the queue was empty, a wake-up; the writer takes a whole batch under one
@@ -141,15 +144,22 @@ pub struct Mailbox {
 
 #[derive(Default)]
 struct Queue {
+    /// The rooms' broadcasts, at most the mailbox's capacity.
     frames: VecDeque<Frame>,
+    /// The session's own entries ([`Framed::own`]). They go out ahead of the broadcasts queued before
+    /// them, as replies written by the session itself did: a reply (`joined` in a join storm) must not
+    /// wait behind a thousand broadcasts. What must not overtake a room's broadcasts is ordered by the
+    /// room's cursor instead: a replay is bracketed by [`Kind::Hold`] and [`Kind::Anchor`], and a
+    /// room's broadcasts after [`Kind::Forget`] are dropped.
+    own: VecDeque<Frame>,
     /// The writer has ended: nothing more is queued.
     closed: bool,
     /// The session has ended: the writer writes what is queued, then ends.
     finished: bool,
 }
 
-/// How far past its capacity the session's own entries may fill a queue: a client that sends and never
-/// reads would otherwise grow it without end. Past this the session ends the connection.
+/// How many of the session's own entries may wait unwritten: a client that sends and never reads would
+/// otherwise grow the queue without end. Past this the session ends the connection.
 const OWN_SLACK: usize = 4_096;
 
 /// The session queued more than a client that reads ever leaves unread.
@@ -187,19 +197,19 @@ impl Mailbox {
         }
     }
 
-    /// Queues one of the session's own entries ([`Framed::own`]) after everything queued before it.
-    /// It is never dropped for want of room, but frames ([`Kind::Own`]) that far past the queue's
-    /// capacity are refused: they belong to a client that stopped reading.
+    /// Queues one of the session's own entries ([`Framed::own`]) after the session's others. It is
+    /// never dropped for want of room, but frames ([`Kind::Own`]) past [`OWN_SLACK`] unwritten are
+    /// refused: they belong to a client that stopped reading.
     pub fn push_own(&self, entry: Frame) -> Result<(), NotReading> {
         let mut queue = lock(&self.queue);
         if queue.closed {
             return Ok(()); // the writer ended; the session hears of it and ends too
         }
-        if entry.kind == Kind::Own && queue.frames.len() >= self.capacity + OWN_SLACK {
+        if entry.kind == Kind::Own && queue.own.len() >= OWN_SLACK {
             return Err(NotReading);
         }
-        let was_empty = queue.frames.is_empty();
-        queue.frames.push_back(entry);
+        let was_empty = queue.own.is_empty();
+        queue.own.push_back(entry);
         drop(queue);
         if was_empty {
             self.ready.notify_one();
@@ -262,18 +272,19 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    /// Waits until entries are queued, then takes all of them: `into`, which must be empty, and the
-    /// queue trade places, so nothing is copied and each keeps its room for the next time. Or returns
-    /// with none taken when a room lagged (see [`Mailbox::take_lagged`]). False once the session has
-    /// ended and everything it queued was taken. Cancel-safe: entries are taken only in the poll that
-    /// returns.
-    pub async fn recv(&mut self, into: &mut VecDeque<Frame>) -> bool {
-        debug_assert!(into.is_empty());
+    /// Waits until entries are queued, then takes all of them: the session's into `own` and the
+    /// broadcasts into `frames`, both empty, which trade places with the queue's, so nothing is copied
+    /// and each keeps its room for the next time. Or returns with none taken when a room lagged (see
+    /// [`Mailbox::take_lagged`]). False once the session has ended and everything it queued was taken.
+    /// Cancel-safe: entries are taken only in the poll that returns.
+    pub async fn recv(&mut self, own: &mut VecDeque<Frame>, frames: &mut VecDeque<Frame>) -> bool {
+        debug_assert!(own.is_empty() && frames.is_empty());
         loop {
             {
                 let mut queue = lock(&self.mailbox.queue);
-                if !queue.frames.is_empty() {
-                    std::mem::swap(&mut queue.frames, into);
+                if !queue.frames.is_empty() || !queue.own.is_empty() {
+                    std::mem::swap(&mut queue.own, own);
+                    std::mem::swap(&mut queue.frames, frames);
                     return true;
                 }
                 if queue.finished {
@@ -294,6 +305,7 @@ impl Drop for Deliveries {
         let mut queue = lock(&self.mailbox.queue);
         queue.closed = true;
         queue.frames = VecDeque::new();
+        queue.own = VecDeque::new();
         drop(queue);
         self.mailbox.writer_ended.store(true, Ordering::Release);
         self.mailbox.told.notify_one();
@@ -1128,8 +1140,8 @@ mod tests {
         }
         // A typing frame that does not fit is dropped without trouble; it is not stored anywhere.
         mailbox.push(frame(&room, EPHEMERAL));
-        let mut batch = VecDeque::new();
-        deliveries.recv(&mut batch).await;
+        let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());
+        deliveries.recv(&mut own, &mut batch).await;
         let seqs: Vec<u64> = batch.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2]);
         let lagged = mailbox.take_lagged().expect("the third did not fit");
@@ -1138,8 +1150,8 @@ mod tests {
         // Room again: the next push is queued and wakes the waiting connection.
         batch.clear();
         let waiting = tokio::spawn(async move {
-            let mut batch = VecDeque::new();
-            deliveries.recv(&mut batch).await;
+            let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());
+            deliveries.recv(&mut own, &mut batch).await;
             batch.iter().map(|f| f.seq).collect::<Vec<_>>()
         });
         tokio::task::yield_now().await;
@@ -1154,8 +1166,8 @@ mod tests {
         mailbox.push(frame(&room, 1));
         let batch: Vec<Frame> = (2..=5).map(|seq| frame(&room, seq)).collect();
         mailbox.push_all(&batch);
-        let mut taken = VecDeque::new();
-        deliveries.recv(&mut taken).await;
+        let (mut own, mut taken) = (VecDeque::new(), VecDeque::new());
+        deliveries.recv(&mut own, &mut taken).await;
         let seqs: Vec<u64> = taken.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2, 3], "what fits, in order");
         let lagged = mailbox.take_lagged().expect("4 and 5 did not fit");
@@ -1191,11 +1203,11 @@ mod tests {
         let own = Framed::own(Kind::Own, Arc::from(""), 1, Bytes::from_static(b"bye"));
         mailbox.push_own(own).unwrap();
         mailbox.finish();
-        let mut batch = VecDeque::new();
-        assert!(deliveries.recv(&mut batch).await);
-        assert_eq!(&batch[0].wire[..], b"bye");
-        batch.clear();
-        assert!(!deliveries.recv(&mut batch).await, "then it ends");
+        let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());
+        assert!(deliveries.recv(&mut own, &mut batch).await);
+        assert_eq!(&own[0].wire[..], b"bye");
+        own.clear();
+        assert!(!deliveries.recv(&mut own, &mut batch).await, "then it ends");
         drop(deliveries);
         assert!(mailbox.writer_ended());
     }

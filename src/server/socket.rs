@@ -377,7 +377,13 @@ impl<R: Unpin> AsyncWrite for Halves<R> {
         _cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let entry = Framed::own(Kind::Own, Arc::from(""), 1, Bytes::copy_from_slice(data));
+        // Tungstenite writes through (its write buffer is 0), so each call is one whole frame: a close
+        // frame is told apart by its opcode, for the writer to write nothing after it.
+        let kind = match data.first() {
+            Some(first) if first & 0x0f == 0x8 => Kind::Close,
+            _ => Kind::Own,
+        };
+        let entry = Framed::own(kind, Arc::from(""), 1, Bytes::copy_from_slice(data));
         match self.out.push_own(entry) {
             Ok(()) => Poll::Ready(Ok(data.len())),
             Err(_) => Poll::Ready(Err(io::Error::other("the client stopped reading"))),

@@ -9,13 +9,15 @@
 //!
 //! The writer keeps each room's cursor, the highest sequence number written. A broadcast at or below it
 //! is a duplicate and is skipped; one further on than the next is a gap, caught up from the room's
-//! window of recent frames or from the store. The session steers it through the same queue, so that
-//! everything reaches the client in the order it was queued:
+//! window of recent frames or from the store. The session's own entries are written in their order,
+//! ahead of the broadcasts queued before them (as the session's own writes were: a reply does not wait
+//! behind a backlog), and they steer the cursors:
 //! - [`Kind::Hold`] before the session replays a room's history: the room's broadcasts wait;
 //! - its own frames ([`Kind::Own`]): replies, the history itself;
 //! - [`Kind::Anchor`] once the replay is queued: the room is written up to there, and what waited goes
 //!   out after it, duplicates skipped;
-//! - [`Kind::Forget`] when the room is no longer heard.
+//! - [`Kind::Forget`] when the room is no longer heard: its broadcasts are dropped;
+//! - [`Kind::Close`], the close frame: nothing is written after it.
 
 use super::hub::{Deliveries, Frame, Hub, Kind, Mailbox, EPHEMERAL};
 use super::socket::{event_wire, Batched};
@@ -102,6 +104,12 @@ impl Cursors {
 /// The socket failed, or the store could not fill a gap: the connection ends, and the client resumes.
 struct Ended;
 
+/// What a batch left the connection: open, or closed by its close frame.
+enum Written {
+    More,
+    Closed,
+}
+
 struct Writer<W> {
     out: Batched<W>,
     hub: Hub,
@@ -138,13 +146,17 @@ where
     // Everything queued is taken at once and written in as few vectored writes as it takes.
     // (Measured with 1,000 clients at 100 msg/s: batching halves the server's CPU, 103% → 50%, and
     // p50 latency falls from 49 to 32 ms.)
-    let mut batch = VecDeque::new();
-    while deliveries.recv(&mut batch).await {
-        if writer.write_batch(&mut batch).await.is_err() {
-            return;
+    let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());
+    while deliveries.recv(&mut own, &mut batch).await {
+        match writer.write_batch(&mut own, &mut batch).await {
+            Ok(Written::More) => {}
+            Ok(Written::Closed) => break,
+            Err(Ended) => return,
         }
-        if batch.capacity() > FORWARD_KEEP {
-            batch = VecDeque::new();
+        for queue in [&mut own, &mut batch] {
+            if queue.capacity() > FORWARD_KEEP {
+                *queue = VecDeque::new();
+            }
         }
     }
     let _ = writer.out.shutdown().await;
@@ -153,13 +165,29 @@ where
 impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Writes a batch taken from the queue, and any catch-up, in one vectored write where it fits:
     /// under load that saves a system call per frame, and each call wakes the receiver.
-    async fn write_batch(&mut self, batch: &mut VecDeque<Frame>) -> Result<(), Ended> {
-        let broadcast_at = batch
-            .iter()
-            .find(|entry| entry.kind == Kind::Broadcast)
-            .map(|entry| entry.at);
-        for entry in batch.drain(..) {
+    async fn write_batch(
+        &mut self,
+        own: &mut VecDeque<Frame>,
+        batch: &mut VecDeque<Frame>,
+    ) -> Result<Written, Ended> {
+        let broadcast_at = batch.front().map(|entry| entry.at);
+        let mut closed = false;
+        for entry in own.drain(..) {
+            if entry.kind == Kind::Close {
+                self.send(entry.wire.clone(), 1).await?;
+                closed = true;
+                break;
+            }
             self.take(entry).await?;
+        }
+        if closed {
+            own.clear();
+            batch.clear();
+            self.out.write_out().await.map_err(|_| Ended)?;
+            return Ok(Written::Closed);
+        }
+        for entry in batch.drain(..) {
+            self.forward(entry).await?;
         }
         if let Some(lagged) = self.mailbox.take_lagged() {
             for room in lagged {
@@ -176,13 +204,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 self.delivery_lag.record(at.elapsed().as_secs_f64());
             }
         }
-        Ok(())
+        Ok(Written::More)
     }
 
     async fn take(&mut self, entry: Frame) -> Result<(), Ended> {
         match entry.kind {
             Kind::Broadcast => self.forward(entry).await,
-            Kind::Own => self.send(entry.wire.clone(), entry.seq).await,
+            Kind::Own | Kind::Close => self.send(entry.wire.clone(), entry.seq).await,
             Kind::Hold => {
                 let cursor = self.rooms.entry(&entry.room);
                 cursor.held.get_or_insert_with(Vec::new);
@@ -370,43 +398,83 @@ mod tests {
             .collect()
     }
 
+    /// The next text frame the writer wrote.
+    async fn next_text(far: &mut DuplexStream) -> String {
+        let read = async {
+            let mut head = [0u8; 2];
+            far.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[0], 0x81, "a final, unmasked text frame");
+            let mut text = vec![0u8; usize::from(head[1])];
+            far.read_exact(&mut text).await.unwrap();
+            String::from_utf8(text).unwrap()
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("a frame")
+    }
+
     #[tokio::test]
     async fn a_rooms_broadcasts_wait_for_its_replay_then_follow_it_once_each_in_order() {
         let hub = hub(64);
         let (mailbox, deliveries) = hub.mailbox();
-        let (near, far) = tokio::io::duplex(1 << 16);
+        let (near, mut far) = tokio::io::duplex(1 << 16);
         let writer = tokio::spawn(run(near, deliveries, mailbox.clone(), hub.clone()));
 
         steer(&mailbox, Kind::Anchor, "general", 0);
         mailbox.push_all(&[broadcast("general", 1)]);
+        assert_eq!(next_text(&mut far).await, "general 1");
         // A tab reopens `general` after 0 while 2 and 3 are broadcast: they wait for the replay.
         steer(&mailbox, Kind::Hold, "general", 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
         mailbox.push_all(&[broadcast("general", 2), broadcast("general", 3)]);
-        // A room not heard, and typing, which goes out at once.
+        // A room not heard is dropped; typing goes out at once, held or not.
         mailbox.push_all(&[broadcast("design", 1), broadcast("general", EPHEMERAL)]);
+        assert_eq!(next_text(&mut far).await, "general 0");
         own(&mailbox, &["replay 1", "replay 2", "replay 3"]);
         steer(&mailbox, Kind::Anchor, "general", 3);
-        // 3 again is a duplicate; 4 is next.
+        for expected in ["replay 1", "replay 2", "replay 3"] {
+            assert_eq!(next_text(&mut far).await, expected);
+        }
+        // 2 and 3, held, were in the replay; 3 again is a duplicate; 4 is next.
         mailbox.push_all(&[broadcast("general", 3), broadcast("general", 4)]);
-        steer(&mailbox, Kind::Forget, "general", 0);
+        assert_eq!(next_text(&mut far).await, "general 4");
+        // No longer heard: its broadcasts are dropped, even one queued before the session's next
+        // entries, which go out first.
         mailbox.push_all(&[broadcast("general", 5)]);
+        steer(&mailbox, Kind::Forget, "general", 0);
         own(&mailbox, &["bye"]);
         mailbox.finish();
 
-        assert_eq!(
-            written(far).await,
-            [
-                "general 1",
-                "general 0",
-                "replay 1",
-                "replay 2",
-                "replay 3",
-                "general 4",
-                "bye"
-            ]
-        );
+        let rest = written(far).await;
+        assert!(rest == ["bye"] || rest == ["general 5", "bye"], "{rest:?}");
         writer.await.unwrap();
         assert!(mailbox.writer_ended());
+    }
+
+    #[tokio::test]
+    async fn the_sessions_replies_go_out_ahead_of_a_backlog_and_nothing_after_the_close() {
+        let hub = hub(64);
+        let (mailbox, deliveries) = hub.mailbox();
+        let (near, far) = tokio::io::duplex(1 << 16);
+        steer(&mailbox, Kind::Anchor, "general", 0);
+        let backlog: Vec<Frame> = (1..=20).map(|seq| broadcast("general", seq)).collect();
+        mailbox.push_all(&backlog);
+        own(&mailbox, &["joined"]);
+        let close = Framed::own(
+            Kind::Close,
+            Arc::from(""),
+            1,
+            text_frame(b"close, as text for the test"),
+        );
+        mailbox.push_own(close).unwrap();
+        // The writer ends at the close, though the session has not finished.
+        let writer = tokio::spawn(run(near, deliveries, mailbox.clone(), hub.clone()));
+        assert_eq!(
+            written(far).await,
+            ["joined", "close, as text for the test"],
+            "the reply first; the backlog is not written after the close"
+        );
+        writer.await.unwrap();
     }
 
     #[tokio::test]
