@@ -65,6 +65,8 @@ pub enum Kind {
     Forget,
     /// The close frame, in `wire`: the last thing written.
     Close,
+    /// The session has sent what a connection starts with: broadcasts may follow from now on.
+    Live,
 }
 
 impl Framed {
@@ -272,26 +274,34 @@ pub struct Deliveries {
 }
 
 impl Deliveries {
-    /// Waits until entries are queued, then takes all of them: the session's into `own` and the
-    /// broadcasts into `frames`, both empty, which trade places with the queue's, so nothing is copied
-    /// and each keeps its room for the next time. Or returns with none taken when a room lagged (see
-    /// [`Mailbox::take_lagged`]). False once the session has ended and everything it queued was taken.
-    /// Cancel-safe: entries are taken only in the poll that returns.
-    pub async fn recv(&mut self, own: &mut VecDeque<Frame>, frames: &mut VecDeque<Frame>) -> bool {
+    /// Waits until entries are queued, then takes all of them: the session's into `own` and (once
+    /// `live`) the broadcasts into `frames`, both empty, which trade places with the queue's, so nothing
+    /// is copied and each keeps its room for the next time. Or returns with none taken when a room
+    /// lagged (see [`Mailbox::take_lagged`]). False once the session has ended and everything it queued
+    /// was taken. Cancel-safe: entries are taken only in the poll that returns.
+    pub async fn recv(
+        &mut self,
+        own: &mut VecDeque<Frame>,
+        frames: &mut VecDeque<Frame>,
+        live: bool,
+    ) -> bool {
         debug_assert!(own.is_empty() && frames.is_empty());
         loop {
             {
                 let mut queue = lock(&self.mailbox.queue);
-                if !queue.frames.is_empty() || !queue.own.is_empty() {
+                let broadcasts = live && !queue.frames.is_empty();
+                if broadcasts || !queue.own.is_empty() {
                     std::mem::swap(&mut queue.own, own);
-                    std::mem::swap(&mut queue.frames, frames);
+                    if live {
+                        std::mem::swap(&mut queue.frames, frames);
+                    }
                     return true;
                 }
                 if queue.finished {
                     return false;
                 }
             }
-            if self.mailbox.trouble.load(Ordering::Acquire) {
+            if live && self.mailbox.trouble.load(Ordering::Acquire) {
                 return true;
             }
             // A push between the check above and this wait leaves a permit, so no wake-up is lost.
@@ -1141,7 +1151,7 @@ mod tests {
         // A typing frame that does not fit is dropped without trouble; it is not stored anywhere.
         mailbox.push(frame(&room, EPHEMERAL));
         let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());
-        deliveries.recv(&mut own, &mut batch).await;
+        deliveries.recv(&mut own, &mut batch, true).await;
         let seqs: Vec<u64> = batch.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2]);
         let lagged = mailbox.take_lagged().expect("the third did not fit");
@@ -1151,7 +1161,7 @@ mod tests {
         batch.clear();
         let waiting = tokio::spawn(async move {
             let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());
-            deliveries.recv(&mut own, &mut batch).await;
+            deliveries.recv(&mut own, &mut batch, true).await;
             batch.iter().map(|f| f.seq).collect::<Vec<_>>()
         });
         tokio::task::yield_now().await;
@@ -1167,7 +1177,7 @@ mod tests {
         let batch: Vec<Frame> = (2..=5).map(|seq| frame(&room, seq)).collect();
         mailbox.push_all(&batch);
         let (mut own, mut taken) = (VecDeque::new(), VecDeque::new());
-        deliveries.recv(&mut own, &mut taken).await;
+        deliveries.recv(&mut own, &mut taken, true).await;
         let seqs: Vec<u64> = taken.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [1, 2, 3], "what fits, in order");
         let lagged = mailbox.take_lagged().expect("4 and 5 did not fit");
@@ -1204,10 +1214,13 @@ mod tests {
         mailbox.push_own(own).unwrap();
         mailbox.finish();
         let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());
-        assert!(deliveries.recv(&mut own, &mut batch).await);
+        assert!(deliveries.recv(&mut own, &mut batch, true).await);
         assert_eq!(&own[0].wire[..], b"bye");
         own.clear();
-        assert!(!deliveries.recv(&mut own, &mut batch).await, "then it ends");
+        assert!(
+            !deliveries.recv(&mut own, &mut batch, true).await,
+            "then it ends"
+        );
         drop(deliveries);
         assert!(mailbox.writer_ended());
     }

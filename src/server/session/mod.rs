@@ -326,6 +326,8 @@ pub async fn run(conn: Connection, ctx: Context, shown: &str, visitor: Visitor, 
         session.unsubscribe_all();
         return;
     }
+    // Broadcasts follow what the connection starts with, as the protocol promises.
+    session.tell_writer(Kind::Live, Arc::from(""), 0);
 
     // Only a bot's connection rechecks its token.
     let bot_token = visitor.bot_token.clone();
