@@ -3,8 +3,8 @@
 //!
 //! Each connection has two tasks. The session's runs a `select!` over the socket's reading side, its
 //! messages in flight and its rarer wake-ups (a ping timer, signals, the shutdown, word from its queue;
-//! see [`Wakes`]). Its writer task ([`crate::server::writer`]) writes the connection's queue, where the
-//! rooms' broadcasts and the session's own frames go in order. A client that stops reading stalls only
+//! see [`Wakes`]). Its writer task ([`crate::server::writer`]) writes the connection's queue: the rooms'
+//! broadcasts, and the session's own frames, which go first. A client that stops reading stalls only
 //! its writer; its queue then fills, and it catches up from the store, so it never silently misses an
 //! event.
 
