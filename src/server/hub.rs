@@ -45,8 +45,8 @@ pub struct Framed {
     pub wire: Bytes,
     /// When it was broadcast, for the delivery-lag metric.
     pub at: std::time::Instant,
-    /// What the connection's writer does with it: a room's broadcasts and the session's own entries
-    /// share one queue, so they reach the socket in the order they were queued.
+    /// What the connection's writer does with it: a room's broadcast, or one of the session's own
+    /// entries (see [`Queue`] for how the two are ordered).
     pub kind: Kind,
 }
 
@@ -79,6 +79,12 @@ impl Framed {
             at: std::time::Instant::now(),
             kind,
         })
+    }
+
+    /// An entry of this connection's own that is about no room: `frames` whole frames joined in `wire`
+    /// ([`Kind::Own`], [`Kind::Close`]), or none ([`Kind::Live`]).
+    pub fn unroomed(kind: Kind, frames: u64, wire: Bytes) -> Frame {
+        Self::own(kind, Arc::from(""), frames, wire)
     }
 }
 
@@ -718,7 +724,7 @@ impl Hub {
             queue: Mutex::default(),
             ready: tokio::sync::Notify::new(),
             told: tokio::sync::Notify::new(),
-            capacity: self.inner.config.live_capacity.max(1),
+            capacity: self.live_capacity(),
             trouble: AtomicBool::new(false),
             lagged: Mutex::default(),
             evicted: AtomicBool::new(false),
@@ -1210,7 +1216,7 @@ mod tests {
         );
         assert!(lock(&mailbox.queue).frames.is_empty());
         // The session's own entries are written before its writer ends.
-        let own = Framed::own(Kind::Own, Arc::from(""), 1, Bytes::from_static(b"bye"));
+        let own = Framed::unroomed(Kind::Own, 1, Bytes::from_static(b"bye"));
         mailbox.push_own(own).unwrap();
         mailbox.finish();
         let (mut own, mut batch) = (VecDeque::new(), VecDeque::new());

@@ -383,7 +383,7 @@ impl<R: Unpin> AsyncWrite for Halves<R> {
             Some(first) if first & 0x0f == 0x8 => Kind::Close,
             _ => Kind::Own,
         };
-        let entry = Framed::own(kind, Arc::from(""), 1, Bytes::copy_from_slice(data));
+        let entry = Framed::unroomed(kind, 1, Bytes::copy_from_slice(data));
         match self.out.push_own(entry) {
             Ok(()) => Poll::Ready(Ok(data.len())),
             Err(_) => Poll::Ready(Err(io::Error::other("the client stopped reading"))),

@@ -176,20 +176,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         batch: &mut VecDeque<Frame>,
     ) -> Result<Written, Ended> {
         let broadcast_at = batch.front().map(|entry| entry.at);
-        let mut closed = false;
         for entry in own.drain(..) {
-            if entry.kind == Kind::Close {
-                self.send(entry.wire.clone(), 1).await?;
-                closed = true;
-                break;
+            if let Written::Closed = self.take(entry).await? {
+                // Nothing goes on the wire after the close; what is left is dropped with the batch.
+                batch.clear();
+                self.out.write_out().await.map_err(|_| Ended)?;
+                return Ok(Written::Closed);
             }
-            self.take(entry).await?;
-        }
-        if closed {
-            own.clear();
-            batch.clear();
-            self.out.write_out().await.map_err(|_| Ended)?;
-            return Ok(Written::Closed);
         }
         for entry in batch.drain(..) {
             self.forward(entry).await?;
@@ -213,14 +206,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         Ok(Written::More)
     }
 
-    async fn take(&mut self, entry: Frame) -> Result<(), Ended> {
+    /// One of the session's own entries.
+    async fn take(&mut self, entry: Frame) -> Result<Written, Ended> {
         match entry.kind {
-            Kind::Broadcast => self.forward(entry).await,
-            Kind::Own | Kind::Close => self.send(entry.wire.clone(), entry.seq).await,
+            Kind::Broadcast => self.forward(entry).await?,
+            Kind::Own => self.send(entry.wire.clone(), entry.seq).await?,
+            Kind::Close => {
+                self.send(entry.wire.clone(), entry.seq).await?;
+                return Ok(Written::Closed);
+            }
             Kind::Hold => {
                 let cursor = self.rooms.entry(&entry.room);
                 cursor.held.get_or_insert_with(Vec::new);
-                Ok(())
             }
             Kind::Anchor => {
                 let cursor = self.rooms.entry(&entry.room);
@@ -233,17 +230,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 if behind {
                     self.catch_up(&entry.room).await?;
                 }
-                Ok(())
             }
-            Kind::Forget => {
-                self.rooms.remove(&entry.room);
-                Ok(())
-            }
-            Kind::Live => {
-                self.live = true;
-                Ok(())
-            }
+            Kind::Forget => self.rooms.remove(&entry.room),
+            Kind::Live => self.live = true,
         }
+        Ok(Written::More)
     }
 
     /// A room's broadcast: written if it is the room's next, held while the room is, caught up to
@@ -371,7 +362,7 @@ mod tests {
         for text in texts {
             joined.extend_from_slice(&text_frame(text.as_bytes()));
         }
-        let entry = Framed::own(Kind::Own, Arc::from(""), texts.len() as u64, joined.into());
+        let entry = Framed::unroomed(Kind::Own, texts.len() as u64, joined.into());
         mailbox.push_own(entry).unwrap();
     }
 
@@ -478,12 +469,7 @@ mod tests {
         let backlog: Vec<Frame> = (1..=20).map(|seq| broadcast("general", seq)).collect();
         mailbox.push_all(&backlog);
         own(&mailbox, &["joined"]);
-        let close = Framed::own(
-            Kind::Close,
-            Arc::from(""),
-            1,
-            text_frame(b"close, as text for the test"),
-        );
+        let close = Framed::unroomed(Kind::Close, 1, text_frame(b"close, as text for the test"));
         mailbox.push_own(close).unwrap();
         // The writer ends at the close, though the session has not finished.
         let writer = tokio::spawn(run(near, deliveries, mailbox.clone(), hub.clone()));

@@ -327,7 +327,9 @@ pub async fn run(conn: Connection, ctx: Context, shown: &str, visitor: Visitor, 
         return;
     }
     // Broadcasts follow what the connection starts with, as the protocol promises.
-    session.tell_writer(Kind::Live, Arc::from(""), 0);
+    let _ = session
+        .mailbox
+        .push_own(Framed::unroomed(Kind::Live, 0, Bytes::new()));
 
     // Only a bot's connection rechecks its token.
     let bot_token = visitor.bot_token.clone();
@@ -705,7 +707,7 @@ where
     /// Sends `frames` text frames framed and joined in `wire`, after everything queued before them.
     /// A client that stopped reading long ago is let go.
     fn send_wires(&self, wire: Bytes, frames: u64) -> Result<(), End> {
-        let entry = Framed::own(Kind::Own, Arc::from(""), frames, wire);
+        let entry = Framed::unroomed(Kind::Own, frames, wire);
         self.mailbox.push_own(entry).map_err(|_| {
             tracing::debug!("client stopped reading; closing");
             End::Socket
