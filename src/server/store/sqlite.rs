@@ -11,8 +11,10 @@ use super::{
 };
 use crate::protocol::ChatEvent;
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -129,6 +131,130 @@ impl SqliteStore {
     }
 }
 
+/// The writer's connection while an append's transaction may be open on it: closed when dropped,
+/// unless released. The transaction is SQL of the append's own (so that it can share a round trip with
+/// the statements around it), which sqlx does not count, so its pool cannot tell that one was left
+/// open by an append cancelled half-way.
+struct Open(Option<PoolConnection<Sqlite>>);
+
+impl Open {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        self.0.as_deref_mut().expect("held until released")
+    }
+
+    /// The transaction has ended: the connection goes back to the pool.
+    fn release(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+/// Stores a batch in one transaction, in as few round trips to the connection's thread as it takes:
+/// one to begin, read the room's head and find which of the batch's ids it holds already, and one to
+/// insert the new events and commit. Each round trip wakes that thread and then the caller; on a
+/// busy machine every wake-up can wait for a core, and the room's next messages wait behind the
+/// commit. (It took five: begin, head, ids, insert, commit.)
+async fn append_on(
+    conn: &mut SqliteConnection,
+    room: &str,
+    events: Vec<NewEvent>,
+    wanted: Vec<(Uuid, Uuid, Vec<Uuid>)>,
+    at: i64,
+) -> Result<Vec<Appended>, StoreError> {
+    // IMMEDIATE takes the write lock up front. A deferred transaction would start as a reader and fail
+    // with SQLITE_BUSY_SNAPSHOT (which busy_timeout does not retry) if another process on the file
+    // (`confab bot create` beside the server) wrote in between.
+    let mut first = QueryBuilder::<Sqlite>::new(
+        "BEGIN IMMEDIATE; SELECT COALESCE(MAX(seq), 0) FROM events WHERE room = ",
+    );
+    first.push_bind(room);
+    let mut chunks = events.chunks(MAX_ROWS_PER_STATEMENT);
+    if let Some(ids) = chunks.next() {
+        first.push("; ");
+        push_known(&mut first, room, ids);
+    }
+    let rows = first.build().fetch_all(&mut *conn).await?;
+    // The head's one row comes first, then the events already stored.
+    let (head, stored) = rows
+        .split_first()
+        .ok_or_else(|| StoreError::Corrupt("the room's head read no row".into()))?;
+    let mut last: i64 = head.try_get(0)?;
+    let mut known = HashMap::new();
+    let mut keep = |row: &SqliteRow| -> Result<(), StoreError> {
+        let event = event_from_row(room, row)?;
+        known.insert(event.id, event);
+        Ok(())
+    };
+    stored.iter().try_for_each(&mut keep)?;
+    // Batches of more than a statement's rows (not the rooms' writers', which stop at 256).
+    for ids in chunks {
+        let mut select = QueryBuilder::<Sqlite>::new("");
+        push_known(&mut select, room, ids);
+        select
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .try_for_each(&mut keep)?;
+    }
+    let appended = place(room, events, known, &mut last, at);
+    let fresh: Vec<&ChatEvent> = appended
+        .iter()
+        .filter(|a| a.fresh)
+        .map(|a| &a.event)
+        .collect();
+    let calls = super::bots::calls(wanted, &appended);
+    let mut inserts = fresh.chunks(MAX_ROWS_PER_STATEMENT).peekable();
+    let mut committed = false;
+    while let Some(rows) = inserts.next() {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text, target) ",
+        );
+        insert.push_values(rows, |mut row, event| {
+            row.push_bind(room)
+                .push_bind(seq_param(event.seq))
+                .push_bind(event.id.to_string())
+                .push_bind(event.at)
+                .push_bind(kind_name(event.kind))
+                .push_bind(event.name.as_str())
+                .push_bind(event.user_id.to_string())
+                .push_bind(event.user_kind.as_str())
+                .push_bind(event.text.as_str())
+                .push_bind(event.target.map(|t| t.to_string()));
+        });
+        if inserts.peek().is_none() && calls.is_empty() {
+            insert.push("; COMMIT");
+            committed = true;
+        }
+        insert.build().execute(&mut *conn).await?;
+    }
+    super::bots::write_calls::<Sqlite>(&mut *conn, room, &calls, at).await?;
+    if !committed {
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+    }
+    Ok(appended)
+}
+
+/// The lookup of which of `ids` the room holds already.
+fn push_known(query: &mut QueryBuilder<'_, Sqlite>, room: &str, ids: &[NewEvent]) {
+    query
+        .push(KNOWN_IDS)
+        .push_bind(room.to_owned())
+        .push(" AND id IN (");
+    let mut list = query.separated(", ");
+    for event in ids {
+        list.push_bind(event.id.to_string());
+    }
+    list.push_unseparated(")");
+}
+
 #[async_trait]
 impl EventStore for SqliteStore {
     async fn append(
@@ -138,58 +264,14 @@ impl EventStore for SqliteStore {
         at: i64,
     ) -> Result<Vec<Appended>, StoreError> {
         let wanted = super::bots::take_calls(&mut events);
-        // IMMEDIATE takes the write lock up front. A deferred transaction would start as a reader and fail
-        // with SQLITE_BUSY_SNAPSHOT (which busy_timeout does not retry) if another process on the file
-        // (`confab bot create` beside the server) wrote in between.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut last: i64 = sqlx::query_scalar(super::HEAD)
-            .bind(room)
-            .fetch_one(&mut *tx)
-            .await?;
-        // Two statements per batch, not two per event: each statement is a round trip to the
-        // connection's worker thread, which limited ingest to a few thousand messages a second.
-        let mut known = HashMap::new();
-        for ids in events.chunks(MAX_ROWS_PER_STATEMENT) {
-            let mut select = QueryBuilder::<Sqlite>::new(KNOWN_IDS);
-            select.push_bind(room).push(" AND id IN (");
-            let mut list = select.separated(", ");
-            for event in ids {
-                list.push_bind(event.id.to_string());
-            }
-            list.push_unseparated(")");
-            for row in select.build().fetch_all(&mut *tx).await? {
-                let event = event_from_row(room, &row)?;
-                known.insert(event.id, event);
-            }
+        let mut open = Open(Some(self.writer.acquire().await?));
+        let outcome = append_on(open.conn(), room, events, wanted, at).await;
+        if outcome.is_err() && sqlx::query("ROLLBACK").execute(open.conn()).await.is_err() {
+            // Whether a transaction is still open is unknown: the connection is closed, not reused.
+            return outcome;
         }
-        let appended = place(room, events, known, &mut last, at);
-        let fresh: Vec<&ChatEvent> = appended
-            .iter()
-            .filter(|a| a.fresh)
-            .map(|a| &a.event)
-            .collect();
-        for rows in fresh.chunks(MAX_ROWS_PER_STATEMENT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO events (room, seq, id, at, kind, name, user_id, user_kind, text, target) ",
-            );
-            insert.push_values(rows, |mut row, event| {
-                row.push_bind(room)
-                    .push_bind(seq_param(event.seq))
-                    .push_bind(event.id.to_string())
-                    .push_bind(event.at)
-                    .push_bind(kind_name(event.kind))
-                    .push_bind(event.name.as_str())
-                    .push_bind(event.user_id.to_string())
-                    .push_bind(event.user_kind.as_str())
-                    .push_bind(event.text.as_str())
-                    .push_bind(event.target.map(|t| t.to_string()));
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        let calls = super::bots::calls(wanted, &appended);
-        super::bots::write_calls::<Sqlite>(&mut tx, room, &calls, at).await?;
-        tx.commit().await?;
-        Ok(appended)
+        open.release();
+        outcome
     }
 
     async fn since(
@@ -299,6 +381,92 @@ mod tests {
                 .expect("the store recovers");
             assert_eq!(appended[0].event.seq, n as u64 + 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_database_refuses_leaves_nothing_and_the_next_one_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("confab.db"))
+            .await
+            .unwrap();
+        store
+            .append("general", vec![message("first")], 1)
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.text = 'refused' \
+             BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+        )
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let refused = store
+            .append("general", vec![message("kept out"), message("refused")], 2)
+            .await;
+        assert!(refused.is_err(), "the batch fails as a whole");
+        sqlx::query("DROP TRIGGER refuse")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let next = store
+            .append("general", vec![message("second")], 3)
+            .await
+            .expect("the store goes on");
+        assert_eq!(next[0].event.seq, 2, "nothing of the refused batch stayed");
+        let texts: Vec<String> = store
+            .since("general", 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        assert_eq!(texts, ["first", "second"]);
+    }
+
+    /// Polls `future` `polls` times, then drops it, as a cancelled caller would.
+    async fn cancel_after<F: std::future::Future>(future: F, polls: usize) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let mut left = polls;
+        std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+            std::task::Poll::Pending if left == 0 => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => {
+                left -= 1;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_append_dropped_half_way_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("confab.db"))
+            .await
+            .unwrap();
+        let mut seq = 0;
+        let mut cancelled = 0;
+        // Dropped after 1, 2, 3… polls: at every point of its round trips in turn.
+        for polls in 1..200 {
+            let batch = vec![message(&format!("maybe {polls}"))];
+            match cancel_after(store.append("general", batch, polls as i64), polls).await {
+                Some(done) => {
+                    seq = done.unwrap()[0].event.seq;
+                }
+                None => cancelled += 1,
+            }
+            let next = store
+                .append("general", vec![message(&format!("after {polls}"))], 0)
+                .await
+                .expect("the next append is not refused");
+            assert!(next[0].event.seq > seq, "sequence numbers go on");
+            seq = next[0].event.seq;
+            if cancelled > 0 && polls > 40 {
+                break;
+            }
+        }
+        assert!(cancelled > 0, "some appends were dropped half-way");
     }
 
     #[tokio::test]
