@@ -363,12 +363,16 @@ mod tests {
     use super::super::test_message as message;
     use super::*;
 
+    /// A new store in a directory of its own, removed when the directory is dropped.
+    async fn fresh(file: &str) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join(file)).await.unwrap();
+        (dir, store)
+    }
+
     #[tokio::test]
     async fn a_connection_left_counted_inside_a_failed_transaction_is_not_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("confab.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = fresh("confab.db").await;
         // What a COMMIT that fails on a full disk leaves behind on the writer's connection: SQLite has
         // ended the transaction itself, so sqlx's rollback on drop fails and it still counts one.
         let mut tx = store.writer.begin().await.unwrap();
@@ -385,10 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_the_database_refuses_leaves_nothing_and_the_next_one_is_stored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("confab.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = fresh("confab.db").await;
         store
             .append("general", vec![message("first")], 1)
             .await
@@ -413,14 +414,12 @@ mod tests {
             .await
             .expect("the store goes on");
         assert_eq!(next[0].event.seq, 2, "nothing of the refused batch stayed");
-        let texts: Vec<String> = store
-            .since("general", 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.text)
-            .collect();
-        assert_eq!(texts, ["first", "second"]);
+        let stored = store.since("general", 0, 10).await.unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(
+            (stored[0].text.as_str(), stored[1].text.as_str()),
+            ("first", "second")
+        );
     }
 
     /// Polls `future` `polls` times, then drops it, as a cancelled caller would.
@@ -441,10 +440,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_dropped_half_way_leaves_no_transaction_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("confab.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = fresh("confab.db").await;
         let mut seq = 0;
         let mut cancelled = 0;
         // Dropped after 1, 2, 3… polls: at every point of its round trips in turn.
@@ -528,8 +524,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_larger_than_one_statement_is_stored_whole_and_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("big.db")).await.unwrap();
+        let (_dir, store) = fresh("big.db").await;
         let count = MAX_ROWS_PER_STATEMENT * 2 + 7;
         let batch: Vec<NewEvent> = (0..count).map(|i| message(&format!("m{i}"))).collect();
         let retry = batch[MAX_ROWS_PER_STATEMENT + 3].clone();
@@ -554,10 +549,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_id_is_looked_up_by_index_not_by_reading_the_room() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("plan.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = fresh("plan.db").await;
         assert!(
             KNOWN_IDS.starts_with(&format!("SELECT {EVENT_COLUMNS} ")),
             "rows are read by event_from_row"
@@ -580,10 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_names_owner_is_found_by_index_not_by_reading_every_user() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("plan.db"))
-            .await
-            .unwrap();
+        let (_dir, store) = fresh("plan.db").await;
         let sql = format!(
             "EXPLAIN QUERY PLAN SELECT u.id FROM users u WHERE {}",
             super::super::identity::OWNER_OF
