@@ -560,67 +560,6 @@ async fn room_memory(args: &BenchArgs, port: u16, quick: bool) -> Result<Outcome
     })
 }
 
-async fn idle_memory(args: &BenchArgs, port: u16, clients: usize) -> Result<Outcome, String> {
-    // Every client joins, as every browser tab does, so the figure includes what the join storm leaves
-    // behind; the raw reference takes the same storm, for scale. The sample is of clients that joined
-    // and then idle: taken once the server has delivered the storm's last join lines and gone quiet,
-    // and 5 s more for the allocator to give back what the storm freed (its decay is 1 s).
-    let load = Load {
-        clients,
-        senders: 0,
-        rate: 0.0,
-        duration: Duration::from_secs(3),
-        settle: Duration::from_secs(5),
-        until_quiet: true,
-        join: Some(JoinMode::All),
-        ..Load::default()
-    };
-    let raw = Server::start_raw(args, port)?;
-    let reference = run::run(run_args(&raw, &load)).await;
-    raw.stop();
-    let reference = reference?;
-    println!("\n(c) raw reference\n{}", reference.table());
-    let server = Server::start(args, port + 1000)?;
-    let report = run::run(run_args(&server, &load)).await;
-    server.stop();
-    let report = report?;
-    println!("\n(c)\n{}", report.table());
-    let per_client = |r: &Report| r.server.as_ref().map_or(f64::NAN, |s| s.rss_per_client_kib);
-    let joined = |r: &Report| r.connects_ok;
-    let quiet = |r: &Report| r.quiet_after_s.unwrap_or(f64::NAN);
-    // The storm targets: everyone joined within 1.2x the reference's time, each join answered
-    // within 1.2x its p99.
-    let time_ratio = report.connect_time_s / reference.connect_time_s;
-    let join_ratio = report.join_ms.p99 / reference.join_ms.p99;
-    Ok(Outcome {
-        id: "c",
-        title: format!("{clients} clients connecting and joining (SQLite), then idle"),
-        target: "≤ 16 KiB per client; all joined within 1.2× raw's time, join p99 ≤ 1.2× raw's",
-        result: format!(
-            "{:.1} KiB per client ({} joined in {:.1} s, {time_ratio:.2}× raw; join p99 {:.0} ms, {join_ratio:.2}× raw; quiet {:.0} s later); raw reference {:.1} KiB ({} joined in {:.1} s, join p99 {:.0} ms, quiet {:.0} s later)",
-            per_client(&report),
-            joined(&report),
-            report.connect_time_s,
-            report.join_ms.p99,
-            quiet(&report),
-            per_client(&reference),
-            joined(&reference),
-            reference.connect_time_s,
-            reference.join_ms.p99,
-            quiet(&reference)
-        ),
-        met: Some(
-            per_client(&report) <= 16.0
-                && report.connects_failed == 0
-                && time_ratio <= 1.2
-                && join_ratio <= 1.2,
-        ),
-        run: Some(report),
-        floor: None,
-        detail: Some(serde_json::json!({ "raw": reference })),
-    })
-}
-
 /// Ingest: how many messages a room persists per second. Few connections send (each also receives
 /// everything, as every connection does), so the run measures the write path rather than fan-out, which
 /// (a) and (b) measure. Two runs: the target's rate, for the acknowledgement latency, and a rate the
@@ -856,7 +795,7 @@ pub async fn bench(args: BenchArgs) -> Result<(), String> {
         outcomes.push(sign_in_storm(&args, next_port(), quick).await?);
     }
     if wanted("c") {
-        outcomes.push(idle_memory(&args, next_port(), if quick { 300 } else { 10_000 }).await?);
+        outcomes.push(reference::join_storm(&args, &mut next_port, quick).await?);
     }
     if wanted("d") {
         outcomes.push(ingest(&args, next_port(), quick).await?);

@@ -13,7 +13,7 @@
 //! (10,000 clients, 10 msg/s), (t) overloaded (1,000 clients offered 400 msg/s).
 
 use super::{clean, cpu_per_delivery_us, run_args, BenchArgs, Load, Outcome, Server, TempDir};
-use crate::run::{self, Report};
+use crate::run::{self, JoinMode, Report};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -435,6 +435,91 @@ pub async fn overload(
         detail: Some(serde_json::json!({
             "sqlite_delivered_vs_raw": rate,
             "rounds": rounds_json(&rounds, ["raw", "sqlite"]),
+        })),
+    })
+}
+
+/// (c): 10,000 clients connecting and each joining (SQLite), as every browser tab does, then idle,
+/// against the raw reference taking the same storm, alternating over three rounds: the memory each
+/// joined client keeps, and the storm's time and join p99 against the reference's. The memory is
+/// sampled once the server has delivered the storm's last join lines and gone quiet, and 5 s more for
+/// the allocator to give back what the storm freed (its decay is 1 s).
+pub async fn join_storm(
+    args: &BenchArgs,
+    next_port: &mut impl FnMut() -> u16,
+    quick: bool,
+) -> Result<Outcome, String> {
+    let load = Load {
+        clients: if quick { 300 } else { 10_000 },
+        senders: 0,
+        rate: 0.0,
+        duration: Duration::from_secs(3),
+        settle: Duration::from_secs(5),
+        until_quiet: true,
+        join: Some(JoinMode::All),
+        ..Load::default()
+    };
+    let rounds = if quick { 1 } else { 3 };
+    let (rounds, _) = alternate(
+        args,
+        next_port,
+        "c",
+        [Kind::Raw, Kind::Sqlite],
+        &load,
+        rounds,
+        None,
+    )
+    .await?;
+    let per_client = |r: &Report| r.server.as_ref().map_or(f64::NAN, |s| s.rss_per_client_kib);
+    let kib = Spread::of(rounds.iter().map(|[_, s]| per_client(s)).collect());
+    // The issue's storm targets: everyone joined within 1.2x the reference's time, each join answered
+    // within 1.2x its p99.
+    let time = against_raw_of(&rounds, |r| r.connect_time_s);
+    let join = against_raw_of(&rounds, |r| r.join_ms.p99);
+    let failed: usize = rounds.iter().map(|[_, s]| s.connects_failed).sum();
+    let figures = |r: &Report| {
+        serde_json::json!({
+            "joined": r.connects_ok,
+            "failed": r.connects_failed,
+            "all_joined_s": r.connect_time_s,
+            "join_p99_ms": r.join_ms.p99,
+            "quiet_after_s": r.quiet_after_s,
+            "rss_per_client_kib": per_client(r),
+        })
+    };
+    Ok(Outcome {
+        id: "c",
+        title: format!(
+            "{} clients connecting and joining (SQLite), then idle, against the raw reference, {} rounds",
+            load.clients,
+            rounds.len()
+        ),
+        target: "≤ 16 KiB per client; all joined within 1.2× raw's time, join p99 ≤ 1.2× raw's",
+        result: format!(
+            "{:.1} KiB per client ({:.1}–{:.1}); all joined in {:.1} s against raw's {:.1} s ({}); join p99 \
+             {:.0} ms against raw's {:.0} ms ({}); {failed} not answered; raw reference {:.1} KiB per client",
+            kib.median,
+            kib.min,
+            kib.max,
+            median_of(&rounds, 1, |r| r.connect_time_s),
+            median_of(&rounds, 0, |r| r.connect_time_s),
+            time.show(),
+            median_of(&rounds, 1, |r| r.join_ms.p99),
+            median_of(&rounds, 0, |r| r.join_ms.p99),
+            join.show(),
+            median_of(&rounds, 0, per_client),
+        ),
+        met: Some(kib.median <= 16.0 && failed == 0 && time.median <= 1.2 && join.median <= 1.2),
+        run: rounds.last().map(|[_, sqlite]| sqlite.clone()),
+        floor: None,
+        detail: Some(serde_json::json!({
+            "kib_per_client": kib,
+            "all_joined_vs_raw": time,
+            "join_p99_vs_raw": join,
+            "rounds": rounds
+                .iter()
+                .map(|[raw, sqlite]| serde_json::json!({"raw": figures(raw), "sqlite": figures(sqlite)}))
+                .collect::<Vec<_>>(),
         })),
     })
 }
