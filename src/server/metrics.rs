@@ -10,6 +10,7 @@ pub const FRAMES_OUT: &str = "confab_frames_out_total";
 pub const FANOUT_SECONDS: &str = "confab_fanout_seconds";
 pub const STORE_SECONDS: &str = "confab_store_append_seconds";
 pub const DELIVERY_SECONDS: &str = "confab_delivery_lag_seconds";
+pub const JOIN_SECONDS: &str = "confab_join_seconds";
 
 /// The process-wide recorder; installed on first use (tests start many servers in one process).
 pub fn handle() -> &'static PrometheusHandle {
@@ -17,6 +18,8 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let buckets = [
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            // A join in a storm of thousands waits seconds.
+            2.5, 5.0, 10.0, 30.0,
         ];
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
@@ -36,6 +39,10 @@ pub fn handle() -> &'static PrometheusHandle {
         metrics::describe_histogram!(
             DELIVERY_SECONDS,
             "from a broadcast to its write to a client's socket (sampled: one write in 8)"
+        );
+        metrics::describe_histogram!(
+            JOIN_SECONDS,
+            "from reading a join to queueing its joined reply, for a name that joins"
         );
         // Every gauge and counter from start-up, at zero, so a fresh server's scrape is not empty.
         metrics::gauge!(CONNECTED).increment(0.0);

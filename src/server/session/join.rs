@@ -54,6 +54,7 @@ where
     S: Transport,
 {
     pub(super) async fn on_join(&mut self, raw: &str) -> Result<(), End> {
+        let began = std::time::Instant::now();
         let name = match validate_name(raw) {
             Ok(name) => name,
             Err(err) => return self.send_error(err.code(), err.message(), None).await,
@@ -124,7 +125,10 @@ where
         });
         // The user's rooms are heard before the client learns it joined, so its next frame finds them.
         self.sync_rooms(false).await?;
-        self.send_frame(&ServerFrame::Joined(identity)).await
+        self.send_frame(&ServerFrame::Joined(identity)).await?;
+        metrics::histogram!(crate::server::metrics::JOIN_SECONDS)
+            .record(began.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// This connection speaks for `me` now; it hears of changes to them (a promotion, a ban) from here on.

@@ -1408,6 +1408,7 @@ async fn metrics_count_connections_and_messages() {
     assert!(value("confab_fanout_seconds_count") >= 1.0);
     assert!(value("confab_store_append_seconds_count") >= 1.0);
     assert!(value("confab_delivery_lag_seconds_count") >= 1.0);
+    assert!(value("confab_join_seconds_count") >= 1.0);
 }
 
 #[tokio::test]
