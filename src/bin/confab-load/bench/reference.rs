@@ -188,22 +188,21 @@ pub async fn against_raw(
             .collect(),
     );
     let sqlite_p99 = Spread::of(rounds.iter().map(|[raw, _, s]| p99(s) / p99(raw)).collect());
-    // How the SQLite p99 stands against its bound, the memory p99 plus one fsync: at most 1.
-    let sqlite_bound = Spread::of(
-        rounds
-            .iter()
-            .map(|[_, m, s]| p99(s) / (p99(m) + fsync_p99))
-            .collect(),
-    );
-    // The same against the memory p99 plus an fsync's p99 under that load, measured beside the memory
-    // run: what the disk can do while the cores are busy. Shown beside the target, which it does not set.
-    let loaded_bound = Spread::of(
-        rounds
-            .iter()
-            .zip(&loaded_fsync_p99)
-            .map(|([_, m, s], fsync)| p99(s) / (p99(m) + fsync))
-            .collect(),
-    );
+    // How the SQLite p99 stands against its bound, the memory p99 plus one fsync (each round's): at
+    // most 1.
+    let against_bound = |fsync_p99s: &mut dyn Iterator<Item = f64>| {
+        Spread::of(
+            rounds
+                .iter()
+                .zip(fsync_p99s)
+                .map(|([_, m, s], fsync)| p99(s) / (p99(m) + fsync))
+                .collect(),
+        )
+    };
+    let sqlite_bound = against_bound(&mut std::iter::repeat(fsync_p99));
+    // The same against an fsync's p99 under that load, measured beside the memory run: what the disk
+    // can do while the cores are busy. Shown beside the target, which it does not set.
+    let loaded_bound = against_bound(&mut loaded_fsync_p99.iter().copied());
     let loaded_fsync = Spread::of(loaded_fsync_p99.clone()).median;
     let lost: u64 = rounds.iter().flatten().map(|r| r.lost + r.duplicated).sum();
     let result = format!(
