@@ -679,6 +679,74 @@ mod upgrade_tests {
     }
 
     #[tokio::test]
+    async fn a_database_of_schema_0007_counts_unread_through_what_was_said_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0007.db");
+        let old = super::super::migrations_before("sqlite", "0008");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        assert_eq!(migrator.iter().count(), 7);
+        migrator.run(&pool).await.unwrap();
+        // A join storm's history: joins by many, a message now and then (one of them the reader's own).
+        let (reader, other) = (Uuid::new_v4(), Uuid::new_v4());
+        for seq in 1..=300_i64 {
+            let (kind, text, user) = match seq % 100 {
+                0 => ("message", format!("said at {seq}"), other),
+                50 => ("message", format!("mine at {seq}"), reader),
+                _ => ("join", String::new(), Uuid::new_v4()),
+            };
+            sqlx::query(
+                "INSERT INTO events (room, seq, id, at, kind, name, text, user_id) \
+                 VALUES ('general', ?, ?, ?, ?, 'Someone', ?, ?)",
+            )
+            .bind(seq)
+            .bind(Uuid::new_v4().to_string())
+            .bind(seq)
+            .bind(kind)
+            .bind(text)
+            .bind(user.to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let unread = store
+            .unread_since("general", 120, reader, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            unread.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+            ["said at 200", "said at 300"],
+            "others' messages after the mark, and nothing else"
+        );
+        // SQLite uses a partial index only for a query whose WHERE has the index's own terms.
+        let plan: Vec<String> = sqlx::query(&format!(
+            "EXPLAIN QUERY PLAN {}",
+            super::super::unread_sql()
+        ))
+        .bind("general")
+        .bind(120_i64)
+        .bind(reader.to_string())
+        .bind(10_i64)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>("detail"))
+        .collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX events_said")),
+            "unread is read through the index of what was said: {plan:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_database_from_before_accounts_keeps_its_history_names_and_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");

@@ -700,12 +700,15 @@ async fn a_postgres_database_of_schema_0006_keeps_its_users_and_finds_owners_by_
     let store = PgStore::open(&db.url).await.unwrap();
     crate::server::store::check_users_of_0006(&store, ids).await;
     let pool = db.pool().await;
-    let index: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'users_by_name_key'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(index, 1);
+    // Both indexes made since 0006: owners by name key (0007), and what was said, for unread (0008).
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname FROM pg_indexes WHERE indexname IN ('users_by_name_key', 'events_said') \
+         ORDER BY indexname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, ["events_said", "users_by_name_key"]);
     pool.close().await;
     store.close().await;
     db.drop_now().await;
