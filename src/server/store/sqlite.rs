@@ -647,18 +647,25 @@ mod upgrade_tests {
         pool.close().await;
     }
 
+    /// A new database at `path` with the `count` migrations before `version` applied, as a release from
+    /// before that migration left it.
+    async fn schema_before(path: &Path, version: &str, count: usize) -> SqlitePool {
+        let old = super::super::migrations_before("sqlite", version);
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        assert_eq!(migrator.iter().count(), count);
+        migrator.run(&pool).await.unwrap();
+        pool
+    }
+
     #[tokio::test]
     async fn a_database_of_schema_0006_keeps_its_users_and_finds_owners_by_the_new_index() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0006.db");
-        let old = super::super::migrations_before("sqlite", "0007");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = SqlitePool::connect_with(options).await.unwrap();
-        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
-        assert_eq!(migrator.iter().count(), 6);
-        migrator.run(&pool).await.unwrap();
+        let pool = schema_before(&path, "0007", 6).await;
         let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
         let mut insert = sqlx::query(super::super::USERS_OF_0006);
         for id in ids {
@@ -682,14 +689,7 @@ mod upgrade_tests {
     async fn a_database_of_schema_0007_counts_unread_through_what_was_said_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0007.db");
-        let old = super::super::migrations_before("sqlite", "0008");
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let pool = SqlitePool::connect_with(options).await.unwrap();
-        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
-        assert_eq!(migrator.iter().count(), 7);
-        migrator.run(&pool).await.unwrap();
+        let pool = schema_before(&path, "0008", 7).await;
         // A join storm's history: joins by many, a message now and then (one of them the reader's own).
         let (reader, other) = (Uuid::new_v4(), Uuid::new_v4());
         for seq in 1..=300_i64 {
