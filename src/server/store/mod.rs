@@ -280,6 +280,43 @@ pub(crate) const USERS_OF_0006: &str =
      VALUES ($1, 'Ann', 'ann', 'guest', 1, FALSE), ($2, 'Cy', 'cy', 'guest', 1, TRUE), \
      ($3, 'Dee', 'dee', 'member', 1, FALSE)";
 
+/// A join storm's history in `general` as schema 0007 held it, for the upgrade tests of 0008: joins by
+/// many, and a message now and then, one of them `reader`'s own. One `INSERT`, with its values written
+/// in (all made here).
+#[cfg(test)]
+pub(crate) fn storm_of_0007(reader: Uuid, other: Uuid) -> String {
+    let rows: Vec<String> = (1..=300_i64)
+        .map(|seq| {
+            let (kind, text, user) = match seq % 100 {
+                0 => ("message", format!("said at {seq}"), other),
+                50 => ("message", format!("mine at {seq}"), reader),
+                _ => ("join", String::new(), Uuid::new_v4()),
+            };
+            let id = Uuid::new_v4();
+            format!("('general', {seq}, '{id}', {seq}, '{kind}', 'Someone', '{text}', '{user}')")
+        })
+        .collect();
+    format!(
+        "INSERT INTO events (room, seq, id, at, kind, name, text, user_id) VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// After the upgrade to 0008, `reader`'s unread in [`storm_of_0007`] after seq 120 is others' messages
+/// alone.
+#[cfg(test)]
+pub(crate) async fn check_unread_of_0007(store: &impl EventStore, reader: Uuid) {
+    let unread = store
+        .unread_since("general", 120, reader, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        unread.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+        ["said at 200", "said at 300"],
+        "others' messages after the mark, and nothing else"
+    );
+}
+
 /// After the upgrade to 0007, every user of [`USERS_OF_0006`] is kept and who owns a name is as before.
 #[cfg(test)]
 pub(crate) async fn check_users_of_0006(store: &impl IdentityStore, [ann, cy, dee]: [Uuid; 3]) {

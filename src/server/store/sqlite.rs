@@ -690,40 +690,15 @@ mod upgrade_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0007.db");
         let pool = schema_before(&path, "0008", 7).await;
-        // A join storm's history: joins by many, a message now and then (one of them the reader's own).
         let (reader, other) = (Uuid::new_v4(), Uuid::new_v4());
-        for seq in 1..=300_i64 {
-            let (kind, text, user) = match seq % 100 {
-                0 => ("message", format!("said at {seq}"), other),
-                50 => ("message", format!("mine at {seq}"), reader),
-                _ => ("join", String::new(), Uuid::new_v4()),
-            };
-            sqlx::query(
-                "INSERT INTO events (room, seq, id, at, kind, name, text, user_id) \
-                 VALUES ('general', ?, ?, ?, ?, 'Someone', ?, ?)",
-            )
-            .bind(seq)
-            .bind(Uuid::new_v4().to_string())
-            .bind(seq)
-            .bind(kind)
-            .bind(text)
-            .bind(user.to_string())
+        sqlx::query(&super::super::storm_of_0007(reader, other))
             .execute(&pool)
             .await
             .unwrap();
-        }
         pool.close().await;
 
         let store = SqliteStore::open(&path).await.unwrap();
-        let unread = store
-            .unread_since("general", 120, reader, 10)
-            .await
-            .unwrap();
-        assert_eq!(
-            unread.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
-            ["said at 200", "said at 300"],
-            "others' messages after the mark, and nothing else"
-        );
+        super::super::check_unread_of_0007(&store, reader).await;
         // SQLite uses a partial index only for a query whose WHERE has the index's own terms.
         let plan: Vec<String> = sqlx::query(&format!(
             "EXPLAIN QUERY PLAN {}",

@@ -65,6 +65,17 @@ impl TestDb {
         sqlx::PgPool::connect(&self.url).await.unwrap()
     }
 
+    /// This database with the `count` migrations before `version` applied, as a release from before
+    /// that migration left it.
+    async fn schema_before(&self, version: &str, count: usize) -> sqlx::PgPool {
+        let old = crate::server::store::migrations_before("postgres", version);
+        let pool = self.pool().await;
+        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        assert_eq!(migrator.iter().count(), count);
+        migrator.run(&pool).await.unwrap();
+        pool
+    }
+
     pub(super) async fn drop_now(self) {
         let admin = sqlx::PgPool::connect(&self.admin_url).await.unwrap();
         let _ = sqlx::query(&format!(
@@ -684,11 +695,7 @@ async fn a_postgres_database_of_schema_0006_keeps_its_users_and_finds_owners_by_
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let old = crate::server::store::migrations_before("postgres", "0007");
-    let pool = db.pool().await;
-    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
-    assert_eq!(migrator.iter().count(), 6);
-    migrator.run(&pool).await.unwrap();
+    let pool = db.schema_before("0007", 6).await;
     let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
     let mut insert = sqlx::query(crate::server::store::USERS_OF_0006);
     for id in ids {
@@ -710,6 +717,30 @@ async fn a_postgres_database_of_schema_0006_keeps_its_users_and_finds_owners_by_
     .unwrap();
     assert_eq!(indexes, ["events_said", "users_by_name_key"]);
     pool.close().await;
+    store.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_postgres_database_of_schema_0007_keeps_its_history_and_counts_unread_alike() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let pool = db.schema_before("0008", 7).await;
+    let (reader, other) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query(&crate::server::store::storm_of_0007(reader, other))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = PgStore::open(&db.url).await.unwrap();
+    assert_eq!(
+        store.since("general", 0, 1_000).await.unwrap().len(),
+        300,
+        "the whole history is kept"
+    );
+    crate::server::store::check_unread_of_0007(&store, reader).await;
     store.close().await;
     db.drop_now().await;
 }
